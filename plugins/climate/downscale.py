@@ -1,0 +1,325 @@
+"""Probabilistic downscaling: training pairs, the model bundle, ensemble sampling.
+
+Notation (per variable, normalised units z, see `normalise.py`): the coarse field is the
+area-weighted block mean C(z) of the fine field, B is bicubic interpolation back to the fine
+grid, r = z - B(C(z)) the residual, and m, s its per-cell mean and standard deviation over
+the training times. The network learns the standardised residual
+
+    x0 = (r - m) / s,      conditioned on [B(C(z)), m, s / <s>, sin(latitude)],
+
+so an untrained model (x0 ~ N(0, I)) is exactly the statistical downscaler, and everything it
+learns is how the residual depends on the large-scale state. A member is z = B + m + s x0.
+During training, m and s for time t are computed without t (leave-one-out), so the model sees
+the same relation between statistics and data as on held-out times.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import Dataset
+
+from plugins.climate.grid import check_factor, coarse_coords, coarsen, interpolate, lat_weights
+from plugins.climate.io import ERA5_CREDIT, check_grid, load_times
+from plugins.climate.model import ClimateUNet, UNetConfig
+from plugins.climate.normalise import Normaliser, fit_normaliser
+
+FORMAT = "sciffusion-climate-downscale/1"
+
+
+@dataclass(frozen=True)
+class DownscaleConfig:
+    """What a downscaling model is: variables, factor, network, diffusion, training split."""
+
+    variables: tuple[str, ...]
+    factor: int = 4
+    widths: tuple[int, ...] = (16, 32, 64)
+    schedule: str = "cosine"
+    prediction: str = "v"
+    strip_height: int = 40
+    std_floor: float = 0.1
+    train_times: tuple[str, ...] = field(default_factory=tuple)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DownscaleConfig:
+        d = dict(d)
+        for k in ("variables", "widths", "train_times"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass
+class ResidualStats:
+    """Running sums of r and r^2 over training times, per (channel, lat, lon), in float64."""
+
+    n: int
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    def mean_std(self, floor_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """m = S/n, s = max(sqrt((Q - n m^2)/(n-1)), floor_ratio <s>_c)."""
+        m = self.total / self.n
+        s = np.sqrt(np.maximum(self.total_sq - self.n * m**2, 0) / (self.n - 1))
+        return m, _floor(s, floor_ratio)
+
+    def leave_one_out(self, r: np.ndarray, floor_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the other n-1 times: m_(-t) = (S - r_t)/(n-1), likewise for Q."""
+        k = self.n - 1
+        m = (self.total - r) / k
+        s = np.sqrt(np.maximum(self.total_sq - r**2 - k * m**2, 0) / max(k - 1, 1))
+        return m, _floor(s, floor_ratio)
+
+
+def _floor(s: np.ndarray, ratio: float) -> np.ndarray:
+    ref = np.nanmean(s, axis=(-2, -1), keepdims=True)
+    return np.maximum(s, ratio * ref)
+
+
+class Grids:
+    """Fine and coarse coordinates of a downscaling problem, with the interpolation B."""
+
+    def __init__(self, lat: np.ndarray, lon: np.ndarray, factor: int) -> None:
+        check_factor(len(lat), len(lon), factor)
+        self.lat, self.lon, self.factor = np.array(lat, float), np.array(lon, float), factor
+        self.lat_c, self.lon_c = coarse_coords(self.lat, self.lon, factor)
+        self.weights = lat_weights(self.lat)
+
+    def coarsen(self, x):
+        return coarsen(x, self.factor, self.lat)
+
+    def up(self, xc, method: str = "bicubic"):
+        return interpolate(xc, self.lat_c, self.lon_c, self.lat, self.lon, method)
+
+
+def _normalised_residual(fine: np.ndarray, norm: Normaliser, grids: Grids) -> tuple[np.ndarray, np.ndarray]:
+    """(B(C(z)), r) for physical fine fields (T, C, H, W); NaN cells are set to the mean (z = 0)."""
+    z = np.nan_to_num(norm.forward(fine.astype(np.float64)), nan=0.0)
+    b = grids.up(grids.coarsen(z))
+    return b, z - b
+
+
+def fit_residual_stats(
+    ds: xr.Dataset, variables: Sequence[str], times: Sequence[int], norm: Normaliser, grids: Grids,
+    batch: int = 4,
+) -> ResidualStats:
+    """Accumulate r and r^2 over the training times, `batch` time steps in memory at a time."""
+    total = total_sq = None
+    for start in range(0, len(times), batch):
+        _, r = _normalised_residual(load_times(ds, list(times[start : start + batch]), variables), norm, grids)
+        total = r.sum(0) if total is None else total + r.sum(0)
+        total_sq = (r**2).sum(0) if total_sq is None else total_sq + (r**2).sum(0)
+    return ResidualStats(len(times), total, total_sq)
+
+
+def condition(b: np.ndarray, m: np.ndarray, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Conditioning channels [B, m, s/<s>, sin(lat)] for (..., C, H, W) arrays -> (..., 3C+1, H, W)."""
+    rel = s / np.nanmean(s, axis=(-2, -1), keepdims=True)
+    sinlat = np.broadcast_to(np.sin(np.deg2rad(lat))[:, None], b.shape[-2:])
+    sinlat = np.broadcast_to(sinlat, (*b.shape[:-3], 1, *b.shape[-2:]))
+    m = np.broadcast_to(m, b.shape)
+    rel = np.broadcast_to(rel, b.shape)
+    return np.concatenate([b, m, rel, sinlat], axis=-3).astype(np.float32)
+
+
+class ResidualStrips(Dataset):
+    """Training examples (x0, cond, w): full-longitude strips of `strip_height` latitude rows.
+
+    Items enumerate (time, first row) with rows on a stride of 4; one prepared time is kept
+    per cache slot (`cache` slots), so memory is bounded by the cache, not by the dataset.
+    `w` (1, strip, 1) holds the latitude weights (0 where the truth is NaN it becomes a mask).
+    """
+
+    def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,
+                 stats: ResidualStats, grids: Grids, cache: int = 32) -> None:
+        self.ds, self.cfg, self.times, self.norm, self.stats, self.grids = ds, cfg, list(times), norm, stats, grids
+        h = cfg.strip_height
+        if h % 4 or h > len(grids.lat):
+            raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {len(grids.lat)}")
+        self.starts = list(range(0, len(grids.lat) - h + 1, 4))
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_size = cache
+
+    def __len__(self) -> int:
+        return len(self.times) * len(self.starts)
+
+    def prepared(self, ti: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x0, cond, valid) for the ti-th training time, full grid."""
+        if ti in self._cache:
+            self._cache.move_to_end(ti)
+            return self._cache[ti]
+        fine = load_times(self.ds, [self.times[ti]], self.cfg.variables)
+        b, r = _normalised_residual(fine, self.norm, self.grids)
+        m, s = self.stats.leave_one_out(r[0], self.cfg.std_floor)
+        x0 = ((r[0] - m) / s).astype(np.float32)
+        cond = condition(b[0], m, s, self.grids.lat)
+        valid = np.all(np.isfinite(fine[0]), axis=0).astype(np.float32)
+        self._cache[ti] = (x0, cond, valid)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return self._cache[ti]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ti, si = divmod(i, len(self.starts))
+        x0, cond, valid = self.prepared(ti)
+        rows = slice(self.starts[si], self.starts[si] + self.cfg.strip_height)
+        w = self.grids.weights[rows, None] * valid[rows]
+        return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w[None].astype(np.float32))
+
+
+def weighted_loss(model, process, batch) -> torch.Tensor:
+    """Latitude-weighted denoising loss for (x0, cond, w) batches (`Trainer` loss_fn)."""
+    from core import losses
+
+    x0, cond, w = batch
+    return losses.denoising_loss(model, process, x0, cond=cond, weights=w)
+
+
+class Downscaler:
+    """A trained downscaling model with everything needed to apply it to new coarse fields."""
+
+    def __init__(self, cfg: DownscaleConfig, norm: Normaliser, grids: Grids, mean: np.ndarray,
+                 std: np.ndarray, model: ClimateUNet | None = None) -> None:
+        self.cfg, self.norm, self.grids = cfg, norm, grids
+        self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
+        c = len(cfg.variables)
+        self.model = model if model is not None else ClimateUNet(UNetConfig(c, 3 * c + 1, cfg.widths))
+
+    def process(self):
+        from core import DiffusionProcess, get_schedule
+
+        return DiffusionProcess(get_schedule(self.cfg.schedule), prediction=self.cfg.prediction)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write the bundle atomically; loads with torch.load(weights_only=True)."""
+        from core.checkpoint import atomic_torch_save
+
+        state = {
+            "format": FORMAT,
+            "config": json.dumps(self.cfg.to_dict()),
+            "normaliser": self.norm.to_json(),
+            "unet": json.dumps(self.model.cfg.to_dict()),
+            "latitude": torch.from_numpy(self.grids.lat),
+            "longitude": torch.from_numpy(self.grids.lon),
+            "resid_mean": torch.from_numpy(self.mean).to(torch.float16),
+            "resid_std": torch.from_numpy(self.std).to(torch.float16),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "credit": ERA5_CREDIT if "ERA5" in self.cfg.source else self.cfg.source,
+            "extra": json.dumps(extra or {}),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(state, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> Downscaler:
+        """Read a bundle written by `save` (weights only, no pickled code)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a climate downscaling checkpoint (format {FORMAT})")
+        cfg = DownscaleConfig.from_dict(json.loads(state["config"]))
+        norm = Normaliser.from_dict(json.loads(state["normaliser"]))
+        grids = Grids(state["latitude"].numpy(), state["longitude"].numpy(), cfg.factor)
+        model = ClimateUNet(UNetConfig.from_dict(json.loads(state["unet"])))
+        model.load_state_dict(state["model"])
+        model.eval()
+        return cls(cfg, norm, grids, state["resid_mean"].float().numpy(), state["resid_std"].float().numpy(), model)
+
+    def check_input(self, ds: xr.Dataset, fine: bool = True) -> None:
+        """Raise if `ds` lacks the model's variables or is on another grid (fine or coarse)."""
+        missing = [v for v in self.cfg.variables if v not in ds.data_vars]
+        if missing:
+            raise KeyError(f"variable(s) {missing} needed by the checkpoint not found; available: {sorted(map(str, ds.data_vars))}")
+        if fine:
+            check_grid(ds, self.grids.lat, self.grids.lon)
+        else:
+            check_grid(ds, self.grids.lat_c, self.grids.lon_c, what="checkpoint's coarse grid")
+
+    # ------------------------------------------------------------------ sampling
+    def bicubic_z(self, coarse: np.ndarray) -> np.ndarray:
+        """B(z_coarse) for physical coarse fields (T, C, h, w) -> normalised (T, C, H, W)."""
+        return self.grids.up(np.nan_to_num(self.norm.forward(coarse.astype(np.float64)), nan=0.0))
+
+    @torch.no_grad()
+    def sample(self, coarse: np.ndarray, members: int = 8, steps: int = 10, method: str = "dpmpp_2m",
+               seed: int = 0, batch_size: int = 8, device: str | None = None,
+               known: np.ndarray | None = None, mask: np.ndarray | None = None,
+               progress: bool = False) -> np.ndarray:
+        """Ensemble of fine fields (member, T, C, H, W) in physical units from coarse (T, C, h, w).
+
+        `known`/`mask` (T, C, H, W), physical units and 1 where known, turn sampling into
+        inpainting (core `sample(known=, mask=)`): observed cells are kept, the rest is drawn.
+        """
+        from core import sample as core_sample
+
+        proc, dev = self.process(), torch.device(device or "cpu")
+        model = self.model.to(dev).eval()
+        b = self.bicubic_z(coarse)
+        cond = condition(b, self.mean, self.std, self.grids.lat)
+        known_x = None
+        if known is not None:
+            zk = np.nan_to_num(self.norm.forward(known.astype(np.float64)), nan=0.0)
+            known_x = np.nan_to_num((zk - b - self.mean) / self.std).astype(np.float32)
+        jobs = [(k, t) for k in range(members) for t in range(coarse.shape[0])]
+        out = np.empty((members, *b.shape), dtype=np.float32)
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            ts = [t for _, t in chunk]
+            kw = {}
+            if known_x is not None:
+                kw = {"known": torch.from_numpy(known_x[ts]).to(dev), "mask": torch.from_numpy(mask[ts].astype(np.float32)).to(dev)}
+            x = core_sample(model, proc, (len(chunk), *b.shape[1:]), method=method, steps=steps, generator=gen,
+                            cond=torch.from_numpy(cond[ts]).to(dev), progress=progress, device=dev, **kw)
+            z = b[ts] + self.mean + self.std * x.double().cpu().numpy()
+            phys = self.norm.inverse(z)
+            for j, (k, t) in enumerate(chunk):
+                out[k, t] = phys[j]
+        if known is not None:
+            out = np.where(mask[None].astype(bool), known[None], out)
+        return out
+
+
+def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tuple[Downscaler, ResidualStrips]:
+    """Fit the normaliser and residual statistics on the training times; return bundle and data."""
+    if len(train_idx) < 3:
+        raise ValueError(f"need at least 3 training times for leave-one-out statistics, got {len(train_idx)}")
+    grids = Grids(ds["latitude"].values, ds["longitude"].values, cfg.factor)
+    norm = fit_normaliser(ds, cfg.variables, list(train_idx))
+    stats = fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids)
+    mean, std = stats.mean_std(cfg.std_floor)
+    data = ResidualStrips(ds, cfg, train_idx, norm, stats, grids)
+    return Downscaler(cfg, norm, grids, mean, std), data
+
+
+def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_dir: str | Path,
+          steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
+          progress: bool = False, checkpoint_every: int = 200, device: str | None = None) -> Downscaler:
+    """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle."""
+    from core.training import TrainConfig, Trainer
+
+    torch.manual_seed(seed)
+    bundle, data = build(ds, cfg, train_idx)
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", warmup_steps=min(100, steps // 10 + 1),
+                       min_lr_ratio=0.05, ema_half_life=max(steps / 20, 5), checkpoint_every=checkpoint_every,
+                       keep_last=2, log_every=20, seed=seed, out_dir=str(out_dir), device=device)
+    trainer = Trainer(bundle.model, bundle.process(), data, tcfg, loss_fn=weighted_loss, progress=progress)
+    trainer.fit(resume=True)
+    bundle.model = trainer.ema_model
+    bundle.model.eval()
+    return bundle

@@ -1,0 +1,140 @@
+"""Regular latitude-longitude grids: cell-area weights, area-weighted coarsening, interpolation.
+
+Arrays are (..., lat, lon) with latitude increasing and longitude periodic. Interpolation is
+written as two small matrices, `x_fine = W_lat @ x_coarse @ W_lon^T`, so it is exact about
+coordinates, periodic in longitude, and runs unchanged on numpy arrays or torch tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+
+def cell_bounds(lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower/upper latitude edges of each cell: half-way to the neighbours, clipped to [-90, 90]."""
+    lat = np.asarray(lat, dtype=np.float64)
+    if lat.size == 1:
+        return np.array([-90.0]), np.array([90.0])
+    mid = 0.5 * (lat[1:] + lat[:-1])
+    lower = np.concatenate([[lat[0] - (mid[0] - lat[0])], mid])
+    upper = np.concatenate([mid, [lat[-1] + (lat[-1] - mid[-1])]])
+    return np.clip(lower, -90, 90), np.clip(upper, -90, 90)
+
+
+def lat_weights(lat: np.ndarray) -> np.ndarray:
+    """Cell-area weights w_i = sin(phi_i^+) - sin(phi_i^-), normalised to mean 1 (WeatherBench 2)."""
+    lower, upper = cell_bounds(lat)
+    w = np.sin(np.deg2rad(upper)) - np.sin(np.deg2rad(lower))
+    return w / w.mean()
+
+
+def check_factor(n_lat: int, n_lon: int, factor: int) -> None:
+    """Raise a `ValueError` naming the coordinate when `factor` does not divide the grid."""
+    if factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor}")
+    for name, n in (("latitude", n_lat), ("longitude", n_lon)):
+        if n % factor:
+            raise ValueError(
+                f"factor {factor} does not divide the {name} size {n} "
+                f"(trim the grid, e.g. drop a pole row, or choose a factor of {n})"
+            )
+
+
+def trim_to_factor(ds: xr.Dataset, factor: int) -> tuple[xr.Dataset, str | None]:
+    """Drop one pole row from a pole-inclusive grid (e.g. 181 = 180 + 1 rows) so `factor` divides it.
+
+    Returns the dataset and a message saying what was dropped (None when nothing was).
+    Any other mismatch is left for `check_factor` to report.
+    """
+    n = ds.sizes["latitude"]
+    lat = ds["latitude"].values
+    if n % factor == 1 and np.isclose(abs(lat[-1]), 90.0):
+        return ds.isel(latitude=slice(0, n - 1)), f"dropped the pole row latitude={lat[-1]:g} so {factor} divides {n}"
+    return ds, None
+
+
+def coarsen(x, factor: int, lat: np.ndarray):
+    """Area-weighted block mean: X_IJ = sum_{i in I, j in J} w_i x_ij / sum_{i in I, j in J} w_i.
+
+    `x` is a numpy array or torch tensor (..., lat, lon). Latitude blocks are weighted by cell
+    area, longitude blocks are plain means (equal areas along a latitude circle).
+    """
+    n_lat, n_lon = x.shape[-2], x.shape[-1]
+    check_factor(n_lat, n_lon, factor)
+    w = lat_weights(lat).reshape(n_lat // factor, factor)
+    w = w / w.sum(axis=1, keepdims=True)
+    shape = (*x.shape[:-2], n_lat // factor, factor, n_lon // factor, factor)
+    if isinstance(x, torch.Tensor):
+        wt = torch.as_tensor(w, dtype=x.dtype, device=x.device)
+        return torch.einsum("...iajb,ia->...ij", x.reshape(shape), wt) / factor
+    return np.einsum("...iajb,ia->...ij", np.asarray(x).reshape(shape), w.astype(np.asarray(x).dtype)) / factor
+
+
+def coarse_coords(lat: np.ndarray, lon: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of the coarse cells: mean of the fine cell centres in each block."""
+    check_factor(len(lat), len(lon), factor)
+    return (np.asarray(lat, float).reshape(-1, factor).mean(1), np.asarray(lon, float).reshape(-1, factor).mean(1))
+
+
+def coarsen_dataset(ds: xr.Dataset, factor: int) -> xr.Dataset:
+    """Lazy area-weighted coarsening of every variable of a (time, latitude, longitude) dataset."""
+    check_factor(ds.sizes["latitude"], ds.sizes["longitude"], factor)
+    w = xr.DataArray(lat_weights(ds["latitude"].values), dims="latitude", coords={"latitude": ds["latitude"]})
+    num = (ds * w).coarsen(latitude=factor, longitude=factor).sum()
+    den = (w.coarsen(latitude=factor).sum()) * factor
+    out = num / den
+    lat_c, lon_c = coarse_coords(ds["latitude"].values, ds["longitude"].values, factor)
+    out = out.assign_coords(latitude=lat_c, longitude=lon_c)
+    for name in ds.data_vars:
+        out[name].attrs = dict(ds[name].attrs)
+    for name in ("latitude", "longitude"):
+        out[name].attrs = dict(ds[name].attrs)
+    out.attrs = dict(ds.attrs)
+    return out
+
+
+def _cubic_kernel(s: np.ndarray, a: float = -0.5) -> np.ndarray:
+    s = np.abs(s)
+    return np.where(
+        s <= 1, (a + 2) * s**3 - (a + 3) * s**2 + 1, np.where(s < 2, a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a, 0.0)
+    )
+
+
+def interp_matrix(src: np.ndarray, dst: np.ndarray, method: str, periodic: float | None = None) -> np.ndarray:
+    """Matrix W (len(dst), len(src)) with x(dst) = W x(src) for a uniform source axis.
+
+    `method` is "bilinear" (linear per axis) or "bicubic" (Keys cubic convolution, a = -1/2).
+    `periodic` is the period (360 for longitude) or None, in which case the edge value is repeated.
+    """
+    if method not in ("bilinear", "bicubic"):
+        raise ValueError(f"method must be 'bilinear' or 'bicubic', got {method!r}")
+    src, dst = np.asarray(src, float), np.asarray(dst, float)
+    n = src.size
+    step = (src[-1] - src[0]) / (n - 1) if n > 1 else 1.0
+    pos = (dst - src[0]) / step
+    if periodic is not None:
+        pos = np.mod(pos, periodic / step)
+    base = np.floor(pos).astype(int)
+    frac = pos - base
+    offsets = np.array([0, 1]) if method == "bilinear" else np.array([-1, 0, 1, 2])
+    idx = base[:, None] + offsets[None, :]
+    dist = frac[:, None] - offsets[None, :]
+    weight = np.clip(1 - np.abs(dist), 0, None) if method == "bilinear" else _cubic_kernel(dist)
+    idx = np.mod(idx, n) if periodic is not None else np.clip(idx, 0, n - 1)
+    mat = np.zeros((dst.size, n))
+    np.add.at(mat, (np.repeat(np.arange(dst.size), idx.shape[1]), idx.ravel()), weight.ravel())
+    return mat
+
+
+def interpolate(x, lat_src, lon_src, lat_dst, lon_dst, method: str = "bicubic"):
+    """Interpolate (..., lat_src, lon_src) to (..., lat_dst, lon_dst), periodic in longitude."""
+    w_lat = interp_matrix(lat_src, lat_dst, method)
+    w_lon = interp_matrix(lon_src, lon_dst, method, periodic=360.0)
+    if isinstance(x, torch.Tensor):
+        a = torch.as_tensor(w_lat, dtype=x.dtype, device=x.device)
+        b = torch.as_tensor(w_lon, dtype=x.dtype, device=x.device)
+        return torch.matmul(torch.matmul(a, x), b.T)
+    x = np.asarray(x)
+    return np.matmul(np.matmul(w_lat.astype(x.dtype), x), w_lon.T.astype(x.dtype))
