@@ -1,0 +1,703 @@
+"""One `Trainer` for every plugin: EMA, mixed precision, atomic checkpoints, exact resume, DDP.
+
+    cfg = TrainConfig(steps=2000, batch_size=64, lr=2e-4, out_dir="runs/x")
+    trainer = Trainer(model, process, dataset, cfg)   # loss: losses.denoising_loss by default
+    trainer.fit(resume=True)                           # continues from the newest good checkpoint
+    trainer.ema_model                                  # the weights sampling uses
+
+Each optimiser step minimises the per-process batch loss `L(theta)` with AdamW
+(Loshchilov & Hutter 2019) at rate `lr * f(step)` (linear warm-up, then constant, cosine
+or linear decay), after clipping `||grad L||_2` to `grad_clip`, and then updates the EMA
+`theta_ema <- beta theta_ema + (1 - beta) theta`. Under `torchrun` each of the `W`
+processes sees its own shard of the data (`DistributedSampler`) and DDP averages the
+gradients, so a step equals a single-process step on a `W * batch_size` batch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import itertools
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from tqdm.auto import tqdm
+
+from core.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    atomic_write_text,
+    capture_rng,
+    check_config,
+    check_state_dict,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
+from core.ema import EMA, decay_from_half_life
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "denoising_loss_fn",
+    "latest_checkpoint",
+    "load_weights",
+]
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Fields that may change between a run and its resumption: they do not alter the trajectory
+# (steps only moves the finish line; with a decaying schedule a warning says the curve moved).
+RESUMABLE_FIELDS = frozenset(
+    {"steps", "checkpoint_every", "keep_last", "log_every", "out_dir", "num_workers", "device"}
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as JSON beside every checkpoint.
+
+    `batch_size` is per process: under `torchrun --nproc_per_node=W` a step sees `W * batch_size`
+    examples. `ema_decay` (beta) and `ema_half_life` (h steps, beta = 0.5 ** (1/h)) are
+    alternatives; with neither, beta = 0.999. `precision="auto"` is bf16 autocast on CUDA
+    (fp16 with a gradient scaler where bf16 is missing) and fp32 elsewhere; the master weights
+    are always fp32. `lr_schedule` multiplies `lr` by `(s + 1) / warmup_steps` during warm-up,
+    then by 1 ("constant"), or decays to `min_lr_ratio` by the last step ("cosine", "linear").
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    ema_decay: float | None = None
+    ema_half_life: float | None = None
+    grad_clip: float | None = 1.0
+    precision: str = "auto"
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    seed: int = 0
+    out_dir: str = "runs/default"
+    num_workers: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        object.__setattr__(self, "out_dir", str(self.out_dir))
+        errors = []
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every"):
+            if int(getattr(self, name)) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            errors.append(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            errors.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.precision not in PRECISIONS:
+            errors.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            errors.append("warmup_steps and num_workers must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            errors.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.ema_decay is not None and self.ema_half_life is not None:
+            errors.append("give ema_decay or ema_half_life, not both")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            errors.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_half_life is not None and not self.ema_half_life > 0:
+            errors.append(f"ema_half_life must be > 0 steps, got {self.ema_half_life}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            errors.append(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if len(self.adam_betas) != 2:
+            errors.append(f"adam_betas must have two values, got {self.adam_betas}")
+        if errors:
+            raise ValueError("invalid TrainConfig: " + "; ".join(errors))
+
+    @property
+    def ema_beta(self) -> float:
+        """The per-step EMA decay beta, from `ema_decay`, `ema_half_life`, or 0.999."""
+        if self.ema_half_life is not None:
+            return decay_from_half_life(self.ema_half_life)
+        return 0.999 if self.ema_decay is None else float(self.ema_decay)
+
+    def lr_factor(self, step: int) -> float:
+        """f(s): the multiplier of `lr` for optimiser step `s` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        if self.lr_schedule == "cosine":
+            return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (
+                1.0 + math.cos(math.pi * progress)
+            )
+        return 1.0 - (1.0 - self.min_lr_ratio) * progress
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "dict") -> TrainConfig:
+        """Build from `to_dict` output; unknown fields are an error that names them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields in {source}: {unknown}")
+        return cls(**d)
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the config as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        """Read a config written by `to_json` (or the `config` of a checkpoint manifest)."""
+        d = json.loads(Path(path).read_text())
+        return cls.from_dict(d.get("config", d) if "sha256" in d else d, source=str(path))
+
+
+def denoising_loss_fn(model: Callable, process: Any, batch: Any) -> torch.Tensor:
+    """Default loss: `losses.denoising_loss(model, process, x0, cond=cond)`.
+
+    `batch` is a tensor `x0`, or a sequence `(x0,)` / `(x0, cond)` (what a `TensorDataset` yields).
+    """
+    from core import losses
+
+    if isinstance(batch, torch.Tensor):
+        return losses.denoising_loss(model, process, batch)
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        cond = batch[1] if len(batch) == 2 else None
+        return losses.denoising_loss(model, process, batch[0], cond=cond)
+    raise TypeError(
+        f"the default loss needs a batch that is a Tensor or an (x0, cond) pair, got {type(batch).__name__}; "
+        "pass loss_fn=... to the Trainer for other batch layouts"
+    )
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest `ckpt_*.pt` in `out_dir` (unverified), or None."""
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_weights(model: nn.Module, path: str | Path, ema: bool = True) -> nn.Module:
+    """Load a checkpoint's EMA (default) or raw weights into `model`, checking the architecture."""
+    ck = load_checkpoint(path)
+    state = ck["ema" if ema else "model"]
+    check_state_dict(model.state_dict(), state, "ema" if ema else "model", path)
+    model.load_state_dict(state)
+    return model
+
+
+# ----------------------------------------------------------------------------- helpers
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(_to_device(v, device) for v in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    if hasattr(batch, "to") and not isinstance(batch, type):  # e.g. a PyG Batch
+        return batch.to(device)
+    return batch
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG users draw from)
+    random.seed(seed)
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialise the process group when torchrun asks for one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+class _ShardedIterable(IterableDataset):
+    """Every `world`-th item of an iterable, starting at `rank`, after skipping `skip` of them."""
+
+    def __init__(self, source: Iterable, rank: int, world: int, skip: int) -> None:
+        self.source, self.rank, self.world, self.skip = source, rank, world, skip
+
+    def __iter__(self):
+        return itertools.islice(
+            itertools.islice(iter(self.source), self.rank, None, self.world), self.skip, None
+        )
+
+
+class _BatchStream:
+    """Endless batches with a resumable position (epoch, batches consumed in the epoch).
+
+    A map-style dataset is shuffled per epoch by `DistributedSampler(seed=seed)` (one replica
+    when not distributed), so the order depends only on the seed and the epoch; resuming
+    skips the consumed indices without loading them. An iterable is sharded item by item
+    across ranks and re-iterated each epoch; resuming skips the consumed items.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        cfg: TrainConfig,
+        collate_fn: Callable | None,
+        rank: int,
+        world: int,
+        pin: bool,
+    ) -> None:
+        if isinstance(source, DataLoader):
+            raise TypeError(
+                "pass the Dataset (or iterable) itself, not a DataLoader: the Trainer builds the "
+                "loader so that it can shard, shuffle and resume it"
+            )
+        self.source, self.cfg, self.collate_fn = source, cfg, collate_fn
+        self.rank, self.world, self.pin = rank, world, pin
+        self.map_style = (
+            not isinstance(source, IterableDataset)
+            and hasattr(source, "__len__")
+            and hasattr(source, "__getitem__")
+        )
+        if self.map_style and len(source) // world < cfg.batch_size:
+            raise ValueError(
+                f"dataset has {len(source)} items: fewer than batch_size={cfg.batch_size} "
+                f"per process for {world} process(es)"
+            )
+        if not self.map_style and not isinstance(source, Iterable):
+            raise TypeError(
+                f"data must be a torch Dataset, a tensor or an iterable, got {type(source).__name__}"
+            )
+        self.epoch, self.batch, self._it = 0, 0, None
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.batch, self._it = int(state["epoch"]), int(state["batch"]), None
+
+    def _open(self) -> None:
+        bs, cfg = self.cfg.batch_size, self.cfg
+        # a private generator: making the iterator must not draw from the global RNG
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch * 1009 + self.rank)
+        if self.map_style:
+            sampler = DistributedSampler(
+                self.source,
+                num_replicas=self.world,
+                rank=self.rank,
+                shuffle=True,
+                seed=cfg.seed,
+                drop_last=True,
+            )
+            sampler.set_epoch(self.epoch)
+            indices = list(sampler)[self.batch * bs :]
+            loader = DataLoader(
+                self.source,
+                batch_size=bs,
+                sampler=indices,
+                drop_last=True,
+                collate_fn=self.collate_fn,
+                num_workers=cfg.num_workers,
+                generator=gen,
+                pin_memory=self.pin,
+            )
+        else:
+            shard = _ShardedIterable(self.source, self.rank, self.world, self.batch * bs)
+            loader = DataLoader(
+                shard,
+                batch_size=bs,
+                drop_last=True,
+                collate_fn=self.collate_fn,
+                num_workers=0,
+                generator=gen,
+                pin_memory=self.pin,
+            )
+        self._it = iter(loader)
+
+    def next(self) -> Any:
+        for _ in range(2):
+            if self._it is None:
+                self._open()
+            try:
+                out = next(self._it)
+                self.batch += 1
+                return out
+            except StopIteration:
+                if self.batch == 0:
+                    break
+                self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+        raise RuntimeError(
+            f"the data source gave no full batch of {self.cfg.batch_size} in epoch {self.epoch}: a one-shot "
+            "iterator (e.g. a generator) is exhausted; pass a Dataset, a list or an IterableDataset that can be "
+            "iterated again"
+        )
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Train `model` on `data` with loss `loss_fn(model, process, batch) -> scalar` (see module doc).
+
+    `model(x_t, t, cond=None)` is any `nn.Module`; `data` a map-style `Dataset` (or a tensor) or
+    an iterable of examples, batched by `torch.utils.data.default_collate` or `collate_fn`.
+    `loss_fn` gets the model wrapped in `DistributedDataParallel` under torchrun (its attributes
+    are then under `.module`). Only rank 0 writes checkpoints, `config.json`, `metrics.jsonl`
+    and `loss.png` to `cfg.out_dir`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        process: Any,
+        dataset: Dataset | Iterable | torch.Tensor,
+        cfg: TrainConfig,
+        loss_fn: Callable[[Any, Any, Any], torch.Tensor] | None = None,
+        collate_fn: Callable | None = None,
+        *,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.process = cfg, process
+        self.loss_fn = loss_fn or denoising_loss_fn
+        self.progress = progress
+        self.rank, self.world_size, local_rank = _init_distributed()
+        if cfg.device is not None:
+            self.device = torch.device(cfg.device)
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda", local_rank)
+        else:
+            self.device = torch.device("cpu")
+        self.out_dir = Path(cfg.out_dir)
+        self.model = model.to(self.device)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model: nn.Module = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.train_model = self.model
+        self.ema = EMA(
+            self.model, cfg.ema_beta
+        )  # after DDP: every rank starts from rank 0's weights
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
+        self.precision = self._resolve_precision()
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.data = _BatchStream(
+            dataset, cfg, collate_fn, self.rank, self.world_size, pin=self.device.type == "cuda"
+        )
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The EMA weights (an `nn.Module` in eval mode): what sampling should use."""
+        return self.ema.model
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
+
+    def _resolve_precision(self) -> str:
+        p = self.cfg.precision
+        if p == "auto":
+            if self.device.type != "cuda":
+                return "fp32"
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return p
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path | None:
+        """Write `ckpt_{step}.pt` (+ manifest) atomically on rank 0 and keep the last `keep_last`.
+
+        Every rank takes part: each one's RNG state is gathered so a resumed run continues
+        every rank's random stream. Returns the path on rank 0, None elsewhere.
+        """
+        rng = capture_rng()
+        if self.world_size > 1:
+            rngs: list[Any] = [None] * self.world_size
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        path = None
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "rng": rngs,
+                "world_size": self.world_size,
+                "data": self.data.state(),
+                "config": self.cfg.to_dict(),
+            }
+            path = save_checkpoint(state, checkpoint_path(self.out_dir, self.step))
+            prune_checkpoints(self.out_dir, self.cfg.keep_last)
+        if self.world_size > 1:
+            dist.barrier()
+        self.last_checkpoint = checkpoint_path(self.out_dir, self.step)
+        return path
+
+    def load(self, path: str | Path, checkpoint: Mapping[str, Any] | None = None) -> None:
+        """Restore model, EMA, optimiser, scheduler, scaler, step, data position and RNGs from `path`.
+
+        Raises `CheckpointError` (unreadable file) or `CheckpointMismatchError` naming the
+        architecture keys or `TrainConfig` fields that differ.
+        """
+        ck = checkpoint if checkpoint is not None else load_checkpoint(path)
+        saved_cfg = ck["config"]
+        check_config(saved_cfg, self.cfg.to_dict(), set(RESUMABLE_FIELDS), path)
+        if (
+            saved_cfg.get("steps") != self.cfg.steps
+            and self.cfg.lr_schedule != "constant"
+            and self.is_main
+        ):
+            warnings.warn(
+                f"resuming {path} with steps={self.cfg.steps} (was {saved_cfg.get('steps')}): "
+                f"the {self.cfg.lr_schedule} learning-rate schedule is stretched from here on",
+                stacklevel=2,
+            )
+        check_state_dict(self.model.state_dict(), ck["model"], "model", path)
+        check_state_dict(self.ema.model.state_dict(), ck["ema"], "ema", path)
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except ValueError as err:
+            raise CheckpointMismatchError(
+                f"checkpoint {path}: optimiser state does not fit: {err}"
+            ) from err
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.step = int(ck["step"])
+        self.data.load_state(ck["data"])
+        rngs = ck["rng"]
+        if len(rngs) == self.world_size:
+            restore_rng(rngs[self.rank])
+        else:
+            if self.is_main:
+                warnings.warn(
+                    f"checkpoint {path} was written by {len(rngs)} process(es), this run has "
+                    f"{self.world_size}: random streams are reseeded, the run is not bit-exact",
+                    stacklevel=2,
+                )
+            _seed_everything(self.cfg.seed + 7919 * self.step + self.rank)
+        self.last_checkpoint = Path(path)
+
+    def _resume_point(self) -> tuple[Path, dict[str, Any]] | None:
+        """Newest checkpoint in `out_dir` that reads back intact; damaged ones are skipped with a warning."""
+        chosen: list[Any] = [None]
+        if self.is_main:
+            for p in reversed(list_checkpoints(self.out_dir)):
+                try:
+                    load_checkpoint(p)
+                except CheckpointError as err:
+                    warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=3)
+                    continue
+                chosen[0] = str(p)
+                break
+        if self.world_size > 1:
+            dist.broadcast_object_list(chosen, src=0)
+        if chosen[0] is None:
+            return None
+        return Path(chosen[0]), load_checkpoint(chosen[0], verify=False)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, resume: bool = True) -> None:
+        """Train until `cfg.steps` optimiser steps are done.
+
+        With `resume`, continue from the newest good checkpoint in `out_dir` (a fresh start if
+        there is none); a fresh start seeds torch, numpy and `random` with `seed + rank`.
+        Raises `NonFiniteLossError` naming the first step whose loss was NaN or infinite; no
+        checkpoint is written after it.
+        """
+        cfg = self.cfg
+        found = self._resume_point() if resume else None
+        if found is not None:
+            self.load(*found)
+        elif self.step == 0:
+            _seed_everything(cfg.seed + self.rank)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_json(self.out_dir / "config.json")
+            self._trim_metrics(self.step)
+        self.model.train()
+        dev = self.device
+        bad_step = torch.full((), 2**62, dtype=torch.int64, device=dev)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        window, t_window, t_start = 0, time.perf_counter(), time.perf_counter()
+        grad_norm: torch.Tensor | None = None
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.progress and self.is_main and sys.stderr.isatty()),
+        )
+        try:
+            while self.step < cfg.steps:
+                batch = _to_device(self.data.next(), dev)
+                with torch.autocast(
+                    dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+                ):
+                    loss = self.loss_fn(self.train_model, self.process, batch)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(
+                        f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
+                        f"of shape {getattr(loss, 'shape', None)}"
+                    )
+                loss = loss.reshape(())
+                loss_d = loss.detach().to(torch.float64)
+                # recorded on the device, checked at the next sync point: no host sync per step
+                bad_step = torch.where(
+                    torch.isfinite(loss_d) | (bad_step < 2**62),
+                    bad_step,
+                    torch.full_like(bad_step, self.step + 1),
+                )
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                if cfg.grad_clip is not None:
+                    if self.scaler is not None:
+                        self.scaler.unscale_(self.optimizer)
+                    grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.ema.update(self.model)
+                self.step += 1
+                loss_sum += loss_d
+                window += 1
+                bar.update(1)
+                ckpt_now = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                if ckpt_now or self.step % cfg.log_every == 0:
+                    self._check_finite(bad_step)
+                    now = time.perf_counter()
+                    mean_loss = self._mean_across_ranks(loss_sum / window)
+                    record = {
+                        "step": self.step,
+                        "epoch": self.data.epoch,
+                        "loss": mean_loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "steps_per_sec": window / max(now - t_window, 1e-9),
+                        "time": now - t_start,
+                    }
+                    if grad_norm is not None:
+                        record["grad_norm"] = float(grad_norm)
+                    if self.is_main:
+                        self._log(record)
+                        bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
+                    loss_sum.zero_()
+                    window, t_window = 0, now
+                if ckpt_now:
+                    self.save()
+        finally:
+            bar.close()
+        if self.is_main:
+            self.plot_loss()
+
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        if self.world_size > 1:
+            bad_step = bad_step.clone()
+            dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
+        step = int(bad_step)
+        if step < 2**62:
+            last = self.last_checkpoint if self.last_checkpoint is not None else "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step}: training stopped, no checkpoint was "
+                f"written after it; last good checkpoint: {last}"
+            )
+
+    def _mean_across_ranks(self, value: torch.Tensor) -> float:
+        if self.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.world_size
+        return float(value)
+
+    # ------------------------------------------------------------------ logs and pictures
+    def _log(self, record: Mapping[str, Any]) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop log lines past `step`: a killed run may have logged beyond its last checkpoint."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+    def plot_loss(self, path: str | Path | None = None) -> Path | None:
+        """Draw `metrics.jsonl`'s loss against step to `loss.png` (log scale); None if nothing logged."""
+        metrics = self.out_dir / "metrics.jsonl"
+        if not metrics.is_file():
+            return None
+        rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+        if not rows:
+            return None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6, 3.5), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"loss (mean over {self.cfg.log_every} steps)")
+        if all(r["loss"] > 0 for r in rows):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = Path(path) if path is not None else self.out_dir / "loss.png"
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+        return out
