@@ -84,7 +84,7 @@ def score_as_core_model(score: Callable[[Tensor, Tensor], Tensor], schedule, t_f
 
     def model(x: Tensor, s: Tensor, cond=None) -> Tensor:
         t = ou_time_from_vp(schedule, s).clamp_min(t_floor)
-        return score(x, t.to(x.dtype))
+        return score(x, t.to(x.dtype)).to(x.dtype)
 
     return model
 
