@@ -46,12 +46,13 @@ def fair_crps(ensemble: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> float
 
 
 def spread_skill(ensemble: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> float:
-    """sqrt((K+1)/K) * spread / skill; NaN for a single member."""
+    """sqrt((K+1)/K) * spread / skill over the cells where the truth is finite; NaN for one member."""
     k = ensemble.shape[0]
     if k < 2:
         return float("nan")
     w = lat_weights(lat)
-    spread = np.sqrt(_wmean(ensemble.var(axis=0, ddof=1), w))
+    var = np.where(np.isfinite(truth), ensemble.var(axis=0, ddof=1), np.nan)
+    spread = np.sqrt(_wmean(var, w))
     return float(np.sqrt((k + 1) / k) * spread / rmse(ensemble, truth, lat))
 
 
@@ -75,11 +76,16 @@ def spectral_error(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray, k_min: 
     return float(np.mean(np.abs(np.log10(np.maximum(p_pred[sel], 1e-30) / np.maximum(p_true[sel], 1e-30)))))
 
 
-def score_all(ensemble: np.ndarray, truth: np.ndarray, lat: np.ndarray, k_min: int) -> dict[str, float]:
-    """RMSE, fair CRPS, spread/skill and small-scale spectral error (members as in `ensemble`)."""
-    return {
+def score_all(ensemble: np.ndarray, truth: np.ndarray, lat: np.ndarray, k_min: int | None) -> dict[str, float]:
+    """RMSE, fair CRPS, spread/skill and (unless `k_min` is None) the small-scale spectral error.
+
+    Cells where `truth` is NaN are left out of every score (e.g. to score only the gaps of a fill).
+    """
+    out = {
         "rmse": rmse(ensemble, truth, lat),
         "crps": fair_crps(ensemble, truth, lat),
         "spread_skill": spread_skill(ensemble, truth, lat),
-        "spectral_error": spectral_error(ensemble, truth, lat, k_min),
     }
+    if k_min is not None:
+        out["spectral_error"] = spectral_error(ensemble, truth, lat, k_min)
+    return out

