@@ -47,7 +47,7 @@ class KernelSmoothingScore:
             (leave-one-out log-likelihood of ``rho_h^``, see ``select_bandwidth``).
         process: on ``R^d``, ``"ou"`` (default, the VP process) or ``"bm"`` (``dX = sqrt(2) dW``).
         form: ``"kernel"`` (any manifold) or ``"spectral"`` (torus and ``Sphere(2)``).
-        max_degree: spectral truncation; default ``ceil(5 / sqrt(bandwidth))`` (keeps ``h_t > 0``).
+        max_degree: spectral truncation; default ``ceil(6 / sqrt(bandwidth))`` (tail below ``e^{-36}``) (keeps ``h_t > 0``).
         chunk_size: data points per chunk (default: from a 4M-element budget).
 
     Example::
@@ -97,7 +97,7 @@ class KernelSmoothingScore:
         if form == "spectral":
             if isinstance(self.manifold, Euclidean):
                 raise ValueError("KernelSmoothingScore: form='spectral' needs a compact manifold (torus or sphere)")
-            deg = max_degree or math.ceil(5.0 / math.sqrt(bandwidth))
+            deg = max_degree or math.ceil(6.0 / math.sqrt(bandwidth))
             self.basis = self.manifold.eigenbasis(deg)
             lam = self.basis.eigenvalues.to(data)
             self._lam = lam

@@ -76,6 +76,7 @@ class Manifold:
             bad = int((~torch.isfinite(x)).any(-1).sum())
             raise ValueError(f"{name}: {bad} point(s) contain NaN or inf")
         dist = self.distance_from_manifold(x)
+        dist = dist.detach()
         if dist.numel() and float(dist.max()) > atol:
             off = int((dist > atol).sum())
             raise ValueError(
@@ -304,6 +305,8 @@ def gegenbauer_series(c: Tensor, t: float, n: int, terms: int | None = None) -> 
     a = 0.5 * (n - 1)
     if terms is None:
         terms = min(math.ceil(math.sqrt(45.0 / t)) + n + 2, 4000)
+    if n == 2:
+        return _legendre_series(c, t, terms)
     c0, c1 = torch.ones_like(c), 2 * a * c  # C_0^a, C_1^a
     d0, d1 = torch.zeros_like(c), torch.ones_like(c)  # C_{-1}^{a+1} := 0, C_0^{a+1}
     p = 1 + math.exp(-n * t) * (n + 1) / (n - 1) * c1
@@ -317,6 +320,26 @@ def gegenbauer_series(c: Tensor, t: float, n: int, terms: int | None = None) -> 
             break
         p = p + w * (2 * lvl + n - 1) / (n - 1) * c1
         dp = dp + w * (2 * lvl + n - 1) * d1
+    return p, dp
+
+
+def _legendre_series(c: Tensor, t: float, terms: int) -> tuple[Tensor, Tensor]:
+    """``S^2`` case of ``gegenbauer_series``: ``sum (2l+1) e^{-l(l+1)t} P_l(c)`` and its derivative, with
+    ``l P_l = (2l-1) c P_{l-1} - (l-1) P_{l-2}`` and ``P_l' = P_{l-2}' + (2l-1) P_{l-1}`` (in place)."""
+    p0, p1 = torch.ones_like(c), c.clone()
+    d0, d1 = torch.zeros_like(c), torch.ones_like(c)
+    w = math.exp(-2 * t)
+    p = 1 + 3 * w * c
+    dp = torch.full_like(c, 3 * w)
+    for lvl in range(2, terms + 1):
+        w = math.exp(-lvl * (lvl + 1) * t)
+        if w < 1e-300:
+            break
+        p2 = torch.mul(c, p1).mul_((2 * lvl - 1) / lvl).sub_(p0, alpha=(lvl - 1) / lvl)
+        d2 = d0.add_(p1, alpha=2 * lvl - 1)  # reuses d0's storage: d0 is not needed again
+        p.add_(p2, alpha=w * (2 * lvl + 1))
+        dp.add_(d2, alpha=w * (2 * lvl + 1))
+        p0, p1, d0, d1 = p1, p2, d1, d2
     return p, dp
 
 
