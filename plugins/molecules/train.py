@@ -1,0 +1,83 @@
+"""Training of a MolDiffusion model (through core's Trainer), and its model files.
+
+A shipped model is one `.pt` file holding {"config": MolDiffusionConfig as a dict, "state": EMA
+weights (tensors only)}, loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Batch
+
+from core.checkpoint import atomic_torch_save, atomic_write_text
+from core.training import TrainConfig, Trainer
+
+from .data import PackedMolecules
+from .diffusion import MolDiffusion, MolDiffusionConfig
+
+
+def save_model(model: MolDiffusion, path: str | Path, state: dict | None = None) -> Path:
+    """Write {"config", "state"} atomically (state defaults to the model's own weights)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"config": model.cfg.to_dict(), "state": state or model.state_dict()}, path)
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MolDiffusion:
+    """Rebuild a MolDiffusion from a file written by `save_model` (weights_only load)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    blob = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(blob, dict) or "config" not in blob or "state" not in blob:
+        raise ValueError(f"{path} is not a molecules checkpoint (expected keys 'config' and 'state')")
+    model = MolDiffusion(MolDiffusionConfig.from_dict(blob["config"]))
+    model.load_state_dict(blob["state"])
+    return model.to(device).eval()
+
+
+def fit_statistics(model: MolDiffusion, data: PackedMolecules) -> None:
+    """Set the model's size histogram and element marginal from the training data."""
+    hist = torch.bincount(data.n_atoms, minlength=model.cfg.max_atoms + 1).float()
+    if len(hist) > model.cfg.max_atoms + 1:
+        raise ValueError(f"training data has molecules of {len(hist) - 1} atoms, above max_atoms={model.cfg.max_atoms}")
+    model.size_hist.copy_(hist)
+    counts = torch.bincount(data.z, minlength=model.cfg.n_types).double()
+    model.type_marginal.copy_((counts / counts.sum()).float())
+
+
+def molecule_loss(model: MolDiffusion, process, batch) -> torch.Tensor:
+    """Trainer hook: the model's own joint position/type loss (`MolDiffusion.loss`)."""
+    net = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return net.loss(batch)
+
+
+def collate(items: Sequence) -> Batch:
+    """Trainer hook: a list of `Data` to one PyG `Batch`."""
+    return Batch.from_data_list(list(items))
+
+
+def train(model: MolDiffusion, data: PackedMolecules, cfg: TrainConfig, resume: bool = True,
+          train_smiles: Sequence[str] | None = None, progress: bool = True) -> MolDiffusion:
+    """Train `model` on `data` with core's Trainer; returns the EMA model.
+
+    Writes to cfg.out_dir: the Trainer's checkpoints, model.pt (EMA weights + MolDiffusionConfig,
+    what sampling loads), mol_config.json and train_smiles.txt (for novelty).
+    """
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fit_statistics(model, data)
+    atomic_write_text(out / "mol_config.json", json.dumps(model.cfg.to_dict(), indent=2))
+    if train_smiles is not None:
+        atomic_write_text(out / "train_smiles.txt", "\n".join(train_smiles) + "\n")
+    trainer = Trainer(model, model.process, data, cfg, loss_fn=molecule_loss, collate_fn=collate,
+                      progress=progress)
+    trainer.fit(resume=resume)
+    ema = trainer.ema_model
+    save_model(ema, out / "model.pt")
+    return ema
