@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 
+from core import DiffusionProcess, get_schedule, sample
 from core.checkpoint import list_checkpoints, load_checkpoint
+from core.training import TrainConfig, Trainer
+from tests.core import _train_worker
+from tests.core._train_worker import ToyMLP, gaussian_mixture
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_train_worker.py")
@@ -45,6 +49,15 @@ def _start(args: list[str], torchrun: bool = False) -> subprocess.Popen:
     )
 
 
+def _in_process(args: list[str]) -> None:
+    """Run the worker's `main` here (torch is already imported: saves a process start)."""
+    old = torch.get_num_threads()
+    try:
+        _train_worker.main(args)
+    finally:
+        torch.set_num_threads(old)
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
@@ -56,20 +69,11 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
-def _default_loss_available() -> bool:
-    try:
-        from core import DiffusionProcess, get_schedule, losses  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_resume_after_sigkill_is_bitwise(tmp_path):
     """N=40 steps straight == killed after the step-20 checkpoint (at step 22) and resumed to 40."""
-    loss = "default" if _default_loss_available() else "custom"
-    common = ["--mode", "resume", "--steps", "40", "--ckpt-every", "10", "--loss", loss]
-    straight = _start([*common, "--out", str(tmp_path / "a")])
+    common = ["--mode", "resume", "--steps", "40", "--ckpt-every", "10", "--loss", "default"]
     victim = _start([*common, "--out", str(tmp_path / "b"), "--hang-at", "23"])
+    _in_process([*common, "--out", str(tmp_path / "a")])  # straight, meanwhile, in this process
     deadline = time.monotonic() + 120
     while not (tmp_path / "b" / "HANG").exists():
         assert victim.poll() is None, victim.communicate()[0]
@@ -84,7 +88,6 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
     ]
     assert max(_losses(tmp_path / "b")) == 20  # the killed run logged up to its last checkpoint
     _finish(_start([*common, "--out", str(tmp_path / "b")]))
-    _finish(straight)
 
     a = load_checkpoint(tmp_path / "a" / "ckpt_00000040.pt")
     b = load_checkpoint(tmp_path / "b" / "ckpt_00000040.pt")
@@ -104,9 +107,8 @@ def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
     """2 gloo processes x batch 8 == 1 process x batch 16: DDP averages the gradients of the shards."""
     common = ["--mode", "ddp", "--steps", "30", "--ckpt-every", "15"]
     ddp = _start([*common, "--batch", "8", "--out", str(tmp_path / "ddp")], torchrun=True)
-    single = _start([*common, "--batch", "16", "--out", str(tmp_path / "single")])
+    _in_process([*common, "--batch", "16", "--out", str(tmp_path / "single")])
     log = _finish(ddp, timeout=180)
-    _finish(single)
     a = load_checkpoint(tmp_path / "ddp" / "ckpt_00000030.pt")
     b = load_checkpoint(tmp_path / "single" / "ckpt_00000030.pt")
     assert a["world_size"] == 2 and len(a["rng"]) == 2 and b["world_size"] == 1
@@ -128,3 +130,66 @@ def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
         for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == list(range(5, 31, 5)), log
+
+
+def _mmd2(x: torch.Tensor, y: torch.Tensor, scales: tuple[float, ...] = (0.05, 0.2, 1.0)) -> float:
+    """Unbiased MMD^2 between samples x and y, kernel sum_s exp(-|a - b|^2 / (2 s^2)) (Gretton et al. 2012)."""
+    xy = torch.cat([x, y]).double()
+    d2 = torch.cdist(xy, xy).pow(2)
+    k = sum(torch.exp(-d2 / (2 * s * s)) for s in scales)
+    n, m = len(x), len(y)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    return float(
+        (kxx.sum() - kxx.diag().sum()) / (n * (n - 1))
+        + (kyy.sum() - kyy.diag().sum()) / (m * (m - 1))
+        - 2 * kxy.mean()
+    )
+
+
+MMD_THRESHOLD = 0.02  # held-out vs held-out: ~0.000; trained: ~0.005; moment-matched Gaussian and untrained: ~0.13
+
+
+def test_trained_ema_samples_match_gaussian_mixture(tmp_path):
+    """MLP on a 4-mode mixture with the default loss; EMA samples pass an MMD test that baselines fail."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train, held = gaussian_mixture(4000, seed=0), gaussian_mixture(1000, seed=1)
+        proc = DiffusionProcess(get_schedule("cosine"), prediction="v")
+        torch.manual_seed(0)
+        cfg = TrainConfig(
+            steps=1000,
+            batch_size=256,
+            lr=5e-3,
+            warmup_steps=50,
+            ema_half_life=50,
+            checkpoint_every=1000,
+            log_every=50,
+            out_dir=str(tmp_path / "run"),
+        )
+        trainer = Trainer(ToyMLP(hidden=64), proc, train, cfg, progress=False)
+
+        def draw(model):
+            g = torch.Generator().manual_seed(7)
+            return sample(
+                model, proc, (1000, 2), method="dpmpp_2m", steps=30, generator=g, progress=False
+            )
+
+        untrained = _mmd2(draw(trainer.ema_model), held)
+        trainer.fit()
+        trained = _mmd2(draw(trainer.ema_model), held)
+        gauss = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
+        moment_matched = _mmd2(gauss.sample((1000,)), held)
+        floor = _mmd2(gaussian_mixture(1000, seed=2), held)
+    finally:
+        torch.set_num_threads(old_threads)
+    print(
+        f"MMD^2: trained {trained:.4f}, untrained {untrained:.4f}, Gaussian {moment_matched:.4f}, data {floor:.4f}"
+    )
+    assert trained < MMD_THRESHOLD, trained
+    assert untrained > MMD_THRESHOLD and moment_matched > MMD_THRESHOLD and floor < MMD_THRESHOLD
+    assert not torch.equal(trainer.ema_model.net[0].weight, trainer.model.net[0].weight)
+    assert (tmp_path / "run" / "loss.png").is_file()
+    losses = _losses(tmp_path / "run")
+    print({s: round(v, 3) for s, v in losses.items() if s % 250 == 0 or s == 50})
+    assert losses[1000] < 0.9 * losses[50]
