@@ -263,6 +263,19 @@ class _ShardedIterable(IterableDataset):
         )
 
 
+class _Skip(torch.utils.data.Sampler):
+    """A sampler's indices after the first `skip` (the part of an epoch already trained on)."""
+
+    def __init__(self, sampler: DistributedSampler, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
 class _BatchStream:
     """Endless batches with a resumable position (epoch, batches consumed in the epoch).
 
@@ -302,6 +315,12 @@ class _BatchStream:
             raise TypeError(
                 f"data must be a torch Dataset, a tensor or an iterable, got {type(source).__name__}"
             )
+        if not self.map_style and cfg.num_workers > 0 and rank == 0:
+            warnings.warn(
+                "an iterable data source is read in the main process: num_workers is ignored "
+                "(shard it yourself in an IterableDataset to use workers)",
+                stacklevel=3,
+            )
         self.epoch, self.batch, self._it = 0, 0, None
 
     def state(self) -> dict[str, int]:
@@ -324,7 +343,7 @@ class _BatchStream:
                 drop_last=True,
             )
             sampler.set_epoch(self.epoch)
-            indices = list(sampler)[self.batch * bs :]
+            indices = _Skip(sampler, self.batch * bs)
             loader = DataLoader(
                 self.source,
                 batch_size=bs,
@@ -526,10 +545,11 @@ class Trainer:
     def _resume_point(self) -> tuple[Path, dict[str, Any]] | None:
         """Newest checkpoint in `out_dir` that reads back intact; damaged ones are skipped with a warning."""
         chosen: list[Any] = [None]
+        loaded = None
         if self.is_main:
             for p in reversed(list_checkpoints(self.out_dir)):
                 try:
-                    load_checkpoint(p)
+                    loaded = load_checkpoint(p)
                 except CheckpointError as err:
                     warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=3)
                     continue
@@ -539,7 +559,9 @@ class Trainer:
             dist.broadcast_object_list(chosen, src=0)
         if chosen[0] is None:
             return None
-        return Path(chosen[0]), load_checkpoint(chosen[0], verify=False)
+        if loaded is None:  # other ranks read the file rank 0 verified
+            loaded = load_checkpoint(chosen[0], verify=False)
+        return Path(chosen[0]), loaded
 
     # ------------------------------------------------------------------ training
     def fit(self, resume: bool = True) -> None:
@@ -555,6 +577,12 @@ class Trainer:
         if found is not None:
             self.load(*found)
         elif self.step == 0:
+            stale = list_checkpoints(self.out_dir)
+            if stale:
+                raise FileExistsError(
+                    f"{self.out_dir} already holds checkpoints of a run (newest {stale[-1].name}); "
+                    "pass resume=True to continue it, or choose another out_dir"
+                )
             _seed_everything(cfg.seed + self.rank)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -608,6 +636,7 @@ class Trainer:
                 else:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                lr_used = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 self.ema.update(self.model)
                 self.step += 1
@@ -623,7 +652,7 @@ class Trainer:
                         "step": self.step,
                         "epoch": self.data.epoch,
                         "loss": mean_loss,
-                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "lr": lr_used,
                         "steps_per_sec": window / max(now - t_window, 1e-9),
                         "time": now - t_start,
                     }

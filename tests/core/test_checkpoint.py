@@ -299,3 +299,28 @@ class _Reiterable(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         return iter(self.items)
+
+
+def test_fresh_start_refuses_a_folder_with_checkpoints(run, tmp_path):
+    with pytest.raises(
+        FileExistsError,
+        match=r"run already holds checkpoints of a run \(newest ckpt_00000030\.pt\)",
+    ):
+        _trainer(run).fit(resume=False)
+    assert ck.load_checkpoint(tmp_path / "run" / "ckpt_00000030.pt")["step"] == 30
+
+
+def test_data_errors_are_named(tmp_path):
+    cfg = _cfg(tmp_path, batch_size=100)
+    with pytest.raises(ValueError, match=r"dataset has 64 items: fewer than batch_size=100"):
+        _trainer(cfg)
+    loader = torch.utils.data.DataLoader(gaussian_mixture(64, seed=0), batch_size=8)
+    with pytest.raises(TypeError, match="not a DataLoader"):
+        Trainer(ToyMLP(hidden=16), None, loader, _cfg(tmp_path), loss_fn=noisy_loss)
+    one_shot = (p for p in gaussian_mixture(20, seed=0))  # a generator: 2 batches, then nothing
+    trainer = Trainer(
+        ToyMLP(hidden=16), None, one_shot, _cfg(tmp_path), loss_fn=noisy_loss, progress=False
+    )
+    with pytest.raises(RuntimeError, match="one-shot iterator"):
+        trainer.fit()
+    assert trainer.step == 2

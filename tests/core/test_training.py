@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from core import DiffusionProcess, get_schedule, sample
@@ -193,3 +195,48 @@ def test_trained_ema_samples_match_gaussian_mixture(tmp_path):
     losses = _losses(tmp_path / "run")
     print({s: round(v, 3) for s, v in losses.items() if s % 250 == 0 or s == 50})
     assert losses[1000] < 0.9 * losses[50]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_request_keeps_fp32_master_weights(tmp_path, precision):
+    """On the CPU autocast runs only when asked; weights, EMA and the checkpoint stay fp32."""
+    proc = DiffusionProcess(get_schedule("cosine"), prediction="v")
+    cfg = TrainConfig(
+        steps=20,
+        batch_size=32,
+        lr=1e-2,
+        precision=precision,
+        checkpoint_every=10,
+        log_every=5,
+        out_dir=str(tmp_path / precision),
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(ToyMLP(hidden=16), proc, gaussian_mixture(256, seed=0), cfg, progress=False)
+    assert trainer.precision == precision and (trainer.scaler is not None) == (precision == "fp16")
+    trainer.fit()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    state = load_checkpoint(tmp_path / precision / "ckpt_00000020.pt")
+    assert all(t.dtype == torch.float32 for t in state["ema"].values())
+    assert bool(state["scaler"]) == (precision == "fp16")
+    assert all(math.isfinite(v) for v in _losses(tmp_path / precision).values())
+    auto = Trainer(
+        ToyMLP(hidden=16),
+        proc,
+        gaussian_mixture(256, seed=0),
+        TrainConfig(out_dir=str(tmp_path / "auto"), device="cpu"),
+        progress=False,
+    )
+    assert auto.precision == "fp32" and auto.scaler is None
+
+
+def test_docs_training_page_runs(tmp_path):
+    from tests.doc_examples import run_markdown_examples
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ns = run_markdown_examples("docs/training.md", tmp_path)
+    finally:
+        torch.set_num_threads(old)
+    assert ns["longer"].step == 300 and ns["x"].shape == (100, 2)
+    assert (tmp_path / "runs" / "two_blobs" / "loss.png").is_file()
