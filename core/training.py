@@ -333,6 +333,13 @@ class _BatchStream:
         bs, cfg = self.cfg.batch_size, self.cfg
         # a private generator: making the iterator must not draw from the global RNG
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch * 1009 + self.rank)
+        common = dict(
+            batch_size=bs,
+            drop_last=True,
+            collate_fn=self.collate_fn,
+            generator=gen,
+            pin_memory=self.pin,
+        )
         if self.map_style:
             sampler = DistributedSampler(
                 self.source,
@@ -343,28 +350,15 @@ class _BatchStream:
                 drop_last=True,
             )
             sampler.set_epoch(self.epoch)
-            indices = _Skip(sampler, self.batch * bs)
             loader = DataLoader(
                 self.source,
-                batch_size=bs,
-                sampler=indices,
-                drop_last=True,
-                collate_fn=self.collate_fn,
+                sampler=_Skip(sampler, self.batch * bs),
                 num_workers=cfg.num_workers,
-                generator=gen,
-                pin_memory=self.pin,
+                **common,
             )
         else:
             shard = _ShardedIterable(self.source, self.rank, self.world, self.batch * bs)
-            loader = DataLoader(
-                shard,
-                batch_size=bs,
-                drop_last=True,
-                collate_fn=self.collate_fn,
-                num_workers=0,
-                generator=gen,
-                pin_memory=self.pin,
-            )
+            loader = DataLoader(shard, num_workers=0, **common)
         self._it = iter(loader)
 
     def next(self) -> Any:
@@ -578,6 +572,11 @@ class Trainer:
             self.load(*found)
         elif self.step == 0:
             stale = list_checkpoints(self.out_dir)
+            if stale and resume:
+                raise CheckpointError(
+                    f"none of the {len(stale)} checkpoints in {self.out_dir} can be read (see the "
+                    "warnings); move them away to start afresh"
+                )
             if stale:
                 raise FileExistsError(
                     f"{self.out_dir} already holds checkpoints of a run (newest {stale[-1].name}); "

@@ -324,3 +324,30 @@ def test_data_errors_are_named(tmp_path):
     with pytest.raises(RuntimeError, match="one-shot iterator"):
         trainer.fit()
     assert trainer.step == 2
+
+
+@pytest.mark.parametrize("iterable", [False, True])
+def test_two_ranks_shard_the_data_like_one_process_with_double_batch(tmp_path, iterable):
+    """Rank 0 and rank 1 of 2 see disjoint halves of what one process sees with twice the batch."""
+    from core.training import _BatchStream
+
+    items = torch.arange(40.0)[:, None]
+    source = _Reiterable(list(items)) if iterable else items
+    cfg = _cfg(tmp_path, batch_size=4)
+    single = _BatchStream(source, _cfg(tmp_path, batch_size=8), None, rank=0, world=1, pin=False)
+    ranks = [_BatchStream(source, cfg, None, rank=r, world=2, pin=False) for r in (0, 1)]
+    for _ in range(7):  # crosses an epoch boundary (5 batches per epoch)
+        both = torch.cat([ranks[0].next(), ranks[1].next()]).flatten()
+        want = single.next().flatten()
+        assert sorted(both.tolist()) == sorted(want.tolist())
+    assert ranks[0].state() == single.state() == {"epoch": 1, "batch": 2}
+
+
+def test_resume_with_only_damaged_checkpoints_refuses_to_start_over(run, tmp_path):
+    for p in ck.list_checkpoints(tmp_path / "run"):
+        p.write_bytes(p.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="skipping damaged"):
+        with pytest.raises(
+            CheckpointError, match=r"none of the 2 checkpoints in .*run can be read"
+        ):
+            _trainer(run).fit(resume=True)
