@@ -137,7 +137,7 @@ class ResidualStrips(Dataset):
 
     Items enumerate (time, first row) with rows on a stride of 4; one prepared time is kept
     per cache slot (`cache` slots), so memory is bounded by the cache, not by the dataset.
-    `w` (1, strip, 1) holds the latitude weights (0 where the truth is NaN it becomes a mask).
+    `w` (1, strip, lon) holds the latitude weights, 0 where the truth is NaN.
     """
 
     def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,

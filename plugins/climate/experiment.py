@@ -75,7 +75,9 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
         return bundle, f"loaded {ckpt}"
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
+    strip = min(40, ds.sizes["latitude"] // 4 * 4)
     dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
+                           strip_height=strip,
                            train_times=tuple(str(t) for t in ds["time"].values[train_idx]))
     run_dir = Path(cfg.out) / "train"
     _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")

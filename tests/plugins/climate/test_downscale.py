@@ -1,0 +1,116 @@
+"""Training pairs, leave-one-out statistics, the model bundle, sampling and gap filling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from plugins.climate.baselines import StatisticalDownscaler
+from plugins.climate.downscale import DownscaleConfig, Downscaler, ResidualStats, build, train
+from plugins.climate.infill import coarsen_observed, fill_by_neighbours, fill_gaps
+from plugins.climate.io import load_times, open_fields
+from tests.plugins.climate.conftest import make_fine
+
+VARS = ("t2m", "u10", "tp")
+
+
+def test_leave_one_out_statistics_match_brute_force():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(6, 2, 3, 4))
+    stats = ResidualStats(6, r.sum(0), (r**2).sum(0))
+    m, s = stats.mean_std(0.0)
+    np.testing.assert_allclose(m, r.mean(0))
+    np.testing.assert_allclose(s, r.std(0, ddof=1))
+    m2, s2 = stats.leave_one_out(r[2], 0.0)
+    rest = np.delete(r, 2, axis=0)
+    np.testing.assert_allclose(m2, rest.mean(0))
+    np.testing.assert_allclose(s2, rest.std(0, ddof=1))
+    _, floored = stats.mean_std(10.0)
+    np.testing.assert_allclose(floored, 10 * s.mean(axis=(-2, -1), keepdims=True) * np.ones_like(s))
+
+
+def test_statistical_downscaler_fits_mean_and_std():
+    rng = np.random.default_rng(1)
+    fine = rng.normal(size=(50, 2, 4, 8)).astype(np.float32)
+    bic = np.zeros_like(fine)
+    stat = StatisticalDownscaler.fit(fine, bic, [False, True])
+    np.testing.assert_allclose(stat.mean, fine.mean(0), rtol=1e-5, atol=1e-6)
+    ens = stat.predict(bic[:3], 200, np.random.default_rng(0))
+    assert ens.shape == (200, 3, 2, 4, 8) and ens[:, :, 1].min() >= 0
+    assert abs(ens[:, :, 0].std() / fine[:, 0].std() - 1) < 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    ds = open_fields(make_fine(n_time=8, n_lat=16, n_lon=32), list(VARS))
+    cfg = DownscaleConfig(variables=VARS, widths=(8, 8, 8), strip_height=8, source="synthetic")
+    out = tmp_path_factory.mktemp("run")
+    bundle = train(ds, cfg, list(range(6)), out, steps=4, batch_size=4, checkpoint_every=2)
+    return ds, bundle, out
+
+
+def test_training_writes_trainer_checkpoints_and_training_pairs_are_standardised(tiny):
+    ds, bundle, out = tiny
+    assert sorted(p.name for p in out.glob("ckpt_*.pt"))  # the core Trainer checkpointed
+    _, data = build(ds, bundle.cfg, list(range(6)))
+    x0, cond, w = data[0]
+    assert x0.shape == (3, 8, 32) and cond.shape == (10, 8, 32) and w.shape == (1, 8, 32)
+    allx = np.stack([data.prepared(i)[0] for i in range(6)])
+    assert abs(allx[:, :2].mean()) < 0.2 and 0.6 < allx[:, :2].std() < 1.6
+
+
+def test_bundle_round_trip_and_grid_checks(tiny, tmp_path):
+    ds, bundle, _ = tiny
+    path = bundle.save(tmp_path / "b.pt")
+    again = Downscaler.load(path)
+    assert again.cfg == bundle.cfg and again.norm == bundle.norm
+    for (k, a), (_, b) in zip(bundle.model.state_dict().items(), again.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    again.check_input(ds)
+    with pytest.raises(ValueError, match="grid does not match the checkpoint: latitude has 12 points"):
+        again.check_input(ds.isel(latitude=slice(0, 12)))
+    with pytest.raises(KeyError, match=r"\['tp'\] needed by the checkpoint not found"):
+        again.check_input(ds[["t2m", "u10"]])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="bad.pt|pickle|load"):
+        Downscaler.load(tmp_path / "bad.pt")
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a climate downscaling checkpoint"):
+        Downscaler.load(tmp_path / "other.pt")
+
+
+def test_sampling_is_seeded_and_physical(tiny):
+    ds, bundle, _ = tiny
+    truth = load_times(ds, [6, 7], VARS)
+    coarse = bundle.grids.coarsen(truth.astype(np.float64))
+    a = bundle.sample(coarse, members=3, steps=3, seed=1, batch_size=4)
+    b = bundle.sample(coarse, members=3, steps=3, seed=1, batch_size=4)
+    assert a.shape == (3, 2, 3, 16, 32) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    assert a[:, :, 2].min() >= 0  # precipitation
+    assert np.abs(a[:, :, 0].mean() - truth[:, 0].mean()) < 5.0  # temperature in kelvin, not normalised
+
+
+def test_gap_filling_keeps_observed_cells(tiny):
+    ds, bundle, _ = tiny
+    truth = load_times(ds, [6, 7], VARS)
+    gappy = truth.copy()
+    gappy[:, :, 4:10, 8:20] = np.nan
+    ens = fill_gaps(bundle, gappy, members=2, steps=3, seed=0)
+    obs = np.isfinite(gappy)
+    assert np.isfinite(ens).all()
+    np.testing.assert_array_equal(ens[:, obs], np.broadcast_to(truth[obs], (2, obs.sum())))
+    gappy[1, 0] = np.nan
+    with pytest.raises(ValueError, match="variable 't2m' is all-NaN at time index 1"):
+        fill_gaps(bundle, gappy, members=1, steps=2)
+
+
+def test_coarsen_observed_fills_empty_blocks():
+    lat = np.linspace(-82.5, 82.5, 8)
+    x = np.arange(8 * 16, dtype=float).reshape(8, 16)
+    x[:4, :4] = np.nan  # a whole coarse block missing
+    c = coarsen_observed(x, lat, 4)
+    assert np.isfinite(c).all() and c.shape == (2, 4)
+    y = np.array([[1.0, np.nan, 3.0]])
+    np.testing.assert_allclose(fill_by_neighbours(y), [[1.0, 2.0, 3.0]])

@@ -1,0 +1,90 @@
+"""`python -m recipes.climate_downscale` end to end on a small netCDF reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from plugins.climate.grid import coarsen_dataset
+from plugins.climate.io import open_fields
+from recipes.climate_downscale import main
+from tests.plugins.climate.conftest import make_fine
+
+SMALL = ["--train-steps", "3", "--widths", "8,8,8", "--batch-size", "4", "--holdout", "2",
+         "--members", "3", "--steps", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recipe")
+    ref = tmp / "fine.nc"
+    make_fine(n_time=8, n_lat=16, n_lon=32).to_netcdf(ref, engine="h5netcdf")
+    out = tmp / "out"
+    assert main(["--reference", str(ref), "--train", *SMALL, "--out", str(out)]) == 0
+    return tmp, ref, out
+
+
+def test_downscale_writes_outputs_and_scores_held_out_times(trained):
+    _, ref, out = trained
+    for name in ("downscaled.nc", "metrics.json", "maps.png", "spectra.png", "downscale.pt"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["held_out_times"] == [str(t) for t in xr.open_dataset(ref)["time"].values[-2:]]
+    assert not set(metrics["train_times"]) & set(metrics["held_out_times"])
+    for v in ("t2m", "u10", "tp"):
+        rows = metrics["scores"][v]
+        assert set(rows) == {"bilinear", "bicubic", "statistical", "sciffusion"}
+        for s in rows.values():
+            assert np.isfinite(s["rmse"]) and np.isfinite(s["crps"])
+    # a deterministic baseline's fair CRPS is its MAE, which is below its RMSE
+    assert rows["bicubic"]["crps"] <= rows["bicubic"]["rmse"]
+    ds = xr.open_dataset(out / "downscaled.nc")
+    assert ds["t2m"].dims == ("realization", "time", "latitude", "longitude")
+    assert ds.sizes["realization"] == 3 and ds.sizes["time"] == 2
+    assert ds["t2m"].attrs["units"] == "K" and ds.attrs["Conventions"] == "CF-1.8"
+    assert "recipes" in ds.attrs["history"] or "climate_downscale" in ds.attrs["history"] or ds.attrs["history"]
+    ds.close()
+
+
+def test_infill_mode_and_coarse_input(trained):
+    tmp, ref, out = trained
+    out2 = tmp / "infill"
+    assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--mode", "infill",
+                 *SMALL, "--out", str(out2)]) == 0
+    metrics = json.loads((out2 / "metrics.json").read_text())
+    assert metrics["mode"] == "infill" and "spectral_error" not in metrics["scores"]["t2m"]["sciffusion"]
+    coarse = tmp / "coarse.nc"
+    coarsen_dataset(open_fields(ref).isel(time=slice(0, 2)), 4).to_netcdf(coarse, engine="h5netcdf")
+    out3 = tmp / "from_coarse"
+    assert main(["--input", str(coarse), "--checkpoint", str(out / "downscale.pt"), "--members", "2",
+                 "--steps", "2", "--quiet", "--out", str(out3)]) == 0
+    ds = xr.open_dataset(out3 / "downscaled.nc")
+    assert ds.sizes["latitude"] == 16 and ds.sizes["realization"] == 2
+    ds.close()
+
+
+def test_bad_inputs_exit_with_clear_messages(trained, capsys):
+    tmp, ref, out = trained
+    ck = ["--checkpoint", str(out / "downscale.pt")]
+    assert main(["--reference", str(ref), "--factor", "5", *ck, *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "factor 5 does not divide the latitude size 16" in capsys.readouterr().err
+    assert main(["--reference", str(ref), "--variables", "t2m,msl", *ck, *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "['msl'] not found; available variables: ['t2m', 'tp', 'u10']" in capsys.readouterr().err
+    assert main(["--reference", str(ref), "--variables", "t2m", *ck, *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "trained on variables ['t2m', 'u10', 'tp']" in capsys.readouterr().err
+    other = tmp / "other.nc"
+    make_fine(n_time=8, n_lat=20, n_lon=32).to_netcdf(other, engine="h5netcdf")
+    assert main(["--reference", str(other), *ck, *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "grid does not match the checkpoint: latitude has 20 points" in capsys.readouterr().err
+    assert main(["--reference", str(ref), "--checkpoint", str(tmp / "none.pt"), *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_runs_as_a_module():
+    res = subprocess.run([sys.executable, "-m", "recipes.climate_downscale", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--reference" in res.stdout and "--mode" in res.stdout
