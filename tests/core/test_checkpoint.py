@@ -44,10 +44,12 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _trainer(cfg: TrainConfig, hidden: int = 16, loss_fn=noisy_loss) -> Trainer:
+def _trainer(
+    cfg: TrainConfig, hidden: int = 16, loss_fn=noisy_loss, progress: bool = False
+) -> Trainer:
     torch.manual_seed(0)
     data = JitteredPoints(gaussian_mixture(64, seed=2))
-    return Trainer(ToyMLP(hidden=hidden), None, data, cfg, loss_fn=loss_fn, progress=False)
+    return Trainer(ToyMLP(hidden=hidden), None, data, cfg, loss_fn=loss_fn, progress=progress)
 
 
 @pytest.fixture
@@ -351,3 +353,17 @@ def test_resume_with_only_damaged_checkpoints_refuses_to_start_over(run, tmp_pat
             CheckpointError, match=r"none of the 2 checkpoints in .*run can be read"
         ):
             _trainer(run).fit(resume=True)
+
+
+def test_progress_bar_only_on_a_terminal_and_when_asked(tmp_path, monkeypatch, capsys):
+    import sys
+
+    def run(name, progress, tty):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+        _trainer(_cfg(tmp_path, steps=10, out_dir=str(tmp_path / name)), progress=progress).fit()
+        return capsys.readouterr().err
+
+    shown = run("tty", progress=True, tty=True)
+    assert "10/10" in shown and "loss=" in shown
+    assert "10/10" not in run("pipe", progress=True, tty=False)
+    assert "10/10" not in run("off", progress=False, tty=True)
