@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,8 @@ class NonFiniteLossError(FloatingPointError):
 class TrainConfig:
     """Everything that decides a training run; saved as JSON beside every checkpoint.
 
-    `batch_size` is per process: under `torchrun --nproc_per_node=W` a step sees `W * batch_size`
-    examples. `ema_decay` (beta) and `ema_half_life` (h steps, beta = 0.5 ** (1/h)) are
+    `batch_size` is per process and micro-batch: under `torchrun --nproc_per_node=W` a step sees
+    `W * grad_accum * batch_size` examples (gradients of `grad_accum` micro-batches are averaged). `ema_decay` (beta) and `ema_half_life` (h steps, beta = 0.5 ** (1/h)) are
     alternatives; with neither, beta = 0.999. `precision="auto"` is bf16 autocast on CUDA
     (fp16 with a gradient scaler where bf16 is missing) and fp32 elsewhere; the master weights
     are always fp32. `lr_schedule` multiplies `lr` by `(s + 1) / warmup_steps` during warm-up,
@@ -90,6 +91,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 64
+    grad_accum: int = 1
     lr: float = 2e-4
     lr_schedule: str = "cosine"
     warmup_steps: int = 0
@@ -113,7 +115,14 @@ class TrainConfig:
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
         object.__setattr__(self, "out_dir", str(self.out_dir))
         errors = []
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "keep_last",
+            "log_every",
+        ):
             if int(getattr(self, name)) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -603,28 +612,23 @@ class Trainer:
         )
         try:
             while self.step < cfg.steps:
-                batch = _to_device(self.data.next(), dev)
-                with torch.autocast(
-                    dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-                ):
-                    loss = self.loss_fn(self.train_model, self.process, batch)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise TypeError(
-                        f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
-                        f"of shape {getattr(loss, 'shape', None)}"
+                for micro in range(cfg.grad_accum):
+                    # DDP all-reduces the gradients once, on the last micro-batch of the step
+                    last = micro == cfg.grad_accum - 1
+                    sync = (
+                        self.train_model.no_sync()
+                        if self.world_size > 1 and not last
+                        else nullcontext()
                     )
-                loss = loss.reshape(())
-                loss_d = loss.detach().to(torch.float64)
-                # recorded on the device, checked at the next sync point: no host sync per step
-                bad_step = torch.where(
-                    torch.isfinite(loss_d) | (bad_step < 2**62),
-                    bad_step,
-                    torch.full_like(bad_step, self.step + 1),
-                )
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
+                    with sync:
+                        loss_d = self._forward_backward(self.data.next(), autocast_dtype)
+                    # recorded on the device, checked at the next sync point: no host sync per step
+                    bad_step = torch.where(
+                        torch.isfinite(loss_d) | (bad_step < 2**62),
+                        bad_step,
+                        torch.full_like(bad_step, self.step + 1),
+                    )
+                    loss_sum += loss_d / cfg.grad_accum
                 if cfg.grad_clip is not None:
                     if self.scaler is not None:
                         self.scaler.unscale_(self.optimizer)
@@ -639,7 +643,6 @@ class Trainer:
                 self.scheduler.step()
                 self.ema.update(self.model)
                 self.step += 1
-                loss_sum += loss_d
                 window += 1
                 bar.update(1)
                 ckpt_now = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
@@ -668,6 +671,23 @@ class Trainer:
             bar.close()
         if self.is_main:
             self.plot_loss()
+
+    def _forward_backward(self, batch: Any, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+        """Loss of one (micro-)batch, back-propagated with weight 1 / grad_accum; returns it detached."""
+        dev = self.device
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = self.loss_fn(self.train_model, self.process, _to_device(batch, dev))
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(
+                f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
+                f"of shape {getattr(loss, 'shape', None)}"
+            )
+        loss = loss.reshape(())
+        scaled = loss / self.cfg.grad_accum if self.cfg.grad_accum > 1 else loss
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward()
+        return loss.detach().to(torch.float64)
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         if self.world_size > 1:

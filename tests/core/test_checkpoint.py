@@ -367,3 +367,34 @@ def test_progress_bar_only_on_a_terminal_and_when_asked(tmp_path, monkeypatch, c
     assert "10/10" in shown and "loss=" in shown
     assert "10/10" not in run("pipe", progress=True, tty=False)
     assert "10/10" not in run("off", progress=False, tty=True)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """grad_accum=2 x batch 8 == batch 16: the step's gradient is the mean over the 16 examples."""
+    from tests.core._train_worker import FixedNoisePoints, fixed_noise_loss
+
+    def train(out, batch, accum):
+        torch.manual_seed(0)
+        cfg = _cfg(
+            tmp_path, out_dir=str(tmp_path / out), steps=15, batch_size=batch, grad_accum=accum
+        )
+        trainer = Trainer(
+            ToyMLP(hidden=16),
+            None,
+            FixedNoisePoints(64, seed=3),
+            cfg,
+            loss_fn=fixed_noise_loss,
+            progress=False,
+        )
+        trainer.fit()
+        return trainer
+
+    a, b = train("accum", 8, 2), train("big", 16, 1)
+    for name, w in b.model.state_dict().items():
+        assert torch.allclose(a.model.state_dict()[name], w, atol=1e-6, rtol=0), name
+    assert a.data.state() == {"epoch": 3, "batch": 6} and b.data.state() == {"epoch": 3, "batch": 3}
+    assert _losses_of(tmp_path / "accum") == pytest.approx(_losses_of(tmp_path / "big"), abs=1e-6)
+
+
+def _losses_of(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
