@@ -240,6 +240,14 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+_NO_BAD_STEP = 2**62
+
+
+def _flag_first(bad: torch.Tensor, ok: torch.Tensor, code: int) -> torch.Tensor:
+    """Keep the first failure code (2 * step + kind) on the device, without a host sync."""
+    return torch.where(ok | (bad < _NO_BAD_STEP), bad, torch.full_like(bad, code))
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG users draw from)
@@ -598,7 +606,7 @@ class Trainer:
             self._trim_metrics(self.step)
         self.model.train()
         dev = self.device
-        bad_step = torch.full((), 2**62, dtype=torch.int64, device=dev)
+        bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         window, t_window, t_start = 0, time.perf_counter(), time.perf_counter()
         grad_norm: torch.Tensor | None = None
@@ -623,16 +631,18 @@ class Trainer:
                     with sync:
                         loss_d = self._forward_backward(self.data.next(), autocast_dtype)
                     # recorded on the device, checked at the next sync point: no host sync per step
-                    bad_step = torch.where(
-                        torch.isfinite(loss_d) | (bad_step < 2**62),
-                        bad_step,
-                        torch.full_like(bad_step, self.step + 1),
-                    )
+                    bad_step = _flag_first(bad_step, torch.isfinite(loss_d), 2 * (self.step + 1))
                     loss_sum += loss_d / cfg.grad_accum
                 if cfg.grad_clip is not None:
                     if self.scaler is not None:
                         self.scaler.unscale_(self.optimizer)
                     grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    if (
+                        self.scaler is None
+                    ):  # a NaN gradient with a finite loss corrupts the weights too
+                        bad_step = _flag_first(
+                            bad_step, torch.isfinite(grad_norm), 2 * (self.step + 1) + 1
+                        )
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
@@ -693,11 +703,12 @@ class Trainer:
         if self.world_size > 1:
             bad_step = bad_step.clone()
             dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-        step = int(bad_step)
-        if step < 2**62:
+        code = int(bad_step)
+        if code < _NO_BAD_STEP:
+            step, what = code // 2, ("gradient norm (the loss was finite)" if code % 2 else "loss")
             last = self.last_checkpoint if self.last_checkpoint is not None else "none written yet"
             raise NonFiniteLossError(
-                f"non-finite loss at step {step}: training stopped, no checkpoint was "
+                f"non-finite {what} at step {step}: training stopped, no checkpoint was "
                 f"written after it; last good checkpoint: {last}"
             )
 

@@ -398,3 +398,22 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
 
 def _losses_of(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nan_gradient_with_finite_loss_is_named(tmp_path):
+    calls = [0]
+
+    def bad_grad_at_12(model, process, batch):
+        calls[0] += 1
+        loss = noisy_loss(model, process, batch)
+        if (
+            calls[0] == 12
+        ):  # d sqrt(u)/du at u = 0 is inf; times 0 gives a NaN gradient, the loss stays finite
+            loss = loss + 0.0 * (model.net[0].weight * 0.0).sqrt().sum()
+        return loss
+
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite gradient norm \(the loss was finite\) at step 12"
+    ):
+        _trainer(_cfg(tmp_path), loss_fn=bad_grad_at_12).fit()
+    assert [p.name for p in ck.list_checkpoints(tmp_path / "run")] == ["ckpt_00000010.pt"]
