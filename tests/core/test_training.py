@@ -72,9 +72,9 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 def test_resume_after_sigkill_is_bitwise(tmp_path):
-    """N=40 steps straight == killed after the step-20 checkpoint (at step 22) and resumed to 40."""
+    """N=40 steps straight == killed at step 27 (last checkpoint: 20) and resumed to 40."""
     common = ["--mode", "resume", "--steps", "40", "--ckpt-every", "10", "--loss", "default"]
-    victim = _start([*common, "--out", str(tmp_path / "b"), "--hang-at", "23"])
+    victim = _start([*common, "--out", str(tmp_path / "b"), "--hang-at", "27"])
     _in_process([*common, "--out", str(tmp_path / "a")])  # straight, meanwhile, in this process
     deadline = time.monotonic() + 120
     while not (tmp_path / "b" / "HANG").exists():
@@ -88,7 +88,9 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
         "ckpt_00000010.pt",
         "ckpt_00000020.pt",
     ]
-    assert max(_losses(tmp_path / "b")) == 20  # the killed run logged up to its last checkpoint
+    assert (
+        max(_losses(tmp_path / "b")) == 25
+    )  # logged past its last checkpoint: resume drops that line
     _finish(_start([*common, "--out", str(tmp_path / "b")]))
 
     a = load_checkpoint(tmp_path / "a" / "ckpt_00000040.pt")
@@ -100,9 +102,10 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
         assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][pid]["exp_avg_sq"])
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
     assert a["data"] == b["data"]
-    assert _losses(tmp_path / "a") == _losses(
-        tmp_path / "b"
-    )  # every logged loss, before and after the kill
+    # every logged loss, before and after the kill, once each
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(5, 41, 5))
 
 
 def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
@@ -117,7 +120,9 @@ def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
     assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # ranks draw different noise
     init = load_checkpoint(tmp_path / "single" / "ckpt_00000015.pt")["model"]
     worst = max((a[p][k] - v).abs().max().item() for p in ("model", "ema") for k, v in b[p].items())
-    print(f"DDP (2 x 8) vs single (16) after 30 steps: max |diff| over weights and EMA = {worst:.3g}")
+    print(
+        f"DDP (2 x 8) vs single (16) after 30 steps: max |diff| over weights and EMA = {worst:.3g}"
+    )
     for part in ("model", "ema"):
         for name, tensor in b[part].items():
             diff = (a[part][name] - tensor).abs().max().item()
