@@ -26,6 +26,7 @@ from torch import Tensor
 TWO_PI = 2.0 * math.pi
 # Small-t (wrapped) / large-t (Fourier) switch of the circle heat kernel; both are exact to ~1e-30 there.
 _CIRCLE_T_SWITCH = 1.5
+_CIRCLE_T_NO_IMAGES = 0.05
 _CIRCLE_IMAGES = 3
 _CIRCLE_FREQS = 6
 # Sphere: Gegenbauer series for t >= this, Varadhan parametrix below it.
@@ -181,6 +182,9 @@ def circle_log_heat_kernel_1d(delta: Tensor, t: float) -> tuple[Tensor, Tensor]:
     density w.r.t. ``d delta / 2 pi``; both truncations are exact to ~1e-30 in their ranges.
     """
     d = torch.remainder(delta + math.pi, TWO_PI) - math.pi
+    if t < _CIRCLE_T_NO_IMAGES:
+        # Images only matter where the kernel is below e^{-pi^2/(4t)} < e^{-49} of its peak.
+        return -d * d / (4 * t) + (math.log(TWO_PI) - 0.5 * math.log(4 * math.pi * t)), -d / (2 * t)
     if t < _CIRCLE_T_SWITCH:
         # |d| <= pi, so the m = 0 image dominates: log-sum-exp relative to it, without a new axis.
         images = 1 if t < 0.6 else _CIRCLE_IMAGES  # neglected images are below e^{-40} either way

@@ -159,6 +159,11 @@ def test_torus_kernel_and_spectral_forms_agree_and_score_is_gradient_of_log_prob
     (gr,) = torch.autograd.grad(ker.log_prob(yr, t=0.3).sum(), yr)
     assert torch.allclose(gr, ker.score(y, 0.3), atol=1e-10)
     assert float(ker.score(y, 40.0).abs().max()) < 1e-12  # large t: uniform, score 0
+    # for t >= 0.05 the torus kernel form is evaluated by its separable Fourier series: same numbers
+    for t in (0.05, 0.5, 3.0):
+        lh, sc = ker._accumulate(y, t)
+        assert torch.allclose(lh, ker.log_prob(y, t=t, relative=True), atol=1e-11)
+        assert torch.allclose(sc, ker.score(y, t), atol=1e-10)
 
 
 def test_rdks_sphere_forms_agree_and_score_is_riemannian_gradient():

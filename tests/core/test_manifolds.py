@@ -327,3 +327,42 @@ def test_reverse_sampler_with_exact_score_on_circle_and_errors():
         time_grid(1.0, 0.1, 10, spacing="cubic")
     with pytest.raises(FloatingPointError, match="non-finite score"):
         reverse_sample(lambda x, t: x * float("nan"), C, x, 1.0, 0.1, steps=3)
+
+
+def test_pf_ode_log_likelihood_heat_and_ou():
+    from scipy.special import ive
+
+    from core.sde import pf_ode_log_likelihood
+
+    kap = 2.0
+    ks = torch.arange(1, 40, dtype=F64)
+    ck = torch.tensor(ive(ks.numpy(), kap) / ive(0, kap))
+
+    def score(x, t):
+        c = torch.exp(-ks * ks * t) * ck
+        f = 1 + 2 * (c * torch.cos(x * ks)).sum(-1, keepdim=True)
+        return -2 * (ks * c * torch.sin(x * ks)).sum(-1, keepdim=True) / f
+
+    def logp(x, t):
+        c = torch.exp(-ks * ks * t) * ck
+        return torch.log((1 + 2 * (c * torch.cos(x * ks)).sum(-1)) / (2 * math.pi))
+
+    x = torch.linspace(0, 6, 7, dtype=F64)[:, None]
+    lp = pf_ode_log_likelihood(score, Circle(), x, 0.01, 8.0, 100)  # autograd divergence
+    assert float((lp - logp(x, 0.01)).abs().max()) < 5e-3
+    mu, s0 = 1.0, 0.5
+
+    def sc(x, t):
+        a = math.exp(-t)
+        return -(x - a * mu) / (a * a * s0 * s0 + 1 - a * a)
+
+    xs = torch.linspace(0.0, 2.0, 5, dtype=F64)[:, None]
+    lp = pf_ode_log_likelihood(sc, Euclidean(1), xs, 1e-3, 10.0, 100, drift="ou")
+    a = math.exp(-1e-3)
+    v = a * a * s0 * s0 + 1 - a * a
+    ref = -0.5 * (xs[:, 0] - a * mu) ** 2 / v - 0.5 * math.log(2 * math.pi * v)
+    assert float((lp - ref).abs().max()) < 0.01
+    with pytest.raises(ValueError, match="pass divergence= on a curved manifold"):
+        pf_ode_log_likelihood(sc, Sphere(2), torch.tensor([[0.0, 0.0, 1.0]], dtype=F64), 0.1, 1.0)
+    with pytest.raises(ValueError, match="drift must be one of"):
+        pf_ode_log_likelihood(sc, Euclidean(1), xs, 0.1, 1.0, drift="vp")
