@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-every", type=int, default=10)
     p.add_argument("--hang-at", type=int, default=0)
     p.add_argument("--loss", choices=["default", "custom"], default="custom")
+    p.add_argument(
+        "--extend-to", type=int, default=0, help="then resume, in new Trainer, to this step"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
@@ -152,6 +155,18 @@ def main(argv: list[str] | None = None) -> None:
         return base(model, proc, batch)
 
     Trainer(model, process, data, cfg, loss_fn=counting_loss, progress=False).fit(resume=True)
+    if args.extend_to:
+        import dataclasses
+        import warnings
+
+        longer = dataclasses.replace(cfg, steps=args.extend_to)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "the cosine schedule is stretched"
+            trainer = Trainer(
+                ToyMLP(hidden=32), process, data, longer, loss_fn=counting_loss, progress=False
+            )
+            trainer.fit(resume=True)
+        assert trainer.step == args.extend_to
 
 
 if __name__ == "__main__":

@@ -109,19 +109,23 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
 
 
 def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
-    """2 gloo processes x batch 8 == 1 process x batch 16: DDP averages the gradients of the shards."""
-    common = ["--mode", "ddp", "--steps", "30", "--ckpt-every", "15"]
+    """2 gloo processes x batch 8 == 1 process x batch 16: DDP averages the gradients of the shards.
+
+    Both runs then resume from their step-30 checkpoint in a new Trainer and go on to step 40.
+    """
+    common = ["--mode", "ddp", "--steps", "30", "--ckpt-every", "15", "--extend-to", "40"]
     ddp = _start([*common, "--batch", "8", "--out", str(tmp_path / "ddp")], torchrun=True)
     _in_process([*common, "--batch", "16", "--out", str(tmp_path / "single")])
     log = _finish(ddp, timeout=180)
-    a = load_checkpoint(tmp_path / "ddp" / "ckpt_00000030.pt")
-    b = load_checkpoint(tmp_path / "single" / "ckpt_00000030.pt")
+    a = load_checkpoint(tmp_path / "ddp" / "ckpt_00000040.pt")
+    b = load_checkpoint(tmp_path / "single" / "ckpt_00000040.pt")
     assert a["world_size"] == 2 and len(a["rng"]) == 2 and b["world_size"] == 1
     assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # ranks draw different noise
-    init = load_checkpoint(tmp_path / "single" / "ckpt_00000015.pt")["model"]
+    torch.manual_seed(0)
+    init = ToyMLP(hidden=32).state_dict()  # the workers' initial weights
     worst = max((a[p][k] - v).abs().max().item() for p in ("model", "ema") for k, v in b[p].items())
     print(
-        f"DDP (2 x 8) vs single (16) after 30 steps: max |diff| over weights and EMA = {worst:.3g}"
+        f"DDP (2 x 8) vs single (16) after 40 steps: max |diff| over weights and EMA = {worst:.3g}"
     )
     for part in ("model", "ema"):
         for name, tensor in b[part].items():
@@ -138,7 +142,7 @@ def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
         json.loads(line)["step"]
         for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert steps == list(range(5, 31, 5)), log
+    assert steps == list(range(5, 41, 5)), log
 
 
 def _mmd2(x: torch.Tensor, y: torch.Tensor, scales: tuple[float, ...] = (0.05, 0.2, 1.0)) -> float:
