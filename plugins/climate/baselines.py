@@ -49,6 +49,23 @@ class StatisticalDownscaler:
         nonneg = tuple(nonneg) if nonneg is not None else (False,) * fine.shape[1]
         return cls(mean.astype(np.float32), std.astype(np.float32), nonneg)
 
+    @classmethod
+    def fit_streaming(cls, batches, nonneg: Sequence[bool] | None = None) -> StatisticalDownscaler:
+        """Same fit from an iterable of (fine, bicubic) batches, holding one batch at a time.
+
+        m = S / n and s^2 = (Q - n m^2) / (n - 1) from running sums S = sum_t r_t, Q = sum_t r_t^2.
+        """
+        n, total, total_sq = 0, 0.0, 0.0
+        for fine, bicubic in batches:
+            r = (np.asarray(fine, np.float64) - bicubic)
+            n, total, total_sq = n + r.shape[0], total + r.sum(0), total_sq + (r**2).sum(0)
+        if n < 2:
+            raise ValueError("the statistical downscaler needs at least two training times")
+        mean = total / n
+        std = np.sqrt(np.maximum(total_sq - n * mean**2, 0) / (n - 1))
+        nonneg = tuple(nonneg) if nonneg is not None else (False,) * mean.shape[0]
+        return cls(mean.astype(np.float32), std.astype(np.float32), nonneg)
+
     def predict(self, bicubic: np.ndarray, members: int, rng: np.random.Generator) -> np.ndarray:
         """Ensemble (member, time, channel, lat, lon) = B(c) + m + s z."""
         z = rng.standard_normal((members, *bicubic.shape)).astype(np.float32)

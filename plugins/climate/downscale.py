@@ -32,6 +32,7 @@ from plugins.climate.model import ClimateUNet, UNetConfig
 from plugins.climate.normalise import Normaliser, fit_normaliser
 
 FORMAT = "sciffusion-climate-downscale/1"
+CLAMP = 6.0
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,10 @@ class Downscaler:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises several types for a corrupt or foreign file
+            raise ValueError(f"{path} is not a readable checkpoint: {err}") from err
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a climate downscaling checkpoint (format {FORMAT})")
         cfg = DownscaleConfig.from_dict(json.loads(state["config"]))
@@ -286,6 +290,8 @@ class Downscaler:
                 kw = {"known": torch.from_numpy(known_x[ts]).to(dev), "mask": torch.from_numpy(mask[ts].astype(np.float32)).to(dev)}
             x = core_sample(model, proc, (len(chunk), *b.shape[1:]), method=method, steps=steps, generator=gen,
                             cond=torch.from_numpy(cond[ts]).to(dev), progress=progress, device=dev, **kw)
+            # a standardised residual beyond +-6 is a sampler excursion, and exp() of it (precipitation) explodes
+            x = x.clamp(-CLAMP, CLAMP)
             z = b[ts] + self.mean + self.std * x.double().cpu().numpy()
             phys = self.norm.inverse(z)
             for j, (k, t) in enumerate(chunk):

@@ -131,12 +131,13 @@ def run(cfg: ExperimentConfig) -> dict:
     if overlap:
         raise ValueError(f"the checkpoint was trained on held-out times {overlap[:3]}...; evaluate on other times or --train")
     grids: Grids = bundle.grids
-    x_train = load_times(fine, train_idx, variables)
+    def train_batches(size: int = 4):
+        for start in range(0, len(train_idx), size):
+            x = load_times(fine, train_idx[start : start + size], variables).astype(np.float64)
+            yield x, grids.up(grids.coarsen(x))
+
+    stat = StatisticalDownscaler.fit_streaming(train_batches(), [is_precipitation(v, fine[v].attrs) for v in variables])
     truth = load_times(fine, test_idx, variables)
-    coarse = grids.coarsen(x_train.astype(np.float64))
-    stat = StatisticalDownscaler.fit(x_train, grids.up(coarse).astype(np.float32),
-                                     [is_precipitation(v, fine[v].attrs) for v in variables])
-    del x_train, coarse
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "downscale":
         coarse_t = grids.coarsen(truth.astype(np.float64))

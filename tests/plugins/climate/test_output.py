@@ -45,5 +45,5 @@ def test_shape_mismatch_and_bad_suffix(tmp_path, fine_ds):
         ensemble_dataset(np.zeros((1, 8, 2, 16, 32)), ds, ["t2m"], source="x")
     good = ensemble_dataset(np.zeros((1, 8, 1, 16, 32)), ds, ["t2m"], source="x")
     assert "credit" not in good.attrs  # not ERA5: no ECMWF credit claimed
-    with pytest.raises(ValueError, match="expected a .nc or .zarr path"):
+    with pytest.raises(ValueError, match=r"expected a \.nc or \.zarr path"):
         write(good, tmp_path / "out.csv")
