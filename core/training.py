@@ -513,7 +513,8 @@ class Trainer:
         architecture keys or `TrainConfig` fields that differ.
         """
         ck = checkpoint if checkpoint is not None else load_checkpoint(path)
-        saved_cfg = ck["config"]
+        # a field added to TrainConfig after the checkpoint was written counts at its default
+        saved_cfg = {**TrainConfig().to_dict(), **ck["config"]}
         check_config(saved_cfg, self.cfg.to_dict(), set(RESUMABLE_FIELDS), path)
         if (
             saved_cfg.get("steps") != self.cfg.steps

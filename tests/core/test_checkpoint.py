@@ -417,3 +417,13 @@ def test_nan_gradient_with_finite_loss_is_named(tmp_path):
     ):
         _trainer(_cfg(tmp_path), loss_fn=bad_grad_at_12).fit()
     assert [p.name for p in ck.list_checkpoints(tmp_path / "run")] == ["ckpt_00000010.pt"]
+
+
+def test_checkpoint_from_before_a_new_config_field_still_resumes(run, tmp_path):
+    path = tmp_path / "run" / "ckpt_00000030.pt"
+    state = ck.load_checkpoint(path)
+    del state["config"]["grad_accum"]  # as written before that field existed
+    ck.save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, path)
+    trainer = _trainer(_cfg(tmp_path, steps=30))
+    trainer.fit(resume=True)
+    assert trainer.step == 30
