@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -96,6 +97,11 @@ def score_sdf(path, train_smiles: Iterable[str] | None = None) -> MolMetrics:
     from .data import MolInputError
 
     RDLogger.DisableLog("rdApp.*")
+    path = Path(path)
+    if not path.exists():
+        raise MolInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MolInputError(f"{path}: empty file, no molecules")
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
     mols = []
     for i, mol in enumerate(supplier, 1):
