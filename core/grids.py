@@ -1,0 +1,83 @@
+"""Decreasing time grids `t_0 = t_max > t_1 > ... > t_N = t_min` for the samplers.
+
+Three spacings, each from the schedule's own noise levels:
+- `uniform`: equal steps in `t` (the DDPM / DDIM grid);
+- `log_snr`: equal steps in `lambda(t)` (DPM-Solver's choice);
+- `karras`: `sigma~ = sigma / alpha` spaced as `(sigma~_max^(1/rho) + i/(N-1) (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho`,
+  `rho = 7` (Karras et al. 2022), with `sigma~_max` the schedule's own value at `t_max`.
+
+`log_snr` and `karras` space their points over `sigma~` in [SIGMA_TILDE_MIN, SIGMA_TILDE_MAX] = [0.002, 80]
+(the range of Karras et al. 2022, for data of unit scale) clipped to the schedule's own range on
+[max(t_min, T_EPS), t_max]. Beyond it nothing happens worth a step: when `sigma~(t_max)` is larger (2e4 for
+the clipped cosine schedule) the grid opens with one jump from `t_max`, which the samplers take first-order,
+and when `t_min = 0` it closes with a final denoising step to `t = 0` (`lambda = +inf`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from core.schedules import Schedule
+
+__all__ = ["GRIDS", "LOG_SNR_RANGE", "T_EPS", "available_grids", "time_grid"]
+
+T_EPS = 1e-3
+SIGMA_TILDE_MIN, SIGMA_TILDE_MAX = 0.002, 80.0
+LOG_SNR_RANGE = (-2 * math.log(SIGMA_TILDE_MAX), -2 * math.log(SIGMA_TILDE_MIN))
+
+
+def _uniform(schedule: Schedule, steps: int, t_max: float, t_min: float) -> Tensor:
+    return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
+
+
+def _in_log_snr(schedule: Schedule, steps: int, t_max: float, t_min: float, rho: float | None) -> Tensor:
+    end = max(t_min, T_EPS)
+    lam_max, lam_end = schedule.log_snr_fn(torch.tensor([t_max, end], dtype=torch.float64)).tolist()
+    lo, hi = max(lam_max, LOG_SNR_RANGE[0]), min(lam_end, LOG_SNR_RANGE[1])
+    head = [t_max] if lo > lam_max else []  # one first-order jump down to sigma~ = SIGMA_TILDE_MAX
+    tail = [0.0] if t_min == 0 else []
+    regular = steps - len(head) - len(tail)
+    if regular < 1 or hi <= lo:
+        return _uniform(schedule, steps, t_max, t_min)
+    u = torch.linspace(0.0, 1.0, regular + 1, dtype=torch.float64)
+    if rho is None:
+        lam_grid = lo + u * (hi - lo)
+    else:  # sigma~ = exp(-lambda / 2); space sigma~^(1/rho) uniformly
+        s_max, s_min = math.exp(-lo / 2) ** (1 / rho), math.exp(-hi / 2) ** (1 / rho)
+        lam_grid = -2.0 * rho * torch.log(s_max + u * (s_min - s_max))
+    ts = schedule.t_from_log_snr(lam_grid)
+    if not head:
+        ts[0] = t_max
+    if hi == lam_end:
+        ts[-1] = end
+    return torch.cat([torch.tensor(head, dtype=torch.float64), ts, torch.tensor(tail, dtype=torch.float64)])
+
+
+GRIDS: dict[str, Callable[[Schedule, int, float, float], Tensor]] = {
+    "uniform": _uniform,
+    "log_snr": lambda sch, n, hi, lo: _in_log_snr(sch, n, hi, lo, rho=None),
+    "karras": lambda sch, n, hi, lo: _in_log_snr(sch, n, hi, lo, rho=7.0),
+}
+
+
+def available_grids() -> list[str]:
+    """Names accepted by `time_grid`."""
+    return sorted(GRIDS)
+
+
+def time_grid(schedule: Schedule, steps: int, kind: str = "uniform", t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
+    """A strictly decreasing float64 grid of `steps + 1` times from `t_max` to `t_min`."""
+    if kind not in GRIDS:
+        raise ValueError(f"unknown time grid {kind!r}; known grids: {', '.join(available_grids())}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    ts = GRIDS[kind](schedule, steps, float(t_max), float(t_min))
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError(f"the {kind} grid with {steps} steps on [{t_min}, {t_max}] is not strictly decreasing")
+    return ts
