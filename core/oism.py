@@ -265,10 +265,21 @@ class SpectralOISM:
         return A[:, None], b[:, None]
 
     def coefficients(self, t: float | Tensor) -> Tensor:
-        """``alpha_t = (A_t + eps I)^{-1} b_t``, shape ``(T, G, N)``."""
-        A, b = self.system(t)
+        """``alpha_t = (A_t + eps I)^{-1} b_t``, shape ``(T, G, N)``; a single ``t`` is cached (samplers and
+        the likelihood ODE ask for the same grid times for the score and its divergence)."""
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        key = float(tt[0]) if tt.numel() == 1 else None
+        cache = self.__dict__.setdefault("_coef_cache", {})
+        if key is not None and key in cache:
+            return cache[key]
+        A, b = self.system(tt)
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        return torch.linalg.solve(A + self.ridge * eye, b.unsqueeze(-1)).squeeze(-1)
+        alpha = torch.linalg.solve(A + self.ridge * eye, b.unsqueeze(-1)).squeeze(-1)
+        if key is not None:
+            if len(cache) > 1024:
+                cache.clear()
+            cache[key] = alpha
+        return alpha
 
     def _times(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
         tt = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1)
