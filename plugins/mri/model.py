@@ -1,0 +1,159 @@
+"""The conditional denoiser: MONAI's 3-D `DiffusionModelUNet` on space-to-depth volumes.
+
+What diffuses is the scaled residual over cubic interpolation,
+
+    x_0 = S2D((y - cubic(l)) / r),          cond = S2D(cubic(l)),
+
+where `y` is the (normalised) high-resolution volume, `l` the low-resolution one, `r` the residual
+scale of the config and `S2D` the space-to-depth rearrangement that folds each block of
+`f_x f_y f_z` high-resolution voxels into channels: `(B, 1, f_x x, f_y y, f_z z) -> (B, F, x, y, z)`
+with `F = f_x f_y f_z`. The UNet sees `concat(x_t, cond)` (2F channels) at the low-resolution grid,
+which is `F` times cheaper than running it on the refined grid, and predicts `F` channels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+FORMAT = "sciffusion-mri-sr/1"
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    """Everything needed to rebuild a model and its data pipeline; round-trips through JSON."""
+
+    scale: tuple[int, int, int] = (2, 2, 2)
+    channels: tuple[int, ...] = (32, 48, 64)
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    schedule: str = "cosine"
+    prediction: str = "v"
+    residual_scale: float = 0.05  # r: residuals (in normalised intensity) are divided by r
+    fwhm: float = 1.0  # slice-profile FWHM in units of the factor (degrade.degrade)
+    lower_percentile: float = 0.5
+    upper_percentile: float = 99.5
+    patch: tuple[int, int, int] = (24, 24, 24)  # low-resolution patch for training
+    time_scale: float = 1000.0  # t in [0, 1] is fed to the UNet's sinusoidal embedding as t * 1000
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def factor(self) -> int:
+        """F = f_x f_y f_z, the number of refined voxels per low-resolution voxel."""
+        return self.scale[0] * self.scale[1] * self.scale[2]
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form."""
+        d = asdict(self)
+        for k in ("scale", "channels", "patch"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SRConfig:
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"SRConfig: unknown fields {sorted(extra)}")
+        d = dict(d)
+        for k in ("scale", "channels", "patch"):
+            if k in d:
+                d[k] = tuple(int(v) for v in d[k])
+        return cls(**d)
+
+
+def space_to_depth(x: Tensor, scale: tuple[int, int, int]) -> Tensor:
+    """`(B, C, f_x x, f_y y, f_z z) -> (B, C F, x, y, z)`."""
+    fx, fy, fz = scale
+    return rearrange(x, "b c (x i) (y j) (z k) -> b (c i j k) x y z", i=fx, j=fy, k=fz)
+
+
+def depth_to_space(x: Tensor, scale: tuple[int, int, int]) -> Tensor:
+    """Inverse of `space_to_depth`: `(B, C F, x, y, z) -> (B, C, f_x x, f_y y, f_z z)`."""
+    fx, fy, fz = scale
+    return rearrange(x, "b (c i j k) x y z -> b c (x i) (y j) (z k)", i=fx, j=fy, k=fz)
+
+
+class SRDenoiser(nn.Module):
+    """`model(x_t, t, cond) -> prediction` for the core samplers; x_t, cond: `(B, F, x, y, z)`."""
+
+    def __init__(self, config: SRConfig) -> None:
+        super().__init__()
+        from monai.networks.nets import DiffusionModelUNet
+
+        self.config = config
+        f = config.factor
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3,
+            in_channels=2 * f,
+            out_channels=f,
+            num_res_blocks=config.num_res_blocks,
+            channels=tuple(config.channels),
+            attention_levels=(False,) * len(config.channels),
+            norm_num_groups=config.norm_num_groups,
+        )
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes (low-resolution grid) must be multiples of this (one halving per level)."""
+        return 2 ** (len(self.config.channels) - 1)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Predict the config's target (`v` by default) from `concat(x_t, cond)` at time `t` (B,)."""
+        if cond is None:
+            raise ValueError("SRDenoiser needs cond = S2D(cubic(low-res)) of x_t's shape")
+        t = t.reshape(-1).to(x_t.dtype).expand(x_t.shape[0]) * self.config.time_scale
+        return self.unet(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t)
+
+
+def save_checkpoint(model: SRDenoiser, path: str | Path, extra: dict | None = None) -> Path:
+    """Write `{format, config, state_dict, extra}` atomically; loadable with `weights_only=True`."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format": FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "extra": json.dumps(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, scale: tuple[int, int, int] | None = None) -> SRDenoiser:
+    """Load a checkpoint written by `save_checkpoint`; `scale` (if given) must match its scale."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an MRI super-resolution checkpoint (format {FORMAT!r} expected)")
+    config = SRConfig.from_dict(json.loads(blob["config"]))
+    if scale is not None and tuple(scale) != tuple(config.scale):
+        raise ValueError(
+            f"{path}: checkpoint was trained for scale {','.join(map(str, config.scale))}, "
+            f"but scale {','.join(map(str, scale))} was asked for"
+        )
+    model = SRDenoiser(config)
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model
+
+
+def default_checkpoint(scale: tuple[int, int, int]) -> Path:
+    """Path of the shipped checkpoint for `scale`, e.g. `checkpoints/mri_sr_2x2x2.pt`."""
+    return CHECKPOINT_DIR / f"mri_sr_{'x'.join(map(str, scale))}.pt"
