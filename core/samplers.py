@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from core.grids import time_grid
+from core.grids import LOG_SNR_RANGE, time_grid
 from core.process import DiffusionProcess
 
-__all__ = ["SAMPLERS", "Interval", "available_samplers", "register_sampler", "sample"]
+__all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "register_sampler", "sample"]
 
 HEUN_MAX_RATIO = 10.0
 
@@ -212,6 +212,20 @@ def _make_denoise(
     return denoise
 
 
+def default_t_max(process: DiffusionProcess) -> float:
+    """Where sampling starts by default: `t = 1`, except for `eps` and `score` models on a schedule whose
+    `sigma~(1) = sigma / alpha` exceeds `SIGMA_TILDE_MAX` (80): they start where `sigma~ = 80`.
+
+    `x0 = (x_t - sigma eps) / alpha` multiplies a network's error in `eps` by `1 / alpha` (2e4 at `t = 1` on the
+    clipped cosine schedule), which deterministic samplers carry to the end; at `sigma~ = 80` the factor is
+    80, and starting there from `N(0, I)` costs a prior mismatch of `alpha = 1/80` of the data mean.
+    """
+    lam_1 = float(process.schedule.log_snr_fn(torch.ones(1, dtype=torch.float64))[0])
+    if process.prediction in ("x0", "v") or lam_1 >= LOG_SNR_RANGE[0]:
+        return 1.0
+    return float(process.schedule.t_from_log_snr(torch.tensor([LOG_SNR_RANGE[0]], dtype=torch.float64))[0])
+
+
 def sample(
     model: Callable,
     process: DiffusionProcess,
@@ -233,7 +247,7 @@ def sample(
     project: Callable[[Tensor], Tensor] | None = None,
     eta: float = 0.0,
     grid: str | Tensor | None = None,
-    t_max: float = 1.0,
+    t_max: float | None = None,
     t_min: float = 0.0,
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
@@ -242,6 +256,7 @@ def sample(
     - `model(x_t, t, cond=None)` returns the process's prediction type, of `x_t`'s shape; `t` is `(B,)`.
     - `grid`: a named spacing (`uniform`, `log_snr`, `karras`; default: the sampler's own) or an explicit
       strictly decreasing tensor of times, which then overrides `steps`, `t_max` and `t_min`.
+    - `t_max` (default `default_t_max(process)`): where the chain starts.
     - `x_init` (default `N(0, (alpha^2 + sigma^2) I)` at `t_max`) starts the chain.
     - Inpainting: `known` values where `mask` is 1 are imposed at every step as draws of
       `q(x_s | x_0 = known)` (replacement); `resample > 1` re-noises each step `q(x_t | x_s)` and repeats it
@@ -260,6 +275,8 @@ def sample(
     if (known is None) != (mask is None):
         raise ValueError("inpainting needs both known= and mask=")
     spec = SAMPLERS[method]
+    if t_max is None:
+        t_max = default_t_max(process)
     device = torch.device(device) if device is not None else (
         _model_device(model) or (x_init.device if x_init is not None else torch.device("cpu"))
     )

@@ -20,7 +20,7 @@ def test_every_sampler_reproduces_gaussian_moments(gm_fn, method):
     gm = gm_fn()
     proc = DiffusionProcess("cosine", "eps")
     n = 20_000 if gm.dim == 2 else 8_000
-    x = sample(gm.denoiser(proc), proc, (n, gm.dim), method, BUDGET[method],
+    x = sample(gm.denoiser(proc), proc, (n, gm.dim), method, BUDGET[method], t_max=1.0,
                generator=torch.Generator().manual_seed(0), progress=False, dtype=torch.float64)
     z = (x - gm.means[0]) / gm.stds[0]
     assert z.mean(0).abs().max() < 4.5 / math.sqrt(n) + 0.01
@@ -34,7 +34,7 @@ def test_prediction_types_give_the_same_ode_solution(prediction):
     gm = gaussian_2d()
     ref_proc, proc = DiffusionProcess("cosine", "eps"), DiffusionProcess("cosine", prediction)
     x_init = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    kw = dict(x_init=x_init, progress=False, dtype=torch.float64)
+    kw = dict(x_init=x_init, t_max=1.0, progress=False, dtype=torch.float64)
     ref = sample(gm.denoiser(ref_proc), ref_proc, x_init.shape, "dpmpp_2m", 15, **kw)
     out = sample(gm.denoiser(proc), proc, x_init.shape, "dpmpp_2m", 15, **kw)
     assert torch.allclose(out, ref, atol=1e-8)
@@ -45,14 +45,14 @@ def test_second_order_samplers_at_20_steps_vs_ddpm_at_200():
     proc = DiffusionProcess("cosine", "eps")
     model = gm.denoiser(proc)
     # DDPM: Monte Carlo over 200k draws (noise of the std estimate ~0.16 %)
-    x = sample(model, proc, (200_000, 2), "ddpm", 200, generator=torch.Generator().manual_seed(1),
+    x = sample(model, proc, (200_000, 2), "ddpm", 200, t_max=1.0, generator=torch.Generator().manual_seed(1),
                progress=False, dtype=torch.float64)
     err = {("ddpm", 200): _std_error(x, gm)}
     # deterministic samplers map x_1 affinely: compare with the exact ODE map on the same starting points
     x_init = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     exact = gaussian_exact_ode(gm, proc, x_init, 1.0, 0.0)
     for method, steps in [("dpmpp_2m", 20), ("heun", 20), ("heun", 40)]:
-        out = sample(model, proc, x_init.shape, method, steps, x_init=x_init, progress=False, dtype=torch.float64)
+        out = sample(model, proc, x_init.shape, method, steps, x_init=x_init, t_max=1.0, progress=False, dtype=torch.float64)
         err[method, steps] = ((out - gm.means[0]).std(0) / (exact - gm.means[0]).std(0) - 1).abs().max().item()
     assert err["dpmpp_2m", 20] <= err["ddpm", 200], err
     # Karras-style Heun needs 40 steps (79 evaluations) to beat 200 DDPM evaluations here; see docs/core.md
@@ -89,6 +89,23 @@ def test_stochastic_samplers_weak_order_one(method):
         errs.append(abs(x.var().item() / 1.5**2 - 1))
     # weak order 1: 4x the steps -> about 4x smaller bias (Monte Carlo noise ~ 0.3 %)
     assert errs[1] < errs[0] / 2.5, errs
+
+
+@pytest.mark.parametrize("method", ["ddim", "heun", "dpmpp_2m"])
+def test_default_start_tolerates_eps_errors_of_a_trained_network(method):
+    gm = gaussian_2d()
+    proc = DiffusionProcess("cosine", "eps")
+    exact = gm.denoiser(proc)
+
+    def trained(x, t, cond=None):  # a network is never exact: 1 % error in eps
+        return exact(x, t) + 0.01
+
+    kw = dict(generator=torch.Generator().manual_seed(0), progress=False, dtype=torch.float64)
+    good = sample(trained, proc, (4000, 2), method, 20, **kw)
+    z = (good - gm.means[0]) / gm.stds[0]
+    assert z.mean(0).abs().max() < 0.15 and (z.std(0) - 1).abs().max() < 0.1
+    from_one = sample(trained, proc, (4000, 2), method, 20, t_max=1.0, **kw)
+    assert ((from_one - gm.means[0]) / gm.stds[0]).mean(0).abs().max() > 1.0  # why the default moved
 
 
 def test_seeded_runs_repeat_and_ddim_is_deterministic():
@@ -198,4 +215,4 @@ def test_bad_inputs_are_reported():
         return torch.where(t[:, None] < 0.5, torch.full_like(x, float("nan")), 0 * x)
 
     with pytest.raises(FloatingPointError, match=r"non-finite values appeared in sampling \(ddim\) at step 6 of 10 \(t = 0.4 -> 0.3\)"):
-        sample(explodes, proc, (4, 2), "ddim", 10, progress=False)
+        sample(explodes, proc, (4, 2), "ddim", 10, t_max=1.0, progress=False)
