@@ -92,10 +92,8 @@ class KernelSmoothingScore:
             K = _FOURIER_K
             if form == "spectral" and isinstance(bandwidth, (int, float)) and bandwidth > 0:
                 K = max(K, max_degree or math.ceil(6.0 / math.sqrt(bandwidth)))
-            kk = torch.arange(-K, K + 1, dtype=data.dtype, device=data.device)
-            E = [torch.exp(1j * self.data[:, j, None] * kk) for j in range(self.manifold.dim)]
-            M = E[0].mean(0) if len(E) == 1 else E[0].T @ E[1] / len(self.data)
-            self._charfn, self._kk = M, kk
+            self._kk = torch.arange(-K, K + 1, dtype=data.dtype, device=data.device)
+            self._charfn = self._char_function(self._kk)
         self.atol = atol
         self.bandwidth_curve: tuple[Tensor, Tensor] | None = None
         if isinstance(bandwidth, str):
@@ -111,10 +109,8 @@ class KernelSmoothingScore:
         if form == "spectral" and self._charfn is not None:
             deg = max_degree or math.ceil(6.0 / math.sqrt(bandwidth))
             if deg > (len(self._kk) - 1) // 2:  # bandwidth was chosen by "auto": rebuild at this degree
-                kk = torch.arange(-deg, deg + 1, dtype=data.dtype, device=data.device)
-                E = [torch.exp(1j * self.data[:, j, None] * kk) for j in range(self.manifold.dim)]
-                self._charfn = E[0].mean(0) if len(E) == 1 else E[0].T @ E[1] / len(self.data)
-                self._kk = kk
+                self._kk = torch.arange(-deg, deg + 1, dtype=data.dtype, device=data.device)
+                self._charfn = self._char_function(self._kk)
             self._spec_K = deg
         elif form == "spectral":
             if isinstance(self.manifold, Euclidean):
@@ -213,6 +209,15 @@ class KernelSmoothingScore:
             out_h.append(torch.log(h))
             out_g.append(g / h[:, None])
         return torch.cat(out_h), torch.cat(out_g)
+
+    def _char_function(self, kk: Tensor) -> Tensor:
+        """``M(k) = (1/n) sum_i e^{i k.x_i}`` on the grid ``kk^d`` (``d <= 2``), over chunks of data."""
+        tot = 0
+        for s in range(0, self.data.shape[0], 8192):
+            xc = self.data[s : s + 8192]
+            E = [torch.exp(1j * xc[:, j, None] * kk) for j in range(self.manifold.dim)]
+            tot = tot + (E[0].sum(0) if len(E) == 1 else E[0].T @ E[1])
+        return tot / self.data.shape[0]
 
     def _fourier(self, y: Tensor, t: float, K: int = _FOURIER_K) -> tuple[Tensor, Tensor]:
         """Torus, ``d <= 2``: ``h_t(y) = sum_{|k| <= K} e^{-|k|^2 t} conj(M(k)) e^{i k.y}`` evaluated
