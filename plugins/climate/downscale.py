@@ -26,7 +26,14 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from plugins.climate.grid import check_factor, coarse_coords, coarsen, interpolate, lat_weights
+from plugins.climate.grid import (
+    block_upper_bound,
+    check_factor,
+    coarse_coords,
+    coarsen,
+    interpolate,
+    lat_weights,
+)
 from plugins.climate.io import ERA5_CREDIT, check_grid, load_times
 from plugins.climate.model import ClimateUNet, UNetConfig
 from plugins.climate.normalise import Normaliser, fit_normaliser
@@ -294,6 +301,9 @@ class Downscaler:
             x = x.clamp(-CLAMP, CLAMP)
             z = b[ts] + self.mean + self.std * x.double().cpu().numpy()
             phys = self.norm.inverse(z)
+            for c, v in enumerate(self.norm.variables):
+                if v.transform == "log1p" and known is None:  # a non-negative cell cannot exceed its block's total
+                    phys[:, c] = np.minimum(phys[:, c], block_upper_bound(np.maximum(coarse[ts, c], 0), self.cfg.factor, self.grids.lat))
             for j, (k, t) in enumerate(chunk):
                 out[k, t] = phys[j]
         if known is not None:
@@ -314,7 +324,7 @@ def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tup
 
 
 def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_dir: str | Path,
-          steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
+          steps: int = 2500, batch_size: int = 8, lr: float = 7e-4, seed: int = 0,
           progress: bool = False, checkpoint_every: int = 200, device: str | None = None) -> Downscaler:
     """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle."""
     from core.training import TrainConfig, Trainer

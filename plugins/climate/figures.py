@@ -40,7 +40,7 @@ def plot_maps(path: str | Path, variables: Sequence[str], coarse: np.ndarray, bi
         panels = [coarse[i], bicubic[i], ensemble[:, i].mean(0), ensemble[0, i], ensemble[:, i].std(0, ddof=1) if ensemble.shape[0] > 1 else np.zeros_like(truth[i]), truth[i]]
         lo, hi = np.nanpercentile(truth[i], [1, 99])
         for j, (ax, img) in enumerate(zip(axes[i], panels)):
-            kw = {"vmin": lo, "vmax": hi, "cmap": "viridis"} if j != 4 else {"cmap": "magma"}
+            kw = {"vmin": lo, "vmax": hi, "cmap": "viridis"} if j != 4 else {"cmap": "magma", "vmin": 0, "vmax": float(np.nanpercentile(img, 99)) or None}
             im = ax.imshow(img, origin="lower", extent=extent, aspect="auto", **kw)
             ax.set_title(f"{name} {titles[j]}", fontsize=8)
             ax.tick_params(labelsize=6)
@@ -59,11 +59,12 @@ def plot_spectra(path: str | Path, variables: Sequence[str], lat: np.ndarray, tr
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
     for i, name in enumerate(variables):
         ax = axes[0, i]
-        k, p = zonal_spectrum(truth[:, i], lat)
-        ax.loglog(k[1:], p[1:], "k", lw=2, label="truth")
+        k, p_true = zonal_spectrum(truth[:, i], lat)
+        ax.loglog(k[1:], p_true[1:], "k", lw=2, label="truth")
         for label, ens in predictions.items():
             k, p = zonal_spectrum(ens[:, :, i], lat)
             ax.loglog(k[1:], p[1:], lw=1, label=label)
+        ax.set_ylim(bottom=max(p_true[1:].min() * 1e-3, 1e-30))  # interpolation nulls would squash the plot
         ax.axvline(k_coarse, color="grey", ls=":", lw=1)
         ax.set_title(name)
         ax.set_xlabel("zonal wavenumber")

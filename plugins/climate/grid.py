@@ -72,6 +72,17 @@ def coarsen(x, factor: int, lat: np.ndarray):
     return np.einsum("...iajb,ia->...ij", np.asarray(x).reshape(shape), w.astype(np.asarray(x).dtype)) / factor
 
 
+def block_upper_bound(coarse: np.ndarray, factor: int, lat: np.ndarray) -> np.ndarray:
+    """Largest value a non-negative fine cell can take given its block mean X_IJ (fine grid).
+
+    From X_IJ = sum w_i x_ij / (f sum_{i in I} w_i) and x >= 0:  x_ij <= X_IJ f sum_{i' in I} w_i' / w_i.
+    """
+    w = lat_weights(lat).reshape(-1, factor)
+    ratio = (factor * w.sum(1, keepdims=True) / w).reshape(-1)
+    up = np.repeat(np.repeat(np.asarray(coarse), factor, axis=-2), factor, axis=-1)
+    return up * ratio[:, None]
+
+
 def coarse_coords(lat: np.ndarray, lon: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates of the coarse cells: mean of the fine cell centres in each block."""
     check_factor(len(lat), len(lon), factor)

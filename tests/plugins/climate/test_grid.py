@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 
 from plugins.climate.grid import (
+    block_upper_bound,
     check_factor,
     coarse_coords,
     coarsen,
@@ -104,3 +105,14 @@ def test_bicubic_exact_for_quadratics_inside_and_on_nodes():
     np.testing.assert_allclose(interp_matrix(src, src, "bicubic"), np.eye(10), atol=1e-12)
     with pytest.raises(ValueError, match="method must be"):
         interp_matrix(src, dst, "nearest")
+
+
+def test_block_upper_bound_is_reached_when_one_cell_holds_the_block():
+    lat = np.linspace(-87.5, 87.5, 36)
+    x = np.zeros((36, 72))
+    x[5, 9] = 7.0  # all of block (1, 2)'s content in one cell
+    bound = block_upper_bound(coarsen(x, 4, lat), 4, lat)
+    assert bound[5, 9] == pytest.approx(7.0)
+    rng = np.random.default_rng(0)
+    y = rng.gamma(0.5, 1.0, (36, 72))
+    assert np.all(y <= block_upper_bound(coarsen(y, 4, lat), 4, lat) + 1e-12)
