@@ -60,7 +60,7 @@ def toy_data(name: str, n: int, generator: torch.Generator | None = None) -> tor
         th = torch.sqrt(torch.rand(m, generator=g, dtype=torch.float64)) * 3 * math.pi
         arm = torch.stack([-torch.cos(th) * th, torch.sin(th) * th], -1)
         arm = arm + 0.5 * torch.rand(m, 2, generator=g, dtype=torch.float64)
-        x = torch.cat([arm, -arm])[:n] / 3
+        x = torch.cat([arm, -arm])[torch.randperm(2 * m, generator=g)[:n]] / 3  # both arms in any prefix
         return x + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
     if name == "pinwheel":
         k = torch.randint(0, 5, (n,), generator=g)
