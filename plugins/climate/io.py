@@ -75,7 +75,9 @@ def _decode_numeric_time(ds: xr.Dataset) -> xr.Dataset:
     if freq is None:
         return ds
     times = pd.Timestamp(origin) + pd.to_timedelta(np.asarray(tvals.values, dtype=np.int64), unit=freq)
-    return ds.assign_coords(time=("time", times.values.astype("datetime64[ns]"), {"long_name": "time"}))
+    ds = ds.assign_coords(time=("time", times.values.astype("datetime64[ns]"), {"long_name": "time"}))
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "time_units"}  # decoded: the raw units no longer apply
+    return ds
 
 
 def _check_axis(ds: xr.Dataset, name: str, source: str) -> np.ndarray:
