@@ -80,6 +80,8 @@ class KernelSmoothingScore:
             raise ValueError(f"KernelSmoothingScore: process must be one of {_PROCESSES}, got {process!r}")
         if form not in _FORMS:
             raise ValueError(f"KernelSmoothingScore: form must be one of {_FORMS}, got {form!r}")
+        if form == "spectral" and isinstance(self.manifold, Euclidean):
+            raise ValueError("KernelSmoothingScore: form='spectral' needs a compact manifold (torus or sphere)")
         self.ou = isinstance(self.manifold, Euclidean) and process == "ou"
         self.process = process if isinstance(self.manifold, Euclidean) else "bm"
         self.data = self.manifold.project(data)
@@ -113,8 +115,6 @@ class KernelSmoothingScore:
                 self._charfn = self._char_function(self._kk)
             self._spec_K = deg
         elif form == "spectral":
-            if isinstance(self.manifold, Euclidean):
-                raise ValueError("KernelSmoothingScore: form='spectral' needs a compact manifold (torus or sphere)")
             deg = max_degree or math.ceil(6.0 / math.sqrt(bandwidth))
             m = self.manifold
             n_fun = (2 * deg + 1) ** m.dim - 1 if isinstance(m, Torus) else (deg + 1) ** 2 - 1
