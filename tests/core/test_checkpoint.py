@@ -331,13 +331,13 @@ def test_data_errors_are_named(tmp_path):
 @pytest.mark.parametrize("iterable", [False, True])
 def test_two_ranks_shard_the_data_like_one_process_with_double_batch(tmp_path, iterable):
     """Rank 0 and rank 1 of 2 see disjoint halves of what one process sees with twice the batch."""
-    from core.training import _BatchStream
+    from core.data import BatchStream
 
     items = torch.arange(40.0)[:, None]
     source = _Reiterable(list(items)) if iterable else items
     cfg = _cfg(tmp_path, batch_size=4)
-    single = _BatchStream(source, _cfg(tmp_path, batch_size=8), None, rank=0, world=1, pin=False)
-    ranks = [_BatchStream(source, cfg, None, rank=r, world=2, pin=False) for r in (0, 1)]
+    single = BatchStream(source, _cfg(tmp_path, batch_size=8), None, rank=0, world=1, pin=False)
+    ranks = [BatchStream(source, cfg, None, rank=r, world=2, pin=False) for r in (0, 1)]
     for _ in range(7):  # crosses an epoch boundary (5 batches per epoch)
         both = torch.cat([ranks[0].next(), ranks[1].next()]).flatten()
         want = single.next().flatten()
