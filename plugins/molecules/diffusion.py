@@ -10,7 +10,9 @@ zero-centre-of-mass subspace, types either
   predicts p(type_0 | z_t) and the reverse step is the posterior averaged over that prediction.
 
 Time is continuous, t in [0, 1], drawn per molecule and broadcast to its nodes by the batch vector.
-The Gaussian part is core's DiffusionProcess with eps prediction on the node matrix.
+The Gaussian part is core's DiffusionProcess on the node matrix, with the network predicting eps
+(EDM) or x0 (the EGNN's output coordinates themselves; the loss is then the x0 error weighted by
+min(SNR + 1, cap), i.e. the v-loss weighting capped at low noise).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class MolDiffusionConfig:
     charge_scale: float = 0.1
     categorical_transition: str = "marginal"  # "uniform" | "marginal" (categorical mode)
     ce_weight: float = 1.0                  # weight of the type cross-entropy (categorical mode)
+    prediction: str = "eps"                 # "eps" (EDM) | "x0"
+    snr_cap: float = 200.0                  # x0 prediction: loss weight min(SNR + 1, snr_cap)
     max_atoms: int = 29
     egnn: EGNNConfig = field(default_factory=EGNNConfig)
 
@@ -94,7 +98,7 @@ class MolDiffusion(torch.nn.Module):
         self.cfg = cfg
         k = cfg.n_types
         self.net = EGNN(cfg.egnn, n_in=k + 1, n_out=k + 1)
-        self.process = DiffusionProcess(get_schedule(cfg.schedule), prediction="eps")
+        self.process = DiffusionProcess(get_schedule(cfg.schedule), prediction=cfg.prediction)
         self.register_buffer("size_hist", torch.ones(cfg.max_atoms + 1))
         self.register_buffer("type_marginal", torch.full((k,), 1.0 / k))
 
@@ -114,15 +118,24 @@ class MolDiffusion(torch.nn.Module):
                 edge_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Network output at (x_t, h_t, t): (eps_x_hat, out_h) where out_h is eps_h_hat (continuous)
         or [type logits (K), eps_charge_hat] (categorical)."""
-        return self.net(x, h, t_node, batch, edge_index)
+        return self.net(x, h, t_node, batch, edge_index, residual=self.cfg.prediction == "eps")
+
+    def _weight(self, t_node: Tensor) -> Tensor:
+        """Per-node loss weight on squared errors of the model's prediction type: 1 for eps; for x0,
+        min(SNR + 1, snr_cap), SNR = alpha^2 / sigma^2 (the eps loss would be SNR * x0 error)."""
+        if self.cfg.prediction == "eps":
+            return torch.ones_like(t_node)
+        snr = torch.exp(self.process.log_snr(t_node))
+        return torch.clamp(snr + 1, max=self.cfg.snr_cap)
 
     # ----- training loss ----------------------------------------------------------------------
     def loss(self, batch, generator: torch.Generator | None = None) -> Tensor:
         """Mean over molecules of the per-molecule denoising loss.
 
-        continuous:  L = |eps - eps_hat|^2 / (n (3 + F))  over x and h (EDM's L2 objective)
-        categorical: L = |eps_x - eps_x_hat|^2 / (3 n) + |eps_q - eps_q_hat|^2 / n
+        continuous:  L = w |y - y_hat|^2 / (n (3 + F))  over x and h (EDM's L2 objective for eps)
+        categorical: L = w (|y_x - y_x_hat|^2 / 3 + |y_q - y_q_hat|^2) / n
                          + ce_weight * CE(type_0, p_hat(type_0 | z_t)) / n
+        y is eps (w = 1) or x0 (w = min(SNR + 1, snr_cap)), by `prediction`.
         """
         b, x0 = batch.batch, remove_mean(batch.pos.float(), batch.batch)
         g = int(batch.num_graphs)
@@ -137,7 +150,8 @@ class MolDiffusion(torch.nn.Module):
         if self.cfg.type_mode == "continuous":
             h_t, eps_h = self.process.add_noise(h0, t_node, generator=generator)
             ex, out = self.denoise(x_t, h_t, t_node, b, edge_index)
-            err = ((ex - eps_x) ** 2).sum(1) + ((out - eps_h) ** 2).sum(1)
+            tx, th = (eps_x, eps_h) if self.cfg.prediction == "eps" else (x0, h0)
+            err = (((ex - tx) ** 2).sum(1) + ((out - th) ** 2).sum(1)) * self._weight(t_node)
             per_mol = torch.zeros(g, device=dev).index_add_(0, b, err) / (sizes * (3 + h0.shape[1]))
             return per_mol.mean()
         cat = self.categorical()
@@ -147,7 +161,8 @@ class MolDiffusion(torch.nn.Module):
                          q_t], 1)
         ex, out = self.denoise(x_t, h_t, t_node, b, edge_index)
         logits, eq = out[:, :-1], out[:, -1:]
-        err = ((ex - eps_x) ** 2).sum(1) / 3 + ((eq - eps_q) ** 2).sum(1)
+        tx, tq = (eps_x, eps_q) if self.cfg.prediction == "eps" else (x0, h0[:, -1:])
+        err = (((ex - tx) ** 2).sum(1) / 3 + ((eq - tq) ** 2).sum(1)) * self._weight(t_node)
         err = err + self.cfg.ce_weight * torch.nn.functional.cross_entropy(logits, batch.z, reduction="none")
         per_mol = torch.zeros(g, device=dev).index_add_(0, b, err) / sizes
         return per_mol.mean()

@@ -74,8 +74,9 @@ class EGNN(nn.Module):
     """Denoiser eps_hat(z_t, t) for molecules.
 
     Input: positions x (N, 3), node features h (N, F) (scaled types and charges), t per node (N,),
-    batch vector (N,). Output: (eps_x (N, 3) in the zero-CoM subspace, out_h (N, F_out)), with
-    eps_x = x_L - x_0 (equivariant) and out_h a linear read-out of h_L (invariant).
+    batch vector (N,). Output: (out_x (N, 3) in the zero-CoM subspace, out_h (N, F_out)), with
+    out_x = x_L - x_0 (eps prediction) or x_L (x0 prediction), equivariant, and out_h a read-out
+    of h_L (invariant).
     """
 
     def __init__(self, cfg: EGNNConfig, n_in: int, n_out: int):
@@ -87,7 +88,7 @@ class EGNN(nn.Module):
         self.out = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, n_out))
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
-                edge_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                edge_index: torch.Tensor | None = None, residual: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         if edge_index is None:
             edge_index = fully_connected_edges(batch)
         diff = x[edge_index[1]] - x[edge_index[0]]
@@ -96,4 +97,5 @@ class EGNN(nn.Module):
         pos = x
         for layer in self.layers:
             feat, pos = layer(feat, pos, edge_index, edge_attr)
-        return remove_mean(pos - x, batch), self.out(feat)
+        # residual=True: the displacement x_L - x_0 (an eps estimate); False: x_L itself (an x0 estimate)
+        return remove_mean(pos - x if residual else pos, batch), self.out(feat)

@@ -81,3 +81,17 @@ def train(model: MolDiffusion, data: PackedMolecules, cfg: TrainConfig, resume: 
     ema = trainer.ema_model
     save_model(ema, out / "model.pt")
     return ema
+
+
+def export_model(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Write model.pt (EMA weights + config) from the newest Trainer checkpoint of a run folder,
+    e.g. to sample from a run that is still training or was interrupted."""
+    from core.training import latest_checkpoint, load_weights
+
+    run = Path(run_dir)
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"no Trainer checkpoint (ckpt_*.pt) in {run}")
+    cfg = MolDiffusionConfig.from_dict(json.loads((run / "mol_config.json").read_text()))
+    model = load_weights(MolDiffusion(cfg), ckpt, ema=True)
+    return save_model(model, path or run / "model.pt")

@@ -72,8 +72,8 @@ def test_loss_is_rotation_invariant_and_samples_are_centred():
 
     torch.manual_seed(0)
     cfg = MolDiffusionConfig(max_atoms=9, egnn=EGNNConfig(hidden=16, layers=2))
-    for mode in ("continuous", "categorical"):
-        model = MolDiffusion(MolDiffusionConfig(**{**cfg.__dict__, "type_mode": mode}))
+    for mode, pred in (("continuous", "eps"), ("categorical", "eps"), ("continuous", "x0")):
+        model = MolDiffusion(MolDiffusionConfig(**{**cfg.__dict__, "type_mode": mode, "prediction": pred}))
         g = torch.Generator().manual_seed(2)
         pos = torch.randn(9, 3, generator=g)
         data = [Data(pos=pos[:4], z=torch.tensor([1, 0, 0, 3]), charges=torch.zeros(4), num_nodes=4),
