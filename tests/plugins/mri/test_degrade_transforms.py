@@ -18,7 +18,7 @@ def test_parse_scale(text, expected):
 
 @pytest.mark.parametrize("bad", ["1.5", "0", "1,1,1", "2,2", "9", "a,b,c", "-2", "1,1,4.5"])
 def test_parse_scale_rejects(bad):
-    with pytest.raises(ValueError, match="--scale: .*(does not divide sensibly|expected an integer)"):
+    with pytest.raises(ValueError, match=r"--scale: .*(does not divide sensibly|expected an integer)"):
         parse_scale(bad, "--scale")
 
 

@@ -51,9 +51,9 @@ def test_denoiser_shapes_and_checkpoint(tmp_path):
         load_checkpoint(path, scale=(2, 2, 2))
     junk = tmp_path / "junk.pt"
     torch.save({"weights": torch.zeros(2)}, junk)
-    with pytest.raises(ValueError, match="junk.pt: not an MRI super-resolution checkpoint"):
+    with pytest.raises(ValueError, match=r"junk\.pt: not an MRI super-resolution checkpoint"):
         load_checkpoint(junk)
-    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nothere\.pt"):
         load_checkpoint(tmp_path / "nothere.pt")
 
 
