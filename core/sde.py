@@ -165,18 +165,18 @@ class GeneralSDE:
 
 
 # ====================================================================================================
-def time_grid(t_max: float, t_min: float, steps: int, spacing: str = "log") -> list[float]:
+def reverse_time_grid(t_max: float, t_min: float, steps: int, spacing: str = "log") -> list[float]:
     """Decreasing grid ``t_max = t_0 > ... > t_steps = t_min``; ``"log"`` is geometric (fine near ``t_min``)."""
     if not (t_max > t_min > 0):
-        raise ValueError(f"time_grid: need t_max > t_min > 0, got t_max={t_max}, t_min={t_min}")
+        raise ValueError(f"reverse_time_grid: need t_max > t_min > 0, got t_max={t_max}, t_min={t_min}")
     if steps < 1:
-        raise ValueError(f"time_grid: steps must be >= 1, got {steps}")
+        raise ValueError(f"reverse_time_grid: steps must be >= 1, got {steps}")
     if spacing == "log":
         g = torch.logspace(math.log10(t_max), math.log10(t_min), steps + 1, dtype=torch.float64)
     elif spacing == "linear":
         g = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
     else:
-        raise ValueError(f"time_grid: spacing must be 'log' or 'linear', got {spacing!r}")
+        raise ValueError(f"reverse_time_grid: spacing must be 'log' or 'linear', got {spacing!r}")
     return g.tolist()
 
 
@@ -204,7 +204,7 @@ def reverse_sample(
         raise ValueError(f"reverse_sample: method must be one of {_METHODS}, got {method!r}")
     if drift not in _DRIFTS:
         raise ValueError(f"reverse_sample: drift must be one of {_DRIFTS}, got {drift!r}")
-    grid = time_grid(t_max, t_min, steps, spacing)
+    grid = reverse_time_grid(t_max, t_min, steps, spacing)
     x, path = x_init, [x_init]
     for t, t_next in itertools.pairwise(grid):
         dt = t - t_next
@@ -260,7 +260,7 @@ def pf_ode_log_likelihood(
         if divergence is None:
             raise ValueError("pf_ode_log_likelihood: pass divergence= on a curved manifold")
     div = divergence or _autograd_divergence(score)
-    grid = time_grid(t_max, t_min, steps)[::-1]
+    grid = reverse_time_grid(t_max, t_min, steps)[::-1]
     d = x.shape[1]
 
     def field(y: Tensor, t: float) -> tuple[Tensor, Tensor]:

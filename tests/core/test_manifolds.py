@@ -23,8 +23,8 @@ from core.sde import (
     OrnsteinUhlenbeck,
     ou_time_from_vp,
     reverse_sample,
+    reverse_time_grid,
     score_as_core_model,
-    time_grid,
 )
 
 torch.set_num_threads(1)
@@ -322,9 +322,9 @@ def test_reverse_sampler_with_exact_score_on_circle_and_errors():
     with pytest.raises(ValueError, match="drift must be one of"):
         reverse_sample(score, C, x, 1.0, 0.1, drift="vp")
     with pytest.raises(ValueError, match="t_max > t_min > 0"):
-        time_grid(0.1, 1.0, 10)
+        reverse_time_grid(0.1, 1.0, 10)
     with pytest.raises(ValueError, match="spacing must be"):
-        time_grid(1.0, 0.1, 10, spacing="cubic")
+        reverse_time_grid(1.0, 0.1, 10, spacing="cubic")
     with pytest.raises(FloatingPointError, match="non-finite score"):
         reverse_sample(lambda x, t: x * float("nan"), C, x, 1.0, 0.1, steps=3)
 
