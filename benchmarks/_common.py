@@ -232,8 +232,10 @@ def report(
         "",
         f"Measured {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC on: {machine()}.",
         "",
-        f"Regenerate with `{command_line(name, getattr(args, 'argv', None))}` ({time.perf_counter() - started:.0f} s for this run"
-        + (", quick mode: sizes too small to quote" if args.quick else "") + ").",
+        f"Regenerate with `{command_line(name, getattr(args, 'argv', None))}` ({time.perf_counter() - started:.0f} s "
+        f"wall, {time.process_time():.0f} s CPU for this run"
+        + (", quick mode: sizes too small to quote" if args.quick else "") + "). The machine was shared with "
+        "other jobs: wall times are inflated by the load above, timings are medians of interleaved repeats.",
         "",
     ]
     body = [summary, ""]
