@@ -34,6 +34,7 @@ from torch import Tensor
 from core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmonics_s2
 
 _BASES = ("hermite", "fourier", "spherical")
+_MAX_EXACT_TIMES = 64  # distinct times solved exactly in one call; beyond, interpolate in log t
 
 
 def hermite_normalised(z: Tensor, K: int) -> Tensor:
@@ -290,12 +291,27 @@ class SpectralOISM:
             inv = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return uniq, inv
 
+    def _alpha_rows(self, x: Tensor, t) -> Tensor:
+        """``alpha_t`` per row ``(B, G, N)``. With more than ``_MAX_EXACT_TIMES`` distinct times (a
+        training batch), ``alpha`` is solved on a 256-point geometric grid over their range and
+        interpolated linearly in ``log t``: the entries of ``A_t, b_t`` are sums of exponentials in ``t``."""
+        uniq, inv = self._times(x, t)
+        if len(uniq) <= _MAX_EXACT_TIMES:
+            return self.coefficients(uniq)[inv].to(x.dtype)
+        lo, hi = float(uniq[0].clamp_min(1e-8)), float(uniq[-1])
+        grid = torch.logspace(math.log10(lo), math.log10(hi), 256, dtype=torch.float64, device=uniq.device)
+        a = self.coefficients(grid)  # (256, G, N)
+        u = (torch.log(uniq.clamp_min(1e-8)) - math.log(lo)) / (math.log(hi) - math.log(lo)) * 255
+        i0 = u.floor().long().clamp(0, 254)
+        w = (u - i0).clamp(0, 1).to(a.dtype)[:, None, None]
+        alpha = (1 - w) * a[i0] + w * a[i0 + 1]
+        return alpha[inv].to(x.dtype)
+
     def score(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``s_t(x)``, shape ``(B, D)``; ``t`` scalar or ``(B,)`` (OU time for Hermite, BM time otherwise)."""
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.d:
             raise ValueError(f"SpectralOISM.score: x must have shape (B, {self.d}), got {tuple(getattr(x, 'shape', ()))}")
-        uniq, inv = self._times(x, t)
-        alpha = self.coefficients(uniq)[inv].to(x.dtype)  # (B, G, N)
+        alpha = self._alpha_rows(x, t)  # (B, G, N)
         if self.basis == "hermite":
             z = self._z(x)
             h = hermite_normalised(z, self.K - 1)  # (B, d, K): h_0..h_{K-1}
@@ -312,8 +328,7 @@ class SpectralOISM:
 
     def divergence(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``div s_t(x)``: ``-d + sum alpha h_k''`` (Hermite) or ``-sum_n alpha_n lambda_n phi_n`` (torus, sphere)."""
-        uniq, inv = self._times(x, t)
-        alpha = self.coefficients(uniq)[inv].to(x.dtype)
+        alpha = self._alpha_rows(x, t)
         if self.basis == "hermite":
             z = self._z(x)
             h = hermite_normalised(z, self.K)  # h_0..h_K

@@ -281,3 +281,19 @@ def test_bad_input_errors():
         o.score(torch.zeros(4, 3, dtype=F64), 0.1)
     with pytest.raises(ValueError, match="t must be a scalar or have shape"):
         o.score(torch.zeros(4, 2, dtype=F64), torch.ones(3))
+
+
+def test_many_distinct_times_are_interpolated_in_log_t(monkeypatch):
+    import core.oism as oism_mod
+
+    g = torch.Generator().manual_seed(8)
+    X = (0.5 * torch.randn(500, 2, generator=g, dtype=F64) + 3) % (2 * math.pi)
+    o = SpectralOISM(X, manifold=Torus(2), degree=3)
+    x = Torus(2).sample_uniform(300, g)
+    t = torch.exp(math.log(0.01) + (math.log(5) - math.log(0.01)) * torch.rand(300, generator=g, dtype=F64))
+    fast, div_fast = o.score(x, t), o.divergence(x, t)
+    monkeypatch.setattr(oism_mod, "_MAX_EXACT_TIMES", 10**9)
+    exact, div_exact = o.score(x, t), o.divergence(x, t)
+    rel = (fast - exact).norm(dim=-1) / exact.norm(dim=-1).clamp_min(1e-3)
+    assert float(rel.median()) < 1e-3 and float(rel.max()) < 2e-2
+    assert float(((div_fast - div_exact).abs() / div_exact.abs().clamp_min(1e-3)).median()) < 1e-3
