@@ -111,11 +111,10 @@ def _generate(args) -> int:
     _say(args, f"sampling {args.n} molecules with {ckpt.name} ({args.method}, {args.steps} steps)")
     gen = generate(model, args.n, args.steps, args.method, args.seed, args.device,
                    train_smiles=smiles, progress=not args.quiet)
-    gen.extra = {"qm9_ceiling": card.get("qm9_ceiling"), "edm_published": EDM_PUBLISHED}
-    rows = {"sciffusion (this run)": gen.metrics.to_dict()}
-    if card.get("qm9_ceiling"):
-        rows["QM9 data (ceiling)"] = card["qm9_ceiling"]
-    rows["EDM (published)"] = EDM_PUBLISHED
+    ceilings = card.get("ceilings", {})
+    gen.extra = {"qm9_ceiling": ceilings, "edm_published": EDM_PUBLISHED}
+    rows = {"sciffusion (this run)": gen.metrics.to_dict(), **ceilings,
+            "EDM, QM9 (published)": EDM_PUBLISHED}
     table = format_table(rows)
     config = {"args": vars(args), "checkpoint": str(ckpt), "model": model.cfg.to_dict(),
               "training": card.get("training")}

@@ -36,7 +36,7 @@ def test_train_then_generate_writes_every_file(tiny_run, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["args"]["steps"] == 4 and config["model"]["max_atoms"] == 12
     printed = capsys.readouterr().out
-    assert "sciffusion (this run)" in printed and "EDM (published)" in printed
+    assert "sciffusion (this run)" in printed and "EDM, QM9 (published)" in printed
     assert main(["--score", str(out / "molecules.sdf"), "--out", str(root / "score"), "--quiet"]) == 0
     assert json.loads((root / "score" / "metrics.json").read_text())["n_molecules"] == 5
 
