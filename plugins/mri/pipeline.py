@@ -66,7 +66,8 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
     res = super_resolve(model, vol.data, samples=samples, steps=steps, method=method, seed=seed, device=device,
                         progress=progress, **kw)
     settings = _settings(model, samples=samples, steps=steps, method=method, seed=seed, device=str(device),
-                         seconds=round(time.time() - t0, 1), mode="input")
+                         seconds=round(time.time() - t0, 1), mode="input",
+                         estimate=kw.get("estimate", "posterior_mean"))
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 
 
@@ -108,7 +109,9 @@ def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: 
     run.mask = mask
     r = run.result
     run.metrics = {
-        "methods": evaluate({"trilinear": r.trilinear, "cubic": r.cubic, "sciffusion": r.mean}, hr, mask),
+        "methods": evaluate({"trilinear": r.trilinear, "cubic": r.cubic, "sciffusion": r.mean,
+                             "sciffusion_sample_mean": r.sample_mean}, hr, mask),
+        "estimate": kw.get("estimate", "posterior_mean"),
         "uncertainty_spearman": round(uncertainty_correlation(r.std, r.mean, hr, mask), 4)
         if samples > 1 else None,
         "mask_voxels": int(mask.sum()),
