@@ -1,7 +1,7 @@
 """Generate 3-D molecules with the shipped E(3)-equivariant diffusion model and score them.
 
     python -m recipes.mol_generate                      # 100 molecules, shipped checkpoint
-    python -m recipes.mol_generate --n 1000 --out runs/gen1000
+    python -m recipes.mol_generate --n 1000 --out runs/gen1000 --steps 500
     python -m recipes.mol_generate --score my.sdf       # score any SDF with the same metrics
     python -m recipes.mol_generate --train --data qm9 --train-steps 2000 --out runs/mymodel
     python -m recipes.mol_generate --train --data my.smi --out runs/mine   # SMILES/SDF/XYZ file
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.mol_generate", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100, help="number of molecules to sample (default 100)")
     p.add_argument("--checkpoint", default=None, help="model .pt (default: the shipped QM9 model)")
-    p.add_argument("--steps", type=int, default=500, help="sampling steps (default 500)")
+    p.add_argument("--steps", type=int, default=200, help="sampling steps (default 200)")
     p.add_argument("--method", default="ddpm", help="core sampler: ddpm, ddim, euler_maruyama, heun, dpmpp_2m")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-atoms", type=int, default=29)
     p.add_argument("--type-mode", default="continuous", choices=["continuous", "categorical"])
+    p.add_argument("--prediction", default="x0", choices=["x0", "eps"])
     p.add_argument("--hidden", type=int, default=96)
     p.add_argument("--layers", type=int, default=5)
     return p
@@ -78,7 +79,7 @@ def _train(args) -> int:
         data = pack(rep.data)
     split = split_indices(len(data), seed=args.seed)
     train_set = data.subset(split["train"]) if len(data) >= 10 else data
-    cfg = MolDiffusionConfig(type_mode=args.type_mode, max_atoms=args.max_atoms,
+    cfg = MolDiffusionConfig(type_mode=args.type_mode, max_atoms=args.max_atoms, prediction=args.prediction,
                              egnn=EGNNConfig(hidden=args.hidden, layers=args.layers))
     tcfg = TrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                        warmup_steps=min(200, args.train_steps // 10), min_lr_ratio=0.1,
