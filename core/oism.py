@@ -35,6 +35,7 @@ from core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmoni
 
 _BASES = ("hermite", "fourier", "spherical")
 _MAX_EXACT_TIMES = 64  # distinct times solved exactly in one call; beyond, interpolate in log t
+_GRID_LO, _GRID_HI, _GRID_SIZE = 1e-5, 1e2, 1024  # the interpolation grid (spacing 0.016 in log t)
 
 
 def hermite_normalised(z: Tensor, K: int) -> Tensor:
@@ -293,19 +294,23 @@ class SpectralOISM:
 
     def _alpha_rows(self, x: Tensor, t) -> Tensor:
         """``alpha_t`` per row ``(B, G, N)``. With more than ``_MAX_EXACT_TIMES`` distinct times (a
-        training batch), ``alpha`` is solved on a 256-point geometric grid over their range and
-        interpolated linearly in ``log t``: the entries of ``A_t, b_t`` are sums of exponentials in ``t``."""
+        training batch), ``alpha`` is interpolated linearly in ``log t`` from a fixed geometric grid of
+        ``_GRID_SIZE`` times on ``[1e-5, 1e2]``, solved once per instance (the entries of ``A_t, b_t``
+        are sums of exponentials in ``t``, so ``alpha`` is smooth in ``log t``)."""
         uniq, inv = self._times(x, t)
-        if len(uniq) <= _MAX_EXACT_TIMES:
+        if len(uniq) <= _MAX_EXACT_TIMES or float(uniq[0]) < _GRID_LO or float(uniq[-1]) > _GRID_HI:
             return self.coefficients(uniq)[inv].to(x.dtype)
-        lo, hi = float(uniq[0].clamp_min(1e-8)), float(uniq[-1])
-        grid = torch.logspace(math.log10(lo), math.log10(hi), 256, dtype=torch.float64, device=uniq.device)
-        a = self.coefficients(grid)  # (256, G, N)
-        u = (torch.log(uniq.clamp_min(1e-8)) - math.log(lo)) / (math.log(hi) - math.log(lo)) * 255
-        i0 = u.floor().long().clamp(0, 254)
-        w = (u - i0).clamp(0, 1).to(a.dtype)[:, None, None]
-        alpha = (1 - w) * a[i0] + w * a[i0 + 1]
-        return alpha[inv].to(x.dtype)
+        grid_alpha = self.__dict__.get("_grid_alpha")
+        if grid_alpha is None:
+            grid = torch.logspace(math.log10(_GRID_LO), math.log10(_GRID_HI), _GRID_SIZE, dtype=torch.float64)
+            grid_alpha = torch.cat([self.coefficients(grid[i : i + 64]) for i in range(0, _GRID_SIZE, 64)])
+            self._grid_alpha = grid_alpha
+        u = (torch.log(uniq.to(torch.float64)) - math.log(_GRID_LO)) / math.log(_GRID_HI / _GRID_LO) * (_GRID_SIZE - 1)
+        u = u.to(grid_alpha.device)
+        i0 = u.floor().long().clamp(0, _GRID_SIZE - 2)
+        w = (u - i0).clamp(0, 1).to(grid_alpha.dtype)[:, None, None]
+        alpha = (1 - w) * grid_alpha[i0] + w * grid_alpha[i0 + 1]
+        return alpha[inv.to(alpha.device)].to(x.dtype)
 
     def score(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``s_t(x)``, shape ``(B, D)``; ``t`` scalar or ``(B,)`` (OU time for Hermite, BM time otherwise)."""
