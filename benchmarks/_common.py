@@ -1,13 +1,17 @@
 """Shared pieces of the benchmarks: honest timing, peak memory, machine description, markdown output.
 
 Timing: on CUDA a pair of CUDA events around the call (the wall time of queued GPU work, read after a
-synchronisation); on the CPU `time.perf_counter` around the call. Contenders are interleaved (the order
+synchronisation); on the CPU the process's CPU time (`time.process_time`) around the call. Every contender
+runs with the same single intra-op thread, so CPU time is the work done; wall time on a machine shared with
+other jobs mostly measures the neighbours (it swung by 25 % between runs here). Contenders are interleaved (the order
 rotates every round) and repeated, and the median is reported, because the benchmark machine may be shared.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`; on the CPU
 (Linux) the growth of the peak resident set size `VmHWM` over the resident size before the call, after
 resetting the peak through `/proc/self/clear_refs`. The CPU figure counts pages the call touched that the
-allocator did not already hold, so it is an estimate (within a few MB for the large tensors measured here).
+allocator did not already hold. To make that count honest, importing this module pins glibc's mmap
+threshold at 128 KiB (`mallopt`), so every larger tensor gets its own pages and returns them when freed,
+instead of being served from heap memory that an earlier contender left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _pin_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
+    """Fix glibc's `M_MMAP_THRESHOLD` (and `M_TRIM_THRESHOLD`) so large blocks are mmapped and unmapped."""
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, nbytes)) and bool(libc.mallopt(-1, nbytes))  # M_MMAP_, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+MMAP_PINNED = _pin_mmap_threshold()
 DOCS = REPO / "docs" / "benchmarks"
 
 
@@ -97,7 +117,7 @@ def sync(device: torch.device) -> None:
 
 
 def time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds taken by `fn()`: CUDA events on a GPU, `perf_counter` on the CPU."""
+    """Seconds taken by `fn()`: CUDA events on a GPU, CPU seconds of this process on the CPU."""
     if device.type == "cuda":
         sync(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -106,9 +126,17 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
+
+
+def clock(device: torch.device) -> float:
+    """A timestamp for step intervals: CPU seconds of this process on the CPU, synchronised wall time on a GPU."""
+    if device.type == "cuda":
+        sync(device)
+        return time.perf_counter()
+    return time.process_time()
 
 
 def interleaved(
@@ -235,7 +263,8 @@ def report(
         f"Regenerate with `{command_line(name, getattr(args, 'argv', None))}` ({time.perf_counter() - started:.0f} s "
         f"wall, {time.process_time():.0f} s CPU for this run"
         + (", quick mode: sizes too small to quote" if args.quick else "") + "). The machine was shared with "
-        "other jobs: wall times are inflated by the load above, timings are medians of interleaved repeats.",
+        "other jobs: wall times are inflated by the load above; on the CPU the timings are CPU seconds of "
+        "the benchmark process (one thread), medians of interleaved repeats.",
         "",
     ]
     body = [summary, ""]

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.quick:
         cases = [((1024, 2), 4, 3)]
     else:
-        cases = [((1024, 2), 25, 15), ((16, 1, 64, 64, 64), 5, 7)]
+        cases = [((1024, 2), 100, 15), ((16, 1, 64, 64, 64), 5, 7)]
     rows, detail_rows, losses = [], [], []
     for shape, steps, repeats in cases:
         repeats = args.repeats or repeats
@@ -191,18 +191,27 @@ def main(argv: list[str] | None = None) -> str:
     return C.report("sampler_overhead", "Sampler overhead per step", summary, sections, args, started)
 
 
-NOTES = """Why the core costs what it costs per step:
+NOTES = """Why the core costs what it costs per step (profiled with torch.profiler and cProfile):
 
-- `core.sample` hands every step both `x0_hat` and `eps_hat` (`denoise` converts the model output into
-  both, whatever the sampler needs), broadcasts per-example coefficients `(B,)` through `expand`, and
-  checks `isfinite(x).all()` on the device after every step so that a blow-up is reported with its step
-  without a host synchronisation. On a memory-bound 4M-element tensor each of these is one more pass over
-  memory, which the textbook loop does not make.
-- On `(1024, 2)` the work is Python: the core builds a `(B,)` time tensor, calls the schedule's
-  `alpha` and `sigma` (a float64 sigmoid each) every step to convert the output and runs the finite check;
-  diffusers and MONAI index precomputed tables instead.
+- Large tensors: after every step `core.sample` runs `torch.isfinite(x).all()` so that a blow-up is
+  reported with its step without a host synchronisation. On the CPU `isfinite` is four elementwise passes
+  (`eq`, `abs`, `ne`, and the reduction), about as much memory traffic as the whole DDIM update: on
+  16x1x64^3 it is a fifth of the core's step time and most of its gap to the textbook loop. A single
+  reduction (`torch.isfinite(x.sum())`, one pass; or the check every k steps) would remove most of it.
+  The rest: `denoise` converts the model output to both `x0_hat` and `eps_hat` whatever the sampler needs,
+  through per-example `(B,)` coefficients broadcast by `expand`.
+- Small tensors (`1024 x 2`): the work is Python. `DiffusionProcess.convert` re-evaluates the schedule
+  (`alpha(t)` and `sigma(t)`, each a float64 cosine log-SNR evaluation, `schedules.raw`) on every network
+  call, although the step's `Interval` already holds `alpha_t` and `sigma_t` as floats; that is more than
+  half of the core's step time. diffusers and MONAI index precomputed tables.
+- Fixed cost per call: `sample()` computes `default_t_max` by an 80-iteration bisection of the log-SNR
+  (`Schedule.t_from_log_snr`) on every call for `eps` models, and the log-SNR grids bisect again: a few
+  ms of CPU per call (see the fixed-cost column), where the peers' `set_timesteps` costs under 1 ms.
+  Caching the start time per schedule (it depends on nothing else) would remove most of it.
 - MONAI's DDPM numbers are for its loop as written: it steps `k -> k - 1` whatever `N` is (see
   sampler_accuracy.md), so it does the same arithmetic per step as a correct sampler but not the same job.
+- CPU timings on a shared machine are noisy (the spread column); the per-step figure is a difference of two
+  medians and can come out 0 or negative for the fastest contenders, which then show as "n/a (noise)".
 """
 
 

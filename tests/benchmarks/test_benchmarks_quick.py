@@ -12,8 +12,10 @@ import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("monai")
+# diffusers 0.42 calls np.array(tensor, copy=False) in set_timesteps: noise from the peer, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-BENCHMARKS = ["sampler_accuracy", "sampler_overhead", "train_throughput", "kernel_scaling"]
+BENCHMARKS = ["sampler_accuracy", "sampler_overhead", "train_throughput", "kernel_scaling", "mri_superres"]
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +27,8 @@ def _one_thread():
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_quick_mode_writes_its_page(name, tmp_path):
+    if name == "mri_superres":
+        pytest.importorskip("einops")
     mod = importlib.import_module(f"benchmarks.{name}")
     page = mod.main(["--quick", "--out", str(tmp_path)])
     written = (tmp_path / f"{name}.md").read_text()
@@ -72,15 +76,15 @@ def test_distances_vanish_on_identical_samples_and_see_a_shift():
     from benchmarks.sampler_accuracy import mmd, sliced_w2
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1000, 4, generator=g, dtype=torch.float64)
-    dirs = torch.randn(512, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(600, 4, generator=g, dtype=torch.float64)
+    dirs = torch.randn(256, 4, generator=g, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
     assert sliced_w2(x, x, dirs) == 0.0
     assert mmd(x, x, 1.0) == pytest.approx(0.0, abs=1e-6)
     shift = torch.tensor([2.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     # a shift by v moves every projection by <u, v>: SW2 = |v| sqrt(E[u_1^2]) = |v| / sqrt(d)
     assert sliced_w2(x + shift, x, dirs) == pytest.approx(2.0 / math.sqrt(4), rel=0.1)
-    assert mmd(x + shift, x, 1.0) > 5 * mmd(torch.randn(1000, 4, generator=g, dtype=torch.float64), x, 1.0)
+    assert mmd(x + shift, x, 1.0) > 5 * mmd(torch.randn(600, 4, generator=g, dtype=torch.float64), x, 1.0)
 
 
 def test_dense_peer_agrees_with_kernel_smoothing_score():
