@@ -9,9 +9,9 @@ rotates every round) and repeated, and the median is reported, because the bench
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`; on the CPU
 (Linux) the growth of the peak resident set size `VmHWM` over the resident size before the call, after
 resetting the peak through `/proc/self/clear_refs`. The CPU figure counts pages the call touched that the
-allocator did not already hold. To make that count honest, importing this module pins glibc's mmap
-threshold at 128 KiB (`mallopt`), so every larger tensor gets its own pages and returns them when freed,
-instead of being served from heap memory that an earlier contender left behind.
+allocator did not already hold. To make that count honest, free heap memory is first handed back to the
+kernel (glibc `malloc_trim`), so memory an earlier contender freed counts again when it is reused; the
+allocator is otherwise left at its defaults, so the timings see what users see.
 """
 
 from __future__ import annotations
@@ -33,20 +33,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _pin_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
-    """Fix glibc's `M_MMAP_THRESHOLD` (and `M_TRIM_THRESHOLD`) so large blocks are mmapped and unmapped."""
+def _malloc_trim() -> None:
+    """Hand free heap memory back to the kernel (glibc `malloc_trim`), so that reusing it faults pages in
+    again and counts in the peak resident set; a no-op elsewhere."""
     if sys.platform != "linux":
-        return False
+        return
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, nbytes)) and bool(libc.mallopt(-1, nbytes))  # M_MMAP_, M_TRIM_THRESHOLD
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
-        return False
-
-
-MMAP_PINNED = _pin_mmap_threshold()
+        pass
 DOCS = REPO / "docs" / "benchmarks"
 
 
@@ -191,6 +188,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> float:
         fn()
         sync(device)
         return float(torch.cuda.max_memory_allocated(device) - base)
+    _malloc_trim()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         base = _status_kb("VmRSS")

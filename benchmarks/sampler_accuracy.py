@@ -431,24 +431,31 @@ def plot(all_results: list[tuple[Config, Judge, dict]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(all_results), 4.0), dpi=110)
+    cols = 2 if len(all_results) > 1 else 1
+    rows = math.ceil(len(all_results) / cols)
+    fig = Figure(figsize=(6.0 * cols, 4.2 * rows + 0.6), dpi=110)
     FigureCanvasAgg(fig)
+    names = CORE + DIFFUSERS + MONAI
+    from matplotlib import colormaps
+
+    colours = {m: colormaps["tab20"](i % 20) for i, m in enumerate(names)}
     for i, (cfg, judge, res) in enumerate(all_results):
-        ax = fig.add_subplot(1, len(all_results), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         for m, r in res.items():
             ks = sorted(r)
             style = "-" if m in CORE else ("--" if m in DIFFUSERS else ":")
-            ax.plot([r[k][2] for k in ks], [r[k][0] for k in ks], style, marker="o", ms=3, lw=1.2, label=m)
+            ax.plot([r[k][2] for k in ks], [r[k][0] for k in ks], style, marker="o", ms=3, lw=1.2, label=m,
+                    color=colours.get(m))
         ax.axhline(judge.floor_sw2, color="grey", lw=0.8, ls="-.", label="noise floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(cfg.label)
         ax.set_xlabel("network evaluations")
-        if i == 0:
-            ax.set_ylabel("sliced W2 to the true law")
+        ax.set_ylabel("sliced W2 to the true law")
         ax.grid(alpha=0.3, which="both")
-    fig.axes[-1].legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=8, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if rows > 1 else 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
