@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.quick:
         cases = [((1024, 2), 4, 3)]
     else:
-        cases = [((1024, 2), 100, 15), ((16, 1, 64, 64, 64), 5, 7)]
+        cases = [((1024, 2), 100, 15), ((16, 1, 64, 64, 64), 10, 7)]
     rows, detail_rows, losses = [], [], []
     for shape, steps, repeats in cases:
         repeats = args.repeats or repeats
