@@ -15,6 +15,7 @@ and when `t_min = 0` it closes with a final denoising step to `t = 0` (`lambda =
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -77,7 +78,13 @@ def time_grid(schedule: Schedule, steps: int, kind: str = "uniform", t_max: floa
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    ts = GRIDS[kind](schedule, steps, float(t_max), float(t_min))
+    return _cached_grid(schedule, steps, kind, float(t_max), float(t_min)).clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_grid(schedule: Schedule, steps: int, kind: str, t_max: float, t_min: float) -> Tensor:
+    """Grids are pure functions of their arguments: build each once (the log-SNR ones invert by bisection)."""
+    ts = GRIDS[kind](schedule, steps, t_max, t_min)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"the {kind} grid with {steps} steps on [{t_min}, {t_max}] is not strictly decreasing")
     return ts

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from core.schedules import Schedule, get_schedule
 
-__all__ = ["PREDICTIONS", "DiffusionProcess", "expand"]
+__all__ = ["PREDICTIONS", "DiffusionProcess", "expand", "x0_and_eps"]
 
 PREDICTIONS = ("eps", "x0", "v", "score")
 
@@ -23,6 +23,27 @@ PREDICTIONS = ("eps", "x0", "v", "score")
 def expand(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape per-example coefficients `(B,)` to `(B, 1, ..., 1)` so they broadcast against `x`."""
     return coef.reshape(coef.shape[0], *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+def x0_and_eps(out: Tensor, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, src: str) -> tuple[Tensor, Tensor]:
+    """`(x0, eps)` implied by a prediction `out` of type `src` at `x_t = alpha x0 + sigma eps`.
+
+    `alpha` and `sigma` are python floats (one time for the whole batch, as inside a sampler step) or
+    tensors broadcastable to `x_t`. With `v = alpha eps - sigma x0`:
+    `x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)`, `eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)`.
+    """
+    a, s = alpha, sigma
+    if src == "eps":
+        return (x_t - s * out) / a, out
+    if src == "score":
+        eps = -s * out
+        return (x_t - s * eps) / a, eps
+    if src == "x0":
+        return out, (x_t - a * out) / s
+    if src == "v":
+        norm = a * a + s * s
+        return (a * x_t - s * out) / norm, (s * x_t + a * out) / norm
+    raise ValueError(f"unknown prediction type {src!r}; expected one of {', '.join(PREDICTIONS)}")
 
 
 class DiffusionProcess:
@@ -152,19 +173,7 @@ class DiffusionProcess:
         if src == dst:
             return out
         a, s = expand(self.alpha(t), x_t), expand(self.sigma(t), x_t)
-        if src == "eps":
-            eps = out
-            x0 = (x_t - s * eps) / a
-        elif src == "score":
-            eps = -s * out
-            x0 = (x_t - s * eps) / a
-        elif src == "x0":
-            x0 = out
-            eps = (x_t - a * x0) / s
-        else:  # v
-            norm = a * a + s * s
-            x0 = (a * x_t - s * out) / norm
-            eps = (s * x_t + a * out) / norm
+        x0, eps = x0_and_eps(out, x_t, a, s, src)
         if dst == "eps":
             return eps
         if dst == "x0":

@@ -13,13 +13,14 @@ carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t =
 | `heun` | probability-flow ODE `dx~/dsigma~ = eps` by Heun's method (Karras et al. 2022) | 2 |
 | `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
 
-`heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` in one step (the
+`heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` (4) in one step (the
 first step of a uniform grid on a clipped cosine schedule, where `sigma~` drops from 2e4), and on the
 last step to `sigma = 0`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +31,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from core.grids import LOG_SNR_RANGE, time_grid
-from core.process import DiffusionProcess
+from core.process import DiffusionProcess, x0_and_eps
+from core.schedules import Schedule
 
 __all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "register_sampler", "sample"]
 
-HEUN_MAX_RATIO = 10.0
+HEUN_MAX_RATIO = 4.0
 
 Denoise = Callable[[Tensor, float], tuple[Tensor, Tensor]]
 NoiseFn = Callable[[], Tensor]
@@ -178,10 +180,19 @@ def _model_device(model: Callable) -> torch.device | None:
 
 
 def _make_denoise(
-    model: Callable, process: DiffusionProcess, cond: Any, guidance: float | None, null_cond: Any
+    model: Callable,
+    process: DiffusionProcess,
+    cond: Any,
+    guidance: float | None,
+    null_cond: Any,
+    coefficients: dict[float, tuple[float, float]] | None = None,
 ) -> Denoise:
     """Wrap the model as `denoise(x, t) -> (x0_hat, eps_hat)`, with classifier-free guidance
-    `out = out(null) + w (out(cond) - out(null))` (affine in the output, so any prediction type)."""
+    `out = out(null) + w (out(cond) - out(null))` (affine in the output, so any prediction type).
+
+    `coefficients` maps the grid's times to their `(alpha, sigma)`, computed once on the host, so that a step
+    does not evaluate the schedule again."""
+    coefficients = {} if coefficients is None else coefficients
     guided = guidance is not None and guidance != 1.0
     if guided and cond is None:
         raise ValueError("classifier-free guidance needs a condition: pass cond= with guidance=")
@@ -205,9 +216,11 @@ def _make_denoise(
         else:
             out_c, out_u = call(x, t, cond).to(x.dtype), call(x, t, null_cond).to(x.dtype)
             out = out_u + guidance * (out_c - out_u)
-        x0 = process.predict_x0(out, x, t)
-        eps = process.predict_eps(out, x, t)
-        return x0, eps
+        if t_value not in coefficients:
+            tt = torch.tensor([t_value], dtype=torch.float64)
+            coefficients[t_value] = (float(process.alpha(tt)[0]), float(process.sigma(tt)[0]))
+        alpha, sigma = coefficients[t_value]
+        return x0_and_eps(out, x, alpha, sigma, process.prediction)
 
     return denoise
 
@@ -220,10 +233,17 @@ def default_t_max(process: DiffusionProcess) -> float:
     clipped cosine schedule), which deterministic samplers carry to the end; at `sigma~ = 80` the factor is
     80, and starting there from `N(0, I)` costs a prior mismatch of `alpha = 1/80` of the data mean.
     """
-    lam_1 = float(process.schedule.log_snr_fn(torch.ones(1, dtype=torch.float64))[0])
-    if process.prediction in ("x0", "v") or lam_1 >= LOG_SNR_RANGE[0]:
+    if process.prediction in ("x0", "v"):
         return 1.0
-    return float(process.schedule.t_from_log_snr(torch.tensor([LOG_SNR_RANGE[0]], dtype=torch.float64))[0])
+    return _eps_start(process.schedule)
+
+
+@functools.lru_cache(maxsize=64)
+def _eps_start(schedule: Schedule) -> float:
+    lam_1 = float(schedule.log_snr_fn(torch.ones(1, dtype=torch.float64))[0])
+    if lam_1 >= LOG_SNR_RANGE[0]:
+        return 1.0
+    return float(schedule.t_from_log_snr(torch.tensor([LOG_SNR_RANGE[0]], dtype=torch.float64))[0])
 
 
 def sample(
@@ -315,7 +335,9 @@ def sample(
         return project(x_s) if project is not None else x_s
 
     x = impose(x, intervals[0].alpha_t, intervals[0].sigma_t)
-    denoise = _make_denoise(model, process, cond, guidance, null_cond)
+    coefficients = {iv.t: (iv.alpha_t, iv.sigma_t) for iv in intervals}
+    coefficients.update({iv.s: (iv.alpha_s, iv.sigma_s) for iv in intervals})
+    denoise = _make_denoise(model, process, cond, guidance, null_cond, coefficients)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     state = None
     for iv in tqdm(intervals, desc=f"sampling ({method})", disable=not progress, leave=False):
@@ -325,7 +347,7 @@ def sample(
             if r + 1 < resample and iv.sigma_s > 0:
                 x = impose(iv.alpha_ts * x_s + math.sqrt(iv.var_ts) * noise(), iv.alpha_t, iv.sigma_t)
         state, x = new_state, x_s
-        bad = ~torch.isfinite(x).all()
+        bad = ~torch.isfinite(x.sum())  # one pass; NaN and inf propagate through the sum
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, iv.index), first_bad)
         if callback is not None:
             callback({"step": iv.index, "t": iv.t, "s": iv.s, "x": x})
