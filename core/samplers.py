@@ -338,7 +338,7 @@ def sample(
     coefficients = {iv.t: (iv.alpha_t, iv.sigma_t) for iv in intervals}
     coefficients.update({iv.s: (iv.alpha_s, iv.sigma_s) for iv in intervals})
     denoise = _make_denoise(model, process, cond, guidance, null_cond, coefficients)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    sums = []  # one reduction per step; NaN and inf propagate through a sum, and nothing waits on the host
     state = None
     for iv in tqdm(intervals, desc=f"sampling ({method})", disable=not progress, leave=False):
         for r in range(resample):
@@ -347,12 +347,12 @@ def sample(
             if r + 1 < resample and iv.sigma_s > 0:
                 x = impose(iv.alpha_ts * x_s + math.sqrt(iv.var_ts) * noise(), iv.alpha_t, iv.sigma_t)
         state, x = new_state, x_s
-        bad = ~torch.isfinite(x.sum())  # one pass; NaN and inf propagate through the sum
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, iv.index), first_bad)
+        sums.append(x.sum())
         if callback is not None:
             callback({"step": iv.index, "t": iv.t, "s": iv.s, "x": x})
-    bad_step = int(first_bad)
-    if bad_step >= 0:
+    bad_steps = (~torch.isfinite(torch.stack(sums))).nonzero()
+    if len(bad_steps):
+        bad_step = int(bad_steps[0, 0])
         iv = intervals[bad_step]
         raise FloatingPointError(
             f"non-finite values appeared in sampling ({method}) at step {bad_step} of {len(intervals)} "
