@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="./mol_generate_out")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: small graphs gain nothing from more, and "
+                        "on a shared machine extra threads wait on each other)")
     p.add_argument("--score", metavar="SDF", help="score the molecules of an SDF file and exit")
     p.add_argument("--train", action="store_true", help="train a new model on --data")
     p.add_argument("--data", default="qm9", help="'qm9' or a SMILES/SDF/XYZ file (with --train)")
@@ -85,7 +88,6 @@ def _train(args) -> int:
                        warmup_steps=min(200, args.train_steps // 10), min_lr_ratio=0.1,
                        ema_half_life=max(10.0, args.train_steps / 20), checkpoint_every=250,
                        seed=args.seed, out_dir=args.out, device=args.device)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     train(MolDiffusion(cfg), train_set, tcfg, train_smiles=train_set.smiles, progress=not args.quiet)
     _say(args, f"model written to {Path(args.out) / 'model.pt'}")
     return 0
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from plugins.molecules.data import MolInputError
 
     args = _parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
     try:
         if args.score:
             return _score(args)
