@@ -81,7 +81,8 @@ def smc_inpaint(
         return x[idx]
 
     for i, iv in enumerate(intervals):
-        x0, eps = denoise(x, iv.t)
+        pred = denoise(x, iv.t)
+        x0, eps = pred.x0, pred.eps
         target = known_at(i + 1)
         if iv.sigma_s == 0.0:
             x = m * target + (1 - m) * x0

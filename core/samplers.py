@@ -1,7 +1,7 @@
 """Reverse samplers: stateless steps over an explicit decreasing time grid, and the `sample` entry point.
 
 Every sampler is one function `step(denoise, x, iv, state, noise) -> (x_s, state)` that moves `x` from time
-`iv.t` to the earlier time `iv.s`; `denoise(x, t)` returns `(x0_hat, eps_hat)`. The only state any step
+`iv.t` to the earlier time `iv.s`; `denoise(x, t)` returns a `Prediction` with `.x0` and `.eps`. The only state any step
 carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t = alpha_t x0 + sigma_t eps`,
 `sigma~ = sigma / alpha` and `lambda' = log(alpha / sigma)`:
 
@@ -38,7 +38,37 @@ __all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "regis
 
 HEUN_MAX_RATIO = 4.0
 
-Denoise = Callable[[Tensor, float], tuple[Tensor, Tensor]]
+class Prediction:
+    """The model's output at `(x_t, t)`; `x0` and `eps` are derived on first use, so a step pays only for
+    what it reads (`x_t = alpha x0 + sigma eps`)."""
+
+    __slots__ = ("_eps", "_x0", "alpha", "kind", "out", "sigma", "x")
+
+    def __init__(self, out: Tensor, x: Tensor, alpha: float, sigma: float, kind: str) -> None:
+        self.out, self.x, self.alpha, self.sigma, self.kind = out, x, alpha, sigma, kind
+        self._x0 = out if kind == "x0" else None
+        self._eps = out if kind == "eps" else (-sigma * out if kind == "score" else None)
+
+    @property
+    def x0(self) -> Tensor:
+        if self._x0 is None:
+            if self._eps is not None:
+                self._x0 = self.x.sub(self._eps, alpha=self.sigma).div_(self.alpha)
+            else:
+                self._x0, self._eps = x0_and_eps(self.out, self.x, self.alpha, self.sigma, self.kind)
+        return self._x0
+
+    @property
+    def eps(self) -> Tensor:
+        if self._eps is None:
+            if self._x0 is not None:
+                self._eps = self.x.sub(self._x0, alpha=self.alpha).div_(self.sigma)
+            else:
+                self._x0, self._eps = x0_and_eps(self.out, self.x, self.alpha, self.sigma, self.kind)
+        return self._eps
+
+
+Denoise = Callable[[Tensor, float], Prediction]
 NoiseFn = Callable[[], Tensor]
 
 
@@ -82,42 +112,42 @@ def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interv
 # ----- the steps -------------------------------------------------------------------------------
 def ddpm_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
     """Ancestral step: a draw from `q(x_s | x_t, x0_hat)`."""
-    x0, eps = denoise(x, iv.t)
+    pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
-        return x0, state
-    mean = (x - (iv.var_ts / iv.sigma_t) * eps) / iv.alpha_ts
+        return pred.x0, state
     std = math.sqrt(iv.var_ts) * iv.sigma_s / iv.sigma_t
-    return mean + std * noise(), state
+    mean = x.add(pred.eps, alpha=-iv.var_ts / iv.sigma_t).mul_(1.0 / iv.alpha_ts)
+    return mean.add_(noise(), alpha=std), state
 
 
 def euler_maruyama_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
     """Reverse-SDE step `x_s = (x_t + sigma_{t|s}^2 score) / alpha_{t|s} + sigma_{t|s} z`, `score = -eps / sigma_t`."""
-    x0, eps = denoise(x, iv.t)
+    pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
-        return x0, state
-    mean = (x - (iv.var_ts / iv.sigma_t) * eps) / iv.alpha_ts
-    return mean + math.sqrt(iv.var_ts) * noise(), state
+        return pred.x0, state
+    mean = x.add(pred.eps, alpha=-iv.var_ts / iv.sigma_t).mul_(1.0 / iv.alpha_ts)
+    return mean.add_(noise(), alpha=math.sqrt(iv.var_ts)), state
 
 
 def ddim_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
     """DDIM: `x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`; `eta = 0` is deterministic."""
-    x0, eps = denoise(x, iv.t)
+    pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
-        return x0, state
+        return pred.x0, state
     c = iv.eta * math.sqrt(iv.var_ts) * iv.sigma_s / iv.sigma_t
-    out = iv.alpha_s * x0 + math.sqrt(max(iv.sigma_s**2 - c * c, 0.0)) * eps
-    return (out + c * noise() if c > 0 else out), state
+    out = (pred.x0 * iv.alpha_s).add_(pred.eps, alpha=math.sqrt(max(iv.sigma_s**2 - c * c, 0.0)))
+    return (out.add_(noise(), alpha=c) if c > 0 else out), state
 
 
 def heun_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
     """Heun on `dx~/dsigma~ = eps(x, t)`, `x~ = x / alpha`: average the slopes at both ends of the step."""
-    x0, eps = denoise(x, iv.t)
-    euler = iv.alpha_s * x0 + iv.sigma_s * eps
+    pred = denoise(x, iv.t)
+    euler = (pred.x0 * iv.alpha_s).add_(pred.eps, alpha=iv.sigma_s)
     if iv.sigma_s == 0.0 or (iv.sigma_t / iv.alpha_t) > HEUN_MAX_RATIO * (iv.sigma_s / iv.alpha_s):
         return euler, state
-    _, eps_s = denoise(euler, iv.s)
+    eps_s = denoise(euler, iv.s).eps
     ratio = iv.alpha_s / iv.alpha_t
-    return ratio * x + (iv.sigma_s - ratio * iv.sigma_t) * 0.5 * (eps + eps_s), state
+    return (x * ratio).add_(pred.eps + eps_s, alpha=(iv.sigma_s - ratio * iv.sigma_t) * 0.5), state
 
 
 def dpmpp_2m_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
@@ -125,7 +155,7 @@ def dpmpp_2m_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: 
     `D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev`, `r = h_prev / h`; first-order (`D = x0_t`) on the first step.
     State: `(x0_prev, h_prev)`.
     """
-    x0, _ = denoise(x, iv.t)
+    x0 = denoise(x, iv.t).x0
     if iv.sigma_s == 0.0:
         return x0, None
     h = iv.lambda_s - iv.lambda_t
@@ -134,8 +164,8 @@ def dpmpp_2m_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: 
     else:
         x0_prev, h_prev = state
         r = h_prev / h
-        d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-    return (iv.sigma_s / iv.sigma_t) * x - iv.alpha_s * math.expm1(-h) * d, (x0, h)
+        d = (x0 * (1 + 1 / (2 * r))).add_(x0_prev, alpha=-1 / (2 * r))
+    return (x * (iv.sigma_s / iv.sigma_t)).add_(d, alpha=-iv.alpha_s * math.expm1(-h)), (x0, h)
 
 
 StepFn = Callable[[Denoise, Tensor, Interval, Any, NoiseFn], tuple[Tensor, Any]]
@@ -187,7 +217,7 @@ def _make_denoise(
     null_cond: Any,
     coefficients: dict[float, tuple[float, float]] | None = None,
 ) -> Denoise:
-    """Wrap the model as `denoise(x, t) -> (x0_hat, eps_hat)`, with classifier-free guidance
+    """Wrap the model as `denoise(x, t) -> Prediction` (`.x0`, `.eps`), with classifier-free guidance
     `out = out(null) + w (out(cond) - out(null))` (affine in the output, so any prediction type).
 
     `coefficients` maps the grid's times to their `(alpha, sigma)`, computed once on the host, so that a step
@@ -205,7 +235,7 @@ def _make_denoise(
             raise ValueError(f"the model returned {got}; it must return a tensor of x_t's shape {tuple(x.shape)}")
         return out
 
-    def denoise(x: Tensor, t_value: float) -> tuple[Tensor, Tensor]:
+    def denoise(x: Tensor, t_value: float) -> Prediction:
         t = torch.full((x.shape[0],), t_value, device=x.device, dtype=x.dtype)
         if not guided:
             out = call(x, t, cond).to(x.dtype)
@@ -220,7 +250,7 @@ def _make_denoise(
             tt = torch.tensor([t_value], dtype=torch.float64)
             coefficients[t_value] = (float(process.alpha(tt)[0]), float(process.sigma(tt)[0]))
         alpha, sigma = coefficients[t_value]
-        return x0_and_eps(out, x, alpha, sigma, process.prediction)
+        return Prediction(out, x, alpha, sigma, process.prediction)
 
     return denoise
 
