@@ -119,7 +119,7 @@ def load_qm9_arrays(cache: bool = True) -> dict:
     """
     path = _cache_path()
     if cache and path.exists():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
     arrays = _parse_qm9()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
