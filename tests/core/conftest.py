@@ -1,14 +1,8 @@
 import math
 
-import pytest
 import torch
 
 from core import DiffusionProcess, GaussianMixture
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
 
 
 def gaussian_exact_ode(gm: GaussianMixture, proc: DiffusionProcess, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:

@@ -21,14 +21,6 @@ from core.training import (
 from tests.core._train_worker import JitteredPoints, ToyMLP, gaussian_mixture, noisy_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _cfg(tmp_path, **kw) -> TrainConfig:
     base = dict(
         steps=30,

@@ -12,15 +12,6 @@ import torch
 from plugins.mri.model import SRConfig, SRDenoiser, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and avoids oversubscribing a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def phantom(shape=(32, 32, 32), seed=0) -> np.ndarray:
     """A smooth head-like phantom: an ellipsoid with blobs of different intensity, zero outside."""
     rng = np.random.default_rng(seed)
