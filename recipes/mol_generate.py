@@ -5,6 +5,7 @@
     python -m recipes.mol_generate --score my.sdf       # score any SDF with the same metrics
     python -m recipes.mol_generate --train --data qm9 --train-steps 2000 --out runs/mymodel
     python -m recipes.mol_generate --train --data my.smi --out runs/mine   # SMILES/SDF/XYZ file
+    python -m recipes.mol_generate --train --init runs/mymodel/model.pt --max-atoms 15 --out runs/more
 
 Writes molecules.sdf, smiles.txt, grid.png, metrics.json and config.json to --out and prints
 a table: this run, the QM9 data (ceiling), EDM's published figures. See docs/molecules.md.
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-atoms", type=int, default=29)
     p.add_argument("--type-mode", default="continuous", choices=["continuous", "categorical"])
     p.add_argument("--prediction", default="x0", choices=["x0", "eps"])
+    p.add_argument("--init", metavar="MODEL_PT", default=None,
+                   help="with --train: start from this model's weights and configuration (warm start)")
     p.add_argument("--hidden", type=int, default=96)
     p.add_argument("--layers", type=int, default=5)
     return p
@@ -70,7 +73,7 @@ def _train(args) -> int:
     from plugins.molecules.data import load_qm9, pack, read_molecules, split_indices
     from plugins.molecules.diffusion import MolDiffusion, MolDiffusionConfig
     from plugins.molecules.model import EGNNConfig
-    from plugins.molecules.train import train
+    from plugins.molecules.train import load_model, train
 
     if args.data.lower() == "qm9":
         data = load_qm9(max_atoms=args.max_atoms)
@@ -82,13 +85,20 @@ def _train(args) -> int:
         data = pack(rep.data)
     split = split_indices(len(data), seed=args.seed)
     train_set = data.subset(split["train"]) if len(data) >= 10 else data
-    cfg = MolDiffusionConfig(type_mode=args.type_mode, max_atoms=args.max_atoms, prediction=args.prediction,
-                             egnn=EGNNConfig(hidden=args.hidden, layers=args.layers))
+    if args.init:
+        model = load_model(args.init).train()  # its config wins over --hidden/--layers/--type-mode
+        if model.cfg.max_atoms < int(data.n_atoms.max()):
+            raise ValueError(f"--init model allows {model.cfg.max_atoms} atoms; the data has molecules of "
+                             f"{int(data.n_atoms.max())}: pass --max-atoms {model.cfg.max_atoms}")
+    else:
+        model = MolDiffusion(MolDiffusionConfig(type_mode=args.type_mode, max_atoms=args.max_atoms,
+                                                prediction=args.prediction,
+                                                egnn=EGNNConfig(hidden=args.hidden, layers=args.layers)))
     tcfg = TrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                        warmup_steps=min(200, args.train_steps // 10), min_lr_ratio=0.1,
                        ema_half_life=max(10.0, args.train_steps / 20), checkpoint_every=250,
                        seed=args.seed, out_dir=args.out, device=args.device)
-    train(MolDiffusion(cfg), train_set, tcfg, train_smiles=train_set.smiles, progress=not args.quiet)
+    train(model, train_set, tcfg, train_smiles=train_set.smiles, progress=not args.quiet)
     _say(args, f"model written to {Path(args.out) / 'model.pt'}")
     return 0
 

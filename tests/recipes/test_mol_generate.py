@@ -63,3 +63,19 @@ def test_shipped_checkpoint_is_small_and_samples():
     model = load_model(DEFAULT_CHECKPOINT)
     out = model.sample(model.sample_sizes(3), steps=3)
     assert out["pos"].shape[1] == 3 and out["batch"].max() == 2
+
+
+def test_warm_start_continues_from_the_given_weights(tiny_run, capsys):
+    root, _ = tiny_run
+    first = load_model(root / "run" / "model.pt")
+    rc = main(["--train", "--data", str(root / "train.smi"), "--init", str(root / "run" / "model.pt"),
+               "--train-steps", "2", "--lr", "1e-9", "--batch-size", "4", "--max-atoms", "12",
+               "--out", str(root / "warm"), "--quiet"])
+    assert rc == 0
+    warm = load_model(root / "warm" / "model.pt")
+    assert warm.cfg == first.cfg  # the --init model's architecture, not the defaults (96 x 5)
+    for (name, a), b in zip(first.state_dict().items(), warm.state_dict().values()):
+        assert (a - b).abs().max() < 1e-4, name  # a negligible lr: still the first model's weights
+    rc = main(["--train", "--data", str(root / "train.smi"), "--init", str(root / "run" / "model.pt"),
+               "--train-steps", "1", "--max-atoms", "29", "--batch-size", "4", "--out", str(root / "warm2"), "--quiet"])
+    assert rc == 0  # the data (<= 12 atoms) fits the model's 12
