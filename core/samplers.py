@@ -49,22 +49,25 @@ class Prediction:
         self._x0 = out if kind == "x0" else None
         self._eps = out if kind == "eps" else (-sigma * out if kind == "score" else None)
 
+    def _derive_missing(self) -> None:
+        """Fill whichever of x0 / eps is missing from the other, or both from `out` (v prediction)."""
+        if self._eps is not None:
+            self._x0 = self.x.sub(self._eps, alpha=self.sigma).div_(self.alpha)
+        elif self._x0 is not None:
+            self._eps = self.x.sub(self._x0, alpha=self.alpha).div_(self.sigma)
+        else:
+            self._x0, self._eps = x0_and_eps(self.out, self.x, self.alpha, self.sigma, self.kind)
+
     @property
     def x0(self) -> Tensor:
         if self._x0 is None:
-            if self._eps is not None:
-                self._x0 = self.x.sub(self._eps, alpha=self.sigma).div_(self.alpha)
-            else:
-                self._x0, self._eps = x0_and_eps(self.out, self.x, self.alpha, self.sigma, self.kind)
+            self._derive_missing()
         return self._x0
 
     @property
     def eps(self) -> Tensor:
         if self._eps is None:
-            if self._x0 is not None:
-                self._eps = self.x.sub(self._x0, alpha=self.alpha).div_(self.sigma)
-            else:
-                self._x0, self._eps = x0_and_eps(self.out, self.x, self.alpha, self.sigma, self.kind)
+            self._derive_missing()
         return self._eps
 
 
