@@ -188,3 +188,21 @@ def test_coarsen_observed_fills_empty_blocks():
     assert np.isfinite(c).all() and c.shape == (2, 4)
     y = np.array([[1.0, np.nan, 3.0]])
     np.testing.assert_allclose(fill_by_neighbours(y), [[1.0, 2.0, 3.0]])
+
+
+def test_diurnal_model_needs_times_and_old_checkpoints_load_as_intercept_only(tiny, tmp_path):
+    ds, bundle, _ = tiny
+    diurnal = Downscaler(bundle.cfg, bundle.norm, bundle.grids, bundle.coef, bundle.std,
+                         np.array([True, False, False]), bundle.model)
+    coarse = bundle.grids.coarsen(load_times(ds, [6], VARS).astype(np.float64))
+    with pytest.raises(ValueError, match=r"residual mean of \['t2m'\] follows the time of day: pass times="):
+        diurnal.sample(coarse, members=1, steps=1)
+    assert np.isfinite(diurnal.sample(coarse, members=1, steps=1, times=ds["time"].values[[6]])).all()
+    state = torch.load(bundle.save(tmp_path / "new.pt"), weights_only=True)
+    state["format"] = "sciffusion-climate-downscale/1"
+    state["resid_mean"] = state.pop("resid_coef")[:, 0]
+    del state["resid_diurnal"]
+    torch.save(state, tmp_path / "v1.pt")
+    old = Downscaler.load(tmp_path / "v1.pt")
+    assert not old.diurnal.any() and np.array_equal(old.coef[:, 1:], np.zeros_like(old.coef[:, 1:]))
+    np.testing.assert_allclose(old.coef[:, 0], bundle.coef[:, 0], rtol=1e-3, atol=1e-3)  # stored as float16
