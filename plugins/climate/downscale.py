@@ -153,6 +153,13 @@ def _normalised_residual(fine: np.ndarray, norm: Normaliser, grids: Grids) -> tu
     return b, z - b
 
 
+def normal_sums(r: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares sums of residuals r (T, C, H, W) on features f (T, P, H, W):
+    A = sum_t f f^T (H, W, P, P), b = sum_t r f (C, H, W, P), q = sum_t r^2 (C, H, W)."""
+    ft = np.moveaxis(f, 1, -1)
+    return np.einsum("thwp,thwq->hwpq", ft, ft), np.einsum("tchw,thwp->chwp", r, ft), (r**2).sum(0)
+
+
 def _time_values(ds: xr.Dataset, times: Sequence[int]) -> np.ndarray | None:
     return ds["time"].values[list(times)] if "time" in ds.coords else None
 
@@ -180,10 +187,7 @@ def fit_residual_stats(
 
     gram = cross = total_sq = None
     for r, f in residual_batches():
-        ft = np.moveaxis(f, 1, -1)                                          # (t, H, W, P)
-        g = np.einsum("thwp,thwq->hwpq", ft, ft)
-        x = np.einsum("tchw,thwp->chwp", r, ft)
-        q = (r**2).sum(0)
+        g, x, q = normal_sums(r, f)
         gram, cross, total_sq = (g, x, q) if gram is None else (gram + g, cross + x, total_sq + q)
     off = np.zeros(len(variables), bool)
     stats = ResidualStats(len(times), gram, cross, total_sq, off)

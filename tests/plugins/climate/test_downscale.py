@@ -15,6 +15,7 @@ from plugins.climate.downscale import (
     ResidualStats,
     build,
     fit_residual_stats,
+    normal_sums,
     residual_features,
     train,
 )
@@ -27,17 +28,11 @@ from tests.plugins.climate.conftest import make_fine
 VARS = ("t2m", "u10", "tp")
 
 
-def _sums(r, f):
-    """Least-squares sums of residuals r (T, C, H, W) on features f (T, P, H, W)."""
-    ft = np.moveaxis(f, 1, -1)
-    return (len(r), np.einsum("thwp,thwq->hwpq", ft, ft), np.einsum("tchw,thwp->chwp", r, ft), (r**2).sum(0))
-
-
 def test_intercept_only_statistics_are_the_per_cell_mean_and_std_with_leave_one_out():
     rng = np.random.default_rng(0)
     r = rng.normal(size=(6, 2, 3, 4))
     f = residual_features(None, np.zeros(3), np.zeros(4), 6)
-    stats = ResidualStats(*_sums(r, f), diurnal=np.array([False, False]))
+    stats = ResidualStats(len(r), *normal_sums(r, f), diurnal=np.array([False, False]))
     coef, s = stats.coefficients(0.0)
     np.testing.assert_allclose(coef[:, 0], r.mean(0))
     np.testing.assert_array_equal(coef[:, 1:], 0.0)
@@ -57,7 +52,7 @@ def test_diurnal_fit_matches_per_cell_least_squares_and_its_leave_one_out_refit(
     f = solar_features(times, lat, lon)
     beta = rng.normal(size=(2, 3, 3, 4))
     r = np.einsum("cphw,tphw->tchw", beta, f) + 0.05 * rng.normal(size=(20, 2, 3, 4))
-    stats = ResidualStats(*_sums(r, f), diurnal=np.array([True, False]))
+    stats = ResidualStats(len(r), *normal_sums(r, f), diurnal=np.array([True, False]))
     coef, s = stats.coefficients(0.0)
     m_loo, s_loo = stats.leave_one_out(r[7], f[7], 0.0)
     for i in range(3):
