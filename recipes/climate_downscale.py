@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--train-steps", type=int, default=2500, help="optimiser steps with --train (default 2500)")
     p.add_argument("--batch-size", type=int, default=8, help="training batch (strips) with --train")
     p.add_argument("--widths", default="16,32,64", help="UNet widths per level with --train")
+    p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
     p.add_argument("--mode", choices=("downscale", "infill"), default="downscale")
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
         factor=a.factor, members=a.members, steps=a.steps, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
+        solar_channels=a.solar_channels,
         holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
         quiet=a.quiet,
     )

@@ -57,6 +57,7 @@ class DownscaleConfig:
     prediction: str = "v"
     strip_height: int = 40
     std_floor: float = 0.1
+    solar_channels: bool = False
     train_times: tuple[str, ...] = field(default_factory=tuple)
     source: str = ""
 
@@ -203,14 +204,22 @@ def fit_residual_stats(
     return replace(stats, diurnal=err_diurnal < 0.99 * err_mean)
 
 
-def condition(b: np.ndarray, m: np.ndarray, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Conditioning channels [B, m, s/<s>, sin(lat)] for (..., C, H, W) arrays -> (..., 3C+1, H, W)."""
+def condition(b: np.ndarray, m: np.ndarray, s: np.ndarray, lat: np.ndarray,
+              solar: np.ndarray | None = None) -> np.ndarray:
+    """Conditioning channels [B, m, s/<s>, sin(lat)] for (..., C, H, W) arrays -> (..., 3C+1, H, W),
+    followed by the solar features `solar` (..., P-1, H, W) (insolation, sin hour angle) when given."""
     rel = s / np.nanmean(s, axis=(-2, -1), keepdims=True)
     sinlat = np.broadcast_to(np.sin(np.deg2rad(lat))[:, None], b.shape[-2:])
     sinlat = np.broadcast_to(sinlat, (*b.shape[:-3], 1, *b.shape[-2:]))
     m = np.broadcast_to(m, b.shape)
     rel = np.broadcast_to(rel, b.shape)
-    return np.concatenate([b, m, rel, sinlat], axis=-3).astype(np.float32)
+    parts = [b, m, rel, sinlat] + ([] if solar is None else [solar])
+    return np.concatenate(parts, axis=-3).astype(np.float32)
+
+
+def n_condition_channels(cfg: DownscaleConfig) -> int:
+    """3C + 1 conditioning channels, plus the P - 1 solar features with `solar_channels`."""
+    return 3 * len(cfg.variables) + 1 + (N_FEATURES - 1 if cfg.solar_channels else 0)
 
 
 class ResidualStrips(Dataset):
@@ -245,7 +254,7 @@ class ResidualStrips(Dataset):
         f = residual_features(tval, self.grids.lat, self.grids.lon, 1)[0]
         m, s = self.stats.leave_one_out(r[0], f, self.cfg.std_floor)
         x0 = ((r[0] - m) / s).astype(np.float32)
-        cond = condition(b[0], m, s, self.grids.lat)
+        cond = condition(b[0], m, s, self.grids.lat, f[1:] if self.cfg.solar_channels else None)
         valid = np.all(np.isfinite(fine[0]), axis=0).astype(np.float32)
         self._cache[ti] = (x0, cond, valid)
         if len(self._cache) > self._cache_size:
@@ -277,7 +286,7 @@ class Downscaler:
         self.coef, self.std = coef.astype(np.float32), std.astype(np.float32)
         self.diurnal = np.asarray(diurnal, bool)
         c = len(cfg.variables)
-        self.model = model if model is not None else ClimateUNet(UNetConfig(c, 3 * c + 1, cfg.widths))
+        self.model = model if model is not None else ClimateUNet(UNetConfig(c, n_condition_channels(cfg), cfg.widths))
 
     def process(self):
         from core import DiffusionProcess, get_schedule
@@ -346,17 +355,18 @@ class Downscaler:
             check_grid(ds, self.grids.lat_c, self.grids.lon_c, what="checkpoint's coarse grid")
 
     # ------------------------------------------------------------------ sampling
-    def residual_mean(self, times: np.ndarray | None, n: int) -> np.ndarray:
-        """m_t = f_t . beta, (n, C, H, W) normalised units, for n times (`times` datetime64 UTC or None)."""
-        if self.diurnal.any():
+    def features(self, times: np.ndarray | None, n: int) -> np.ndarray:
+        """Solar features f_t (n, P, H, W) for n times (`times` datetime64 UTC or None); raises when the
+        model needs the time of day (a diurnal residual mean or solar channels) and `times` lacks it."""
+        if self.diurnal.any() or self.cfg.solar_channels:
             names = [v for v, d in zip(self.cfg.variables, self.diurnal) if d]
+            what = f"the residual mean of {names}" if names else "the network's solar channels"
             if times is None or not has_clock_times(times):
-                raise ValueError(f"the residual mean of {names} follows the time of day: pass times= "
+                raise ValueError(f"{what} follows the time of day: pass times= "
                                  "(datetime64, UTC) for the fields to downscale")
             if len(times) != n:
                 raise ValueError(f"got {len(times)} times for {n} fields")
-        f = residual_features(times, self.grids.lat, self.grids.lon, n)
-        return np.einsum("cphw,tphw->tchw", self.coef, f).astype(np.float32)
+        return residual_features(times, self.grids.lat, self.grids.lon, n)
 
     def bicubic_z(self, coarse: np.ndarray) -> np.ndarray:
         """B(z_coarse) for physical coarse fields (T, C, h, w) -> normalised (T, C, H, W)."""
@@ -381,8 +391,9 @@ class Downscaler:
         proc, dev = self.process(), torch.device(device or "cpu")
         model = self.model.to(dev).eval()
         b = self.bicubic_z(coarse)
-        m = self.residual_mean(times, coarse.shape[0])
-        cond = condition(b, m, self.std, self.grids.lat)
+        f = self.features(times, coarse.shape[0])
+        m = np.einsum("cphw,tphw->tchw", self.coef, f).astype(np.float32)
+        cond = condition(b, m, self.std, self.grids.lat, f[:, 1:] if self.cfg.solar_channels else None)
         known_x = None
         if known is not None:
             zk = np.nan_to_num(self.norm.forward(known.astype(np.float64)), nan=0.0)

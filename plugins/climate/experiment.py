@@ -26,6 +26,7 @@ from plugins.climate.infill import coarsen_observed, fill_gaps
 from plugins.climate.io import ERA5_CREDIT, load_times, open_fields
 from plugins.climate.metrics import score_all
 from plugins.climate.normalise import is_precipitation
+from plugins.climate.solar import has_clock_times
 
 SHIPPED = Path(__file__).parent / "checkpoints" / "era5_sample_x4.pt"
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "msl", "tp")
@@ -46,6 +47,7 @@ class ExperimentConfig:
     train_steps: int = 2500
     batch_size: int = 8
     widths: tuple[int, ...] = (16, 32, 64)
+    solar_channels: bool = False
     holdout: int = 6
     mode: str = "downscale"
     gap_fraction: float = 0.2
@@ -77,7 +79,7 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
     strip = min(40, ds.sizes["latitude"] // 4 * 4)
     dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
-                           strip_height=strip,
+                           strip_height=strip, solar_channels=cfg.solar_channels and has_clock_times(ds["time"].values[train_idx]),
                            train_times=tuple(str(t) for t in ds["time"].values[train_idx]))
     run_dir = Path(cfg.out) / "train"
     _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")

@@ -201,3 +201,22 @@ def test_diurnal_model_needs_times_and_old_checkpoints_load_as_intercept_only(ti
     old = Downscaler.load(tmp_path / "v1.pt")
     assert not old.diurnal.any() and np.array_equal(old.coef[:, 1:], np.zeros_like(old.coef[:, 1:]))
     np.testing.assert_allclose(old.coef[:, 0], bundle.coef[:, 0], rtol=1e-3, atol=1e-3)  # stored as float16
+
+
+def test_solar_channels_condition_the_network_on_the_sun_and_need_times(tiny, tmp_path):
+    ds, _, _ = tiny
+    cfg = DownscaleConfig(variables=VARS, widths=(8, 8, 8), strip_height=8, source="synthetic", solar_channels=True)
+    bundle = train(ds, cfg, list(range(6)), tmp_path / "run", steps=2, batch_size=4, checkpoint_every=2)
+    assert bundle.model.cfg.cond_channels == 3 * len(VARS) + 1 + 2
+    _, data = build(ds, cfg, list(range(6)))
+    cond = data.prepared(2)[1]
+    sun = solar_features(ds["time"].values[[2]], bundle.grids.lat, bundle.grids.lon)[0]
+    np.testing.assert_allclose(cond[-2:], sun[1:], atol=1e-6)  # insolation, sin(hour angle) last
+    coarse = bundle.grids.coarsen(load_times(ds, [6], VARS).astype(np.float64))
+    with pytest.raises(ValueError, match="solar channels follows the time of day: pass times="):
+        bundle.sample(coarse, members=1, steps=1)
+    again = Downscaler.load(bundle.save(tmp_path / "solar.pt"))
+    assert again.cfg.solar_channels and again.cfg == bundle.cfg
+    np.testing.assert_allclose(again.sample(coarse, members=2, steps=2, times=ds["time"].values[[6]]),
+                               bundle.sample(coarse, members=2, steps=2, times=ds["time"].values[[6]]),
+                               atol=0.01)  # the residual statistics are stored as float16
