@@ -1,4 +1,4 @@
-"""Host-memory behaviour of long sampling loops on the CPU."""
+"""Host-memory behaviour of long sampling and training loops on the CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 def retain_freed_memory(threshold: int = 1 << 30) -> bool:
     """Keep freed CPU buffers below `threshold` bytes in the process heap (glibc `mallopt`).
 
-    Every denoising step allocates and frees the same activations (tens of MB). By default
+    Every denoising or training step allocates and frees the same activations (tens of MB). By default
     glibc serves blocks above 32 MB with mmap and hands them back on free, so the kernel
     zero-fills every page again on the next step: on the whole-brain MRI run that was
     66 million page faults and as much system time as compute. Raising the mmap and trim

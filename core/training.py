@@ -49,6 +49,7 @@ from core.checkpoint import (
 )
 from core.data import BatchStream, init_distributed, seed_everything, to_device
 from core.ema import EMA, decay_from_half_life
+from core.memory import retain_freed_memory
 
 __all__ = [
     "CheckpointError",
@@ -443,6 +444,7 @@ class Trainer:
             cfg.to_json(self.out_dir / "config.json")
             self._trim_metrics(self.step)
         self.model.train()
+        retain_freed_memory()  # each step frees and reallocates the same activations on the CPU
         dev = self.device
         bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
