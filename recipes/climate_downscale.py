@@ -15,6 +15,18 @@ import sys
 from plugins.climate.experiment import ExperimentConfig, downscale_input, run
 
 
+def _pairs(text: str, parser: argparse.ArgumentParser) -> tuple[tuple[str, float], ...]:
+    """'t2m=2,tp=0.5' -> (('t2m', 2.0), ('tp', 0.5))."""
+    pairs = []
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            parser.error(f"--loss-weights: '{item}' is not NAME=NUMBER")
+    return tuple(pairs)
+
+
 def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     """Command line -> ExperimentConfig."""
     p = argparse.ArgumentParser(prog="python -m recipes.climate_downscale", description=__doc__.split("\n")[0])
@@ -31,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--widths", default="16,32,64", help="UNet widths per level with --train")
     p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
+    p.add_argument("--loss-weights", default="",
+                   help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
     p.add_argument("--mode", choices=("downscale", "infill"), default="downscale")
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
@@ -43,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
         factor=a.factor, members=a.members, steps=a.steps, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
-        solar_channels=a.solar_channels,
+        solar_channels=a.solar_channels, loss_weights=_pairs(a.loss_weights, p),
         holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
         quiet=a.quiet,
     )

@@ -58,6 +58,7 @@ class DownscaleConfig:
     strip_height: int = 40
     std_floor: float = 0.1
     solar_channels: bool = False
+    loss_weights: tuple[float, ...] = ()
     train_times: tuple[str, ...] = field(default_factory=tuple)
     source: str = ""
 
@@ -67,9 +68,19 @@ class DownscaleConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DownscaleConfig:
         d = dict(d)
-        for k in ("variables", "widths", "train_times"):
-            d[k] = tuple(d[k])
+        for k in ("variables", "widths", "train_times", "loss_weights"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
+
+    def variable_weights(self) -> np.ndarray:
+        """Per-variable loss weights (C,), normalised to mean 1; all 1 when `loss_weights` is empty."""
+        if not self.loss_weights:
+            return np.ones(len(self.variables))
+        w = np.asarray(self.loss_weights, float)
+        if w.shape != (len(self.variables),) or not np.all(w > 0):
+            raise ValueError(f"loss_weights {self.loss_weights} must be one positive number per variable {self.variables}")
+        return w / w.mean()
 
 
 @dataclass
@@ -227,7 +238,8 @@ class ResidualStrips(Dataset):
 
     Items enumerate (time, first row) with rows on a stride of 4; one prepared time is kept
     per cache slot (`cache` slots), so memory is bounded by the cache, not by the dataset.
-    `w` (1, strip, lon) holds the latitude weights, 0 where the truth is NaN.
+    `w` (C, strip, lon) holds the latitude weights times the variable's loss weight, 0 where the
+    truth is NaN.
     """
 
     def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,
@@ -237,6 +249,7 @@ class ResidualStrips(Dataset):
         if h % 4 or h > len(grids.lat):
             raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {len(grids.lat)}")
         self.starts = list(range(0, len(grids.lat) - h + 1, 4))
+        self.variable_weights = cfg.variable_weights()[:, None, None]
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = cache
 
@@ -265,8 +278,8 @@ class ResidualStrips(Dataset):
         ti, si = divmod(i, len(self.starts))
         x0, cond, valid = self.prepared(ti)
         rows = slice(self.starts[si], self.starts[si] + self.cfg.strip_height)
-        w = self.grids.weights[rows, None] * valid[rows]
-        return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w[None].astype(np.float32))
+        w = self.variable_weights * (self.grids.weights[rows, None] * valid[rows])
+        return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w.astype(np.float32))
 
 
 def weighted_loss(model, process, batch) -> torch.Tensor:

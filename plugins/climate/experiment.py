@@ -48,6 +48,7 @@ class ExperimentConfig:
     batch_size: int = 8
     widths: tuple[int, ...] = (16, 32, 64)
     solar_channels: bool = False
+    loss_weights: tuple[tuple[str, float], ...] = ()
     holdout: int = 6
     mode: str = "downscale"
     gap_fraction: float = 0.2
@@ -60,6 +61,17 @@ class ExperimentConfig:
 def _log(cfg: ExperimentConfig, msg: str) -> None:
     if not cfg.quiet:
         print(msg, flush=True)
+
+
+def _loss_weights(pairs: tuple[tuple[str, float], ...], variables) -> tuple[float, ...]:
+    """(name, weight) pairs -> one weight per variable (1 for those not named); () when none given."""
+    if not pairs:
+        return ()
+    unknown = [name for name, _ in pairs if name not in variables]
+    if unknown:
+        raise ValueError(f"--loss-weights names {unknown}, which are not among the variables {list(variables)}")
+    given = dict(pairs)
+    return tuple(float(given.get(v, 1.0)) for v in variables)
 
 
 def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tuple[Downscaler, str]:
@@ -80,6 +92,7 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     strip = min(40, ds.sizes["latitude"] // 4 * 4)
     dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
                            strip_height=strip, solar_channels=cfg.solar_channels and has_clock_times(ds["time"].values[train_idx]),
+                           loss_weights=_loss_weights(cfg.loss_weights, variables),
                            train_times=tuple(str(t) for t in ds["time"].values[train_idx]))
     run_dir = Path(cfg.out) / "train"
     _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")

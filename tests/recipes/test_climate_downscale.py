@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from plugins.climate.downscale import Downscaler
 from plugins.climate.grid import coarsen_dataset
 from plugins.climate.io import open_fields
 from recipes.climate_downscale import main
@@ -83,6 +84,20 @@ def test_bad_inputs_exit_with_clear_messages(trained, capsys):
     assert "grid does not match the checkpoint: latitude has 20 points" in capsys.readouterr().err
     assert main(["--reference", str(ref), "--checkpoint", str(tmp / "none.pt"), *SMALL, "--out", str(tmp / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_training_options_reach_the_checkpoint(trained, capsys):
+    tmp, ref, _ = trained
+    out = tmp / "options"
+    assert main(["--reference", str(ref), "--train", "--solar-channels", "--loss-weights", "t2m=2,tp=0.5",
+                 *SMALL, "--out", str(out)]) == 0
+    cfg = Downscaler.load(out / "downscale.pt").cfg
+    assert cfg.solar_channels and cfg.loss_weights == (2.0, 1.0, 0.5)
+    assert main(["--reference", str(ref), "--train", "--loss-weights", "msl=2", *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "names ['msl'], which are not among the variables ['t2m', 'u10', 'tp']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--loss-weights", "t2m=high"])
+    assert "'t2m=high' is not NAME=NUMBER" in capsys.readouterr().err
 
 
 def test_help_runs_as_a_module():

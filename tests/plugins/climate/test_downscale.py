@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -124,7 +126,8 @@ def test_training_writes_trainer_checkpoints_and_training_pairs_are_standardised
     assert sorted(p.name for p in out.glob("ckpt_*.pt"))  # the core Trainer checkpointed
     _, data = build(ds, bundle.cfg, list(range(6)))
     x0, cond, w = data[0]
-    assert x0.shape == (3, 8, 32) and cond.shape == (10, 8, 32) and w.shape == (1, 8, 32)
+    assert x0.shape == (3, 8, 32) and cond.shape == (10, 8, 32) and w.shape == (3, 8, 32)
+    np.testing.assert_array_equal(w[0], w[2])  # equal variable weights by default
     allx = np.stack([data.prepared(i)[0] for i in range(6)])
     assert abs(allx[:, :2].mean()) < 0.2 and 0.6 < allx[:, :2].std() < 1.6
 
@@ -220,3 +223,15 @@ def test_solar_channels_condition_the_network_on_the_sun_and_need_times(tiny, tm
     np.testing.assert_allclose(again.sample(coarse, members=2, steps=2, times=ds["time"].values[[6]]),
                                bundle.sample(coarse, members=2, steps=2, times=ds["time"].values[[6]]),
                                atol=0.01)  # the residual statistics are stored as float16
+
+
+def test_loss_weights_scale_each_variable_and_are_checked(tiny):
+    ds, bundle, _ = tiny
+    cfg = DownscaleConfig(variables=VARS, widths=(8, 8, 8), strip_height=8, loss_weights=(2.0, 0.5, 0.5))
+    w = build(ds, cfg, list(range(6)))[1][0][2].numpy()
+    w_equal = build(ds, bundle.cfg, list(range(6)))[1][0][2].numpy()
+    np.testing.assert_allclose(w[0], 2.0 * w_equal[0], rtol=1e-6)   # weights / their mean: 2 / 1 and 0.5 / 1
+    np.testing.assert_allclose(w[1], 0.5 * w_equal[1], rtol=1e-6)
+    for bad in [(1.0, 2.0), (1.0, 0.0, 1.0)]:
+        with pytest.raises(ValueError, match="one positive number per variable"):
+            build(ds, replace(cfg, loss_weights=bad), list(range(6)))
