@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--train", action="store_true", help="train a new model on the training times")
     p.add_argument("--train-steps", type=int, default=2500, help="optimiser steps with --train (default 2500)")
     p.add_argument("--batch-size", type=int, default=8, help="training batch (strips) with --train")
-    p.add_argument("--widths", default="16,32,64", help="UNet widths per level with --train")
+    p.add_argument("--widths", default="24,48,96", help="UNet widths per level with --train")
     p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
     p.add_argument("--loss-weights", default="",

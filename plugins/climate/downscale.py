@@ -52,7 +52,7 @@ class DownscaleConfig:
 
     variables: tuple[str, ...]
     factor: int = 4
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (24, 48, 96)
     schedule: str = "cosine"
     prediction: str = "v"
     strip_height: int = 40

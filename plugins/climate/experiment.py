@@ -46,7 +46,7 @@ class ExperimentConfig:
     train: bool = False
     train_steps: int = 2500
     batch_size: int = 8
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
     loss_weights: tuple[tuple[str, float], ...] = ()
     holdout: int = 6
