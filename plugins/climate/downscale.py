@@ -257,7 +257,7 @@ class ResidualStrips(Dataset):
         return len(self.times) * len(self.starts)
 
     def prepared(self, ti: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x0, cond, valid) for the ti-th training time, full grid."""
+        """(x0, cond, w) for the ti-th training time, full grid; w is the loss weight (C, H, W)."""
         if ti in self._cache:
             self._cache.move_to_end(ti)
             return self._cache[ti]
@@ -268,18 +268,18 @@ class ResidualStrips(Dataset):
         m, s = self.stats.leave_one_out(r[0], f, self.cfg.std_floor)
         x0 = ((r[0] - m) / s).astype(np.float32)
         cond = condition(b[0], m, s, self.grids.lat, f[1:] if self.cfg.solar_channels else None)
-        valid = np.all(np.isfinite(fine[0]), axis=0).astype(np.float32)
-        self._cache[ti] = (x0, cond, valid)
+        valid = np.all(np.isfinite(fine[0]), axis=0)
+        w = (self.variable_weights * (self.grids.weights[:, None] * valid)).astype(np.float32)
+        self._cache[ti] = (x0, cond, w)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return self._cache[ti]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ti, si = divmod(i, len(self.starts))
-        x0, cond, valid = self.prepared(ti)
+        x0, cond, w = self.prepared(ti)
         rows = slice(self.starts[si], self.starts[si] + self.cfg.strip_height)
-        w = self.variable_weights * (self.grids.weights[rows, None] * valid[rows])
-        return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w.astype(np.float32))
+        return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w[:, rows])
 
 
 def weighted_loss(model, process, batch) -> torch.Tensor:

@@ -90,10 +90,14 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
     strip = min(40, ds.sizes["latitude"] // 4 * 4)
+    train_times = ds["time"].values[train_idx]
+    solar = cfg.solar_channels and has_clock_times(train_times)
+    if cfg.solar_channels and not solar:
+        _log(cfg, "--solar-channels: the times carry no time of day, training without solar channels")
     dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
-                           strip_height=strip, solar_channels=cfg.solar_channels and has_clock_times(ds["time"].values[train_idx]),
+                           strip_height=strip, solar_channels=solar,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
-                           train_times=tuple(str(t) for t in ds["time"].values[train_idx]))
+                           train_times=tuple(str(t) for t in train_times))
     run_dir = Path(cfg.out) / "train"
     _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")
     bundle = train(ds, dcfg, train_idx, run_dir, steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
