@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--widths", default="24,48,96", help="UNet widths per level with --train")
     p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
+    p.add_argument("--alignments", type=int, default=1,
+                   help="with --train: coarse-block alignments in longitude per training time, 1..factor (default 1)")
     p.add_argument("--loss-weights", default="",
                    help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
@@ -57,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
         factor=a.factor, members=a.members, steps=a.steps, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
-        solar_channels=a.solar_channels, loss_weights=_pairs(a.loss_weights, p),
+        solar_channels=a.solar_channels, alignments=a.alignments, loss_weights=_pairs(a.loss_weights, p),
         holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
         quiet=a.quiet,
     )

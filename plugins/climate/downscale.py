@@ -11,6 +11,11 @@ so an untrained model (x0 ~ N(0, I)) is exactly the statistical downscaler, and 
 learns is how the residual depends on the large-scale state. A member is z = B + m + s x0.
 During training, m and s for time t are computed without t (leave-one-out), so the model sees
 the same relation between statistics and data as on held-out times.
+
+With `alignments` A > 1, each training time also gives the pairs of the other block alignments in
+longitude: the fields rolled west by a = 1..A-1 cells, so the fixed coarse blocks group other
+cells, each alignment with its own m and s. The network then sees A views of every time, with
+the geography shifted against the blocks and its own pooling grid.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ FORMAT_V1 = "sciffusion-climate-downscale/1"  # per-cell mean residual, read for
 CLAMP = 6.0
 RIDGE = 1e-3              # ridge on the solar coefficients, per training time
 MIN_DIURNAL_TIMES = 8     # fewer training times: the per-cell mean only
+CACHE_BYTES = 1 << 30     # prepared training times kept in memory (x0, cond, w)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class DownscaleConfig:
     strip_height: int = 40
     std_floor: float = 0.1
     solar_channels: bool = False
+    alignments: int = 1
     loss_weights: tuple[float, ...] = ()
     train_times: tuple[str, ...] = field(default_factory=tuple)
     source: str = ""
@@ -81,6 +88,12 @@ class DownscaleConfig:
         if w.shape != (len(self.variables),) or not np.all(w > 0):
             raise ValueError(f"loss_weights {self.loss_weights} must be one positive number per variable {self.variables}")
         return w / w.mean()
+
+    def check(self) -> None:
+        """Raise on options that cannot describe a model."""
+        if not 1 <= self.alignments <= self.factor:
+            raise ValueError(f"alignments={self.alignments} must be between 1 and the factor {self.factor}")
+        self.variable_weights()
 
 
 @dataclass
@@ -176,9 +189,16 @@ def _time_values(ds: xr.Dataset, times: Sequence[int]) -> np.ndarray | None:
     return ds["time"].values[list(times)] if "time" in ds.coords else None
 
 
+def load_aligned(ds: xr.Dataset, times: Sequence[int], variables: Sequence[str], shift: int) -> np.ndarray:
+    """Fields (T, C, H, W) of `times` rolled west by `shift` cells: array column j holds longitude
+    j + shift, so the coarse blocks of `Grids.coarsen` group another set of cells."""
+    x = load_times(ds, times, variables)
+    return np.roll(x, -shift, axis=-1) if shift else x
+
+
 def fit_residual_stats(
     ds: xr.Dataset, variables: Sequence[str], times: Sequence[int], norm: Normaliser, grids: Grids,
-    batch: int = 4,
+    batch: int = 4, shift: int = 0, diurnal: np.ndarray | None = None,
 ) -> ResidualStats:
     """Accumulate the least-squares sums over the training times, `batch` time steps in memory at a time,
     then choose per variable between the per-cell mean and the diurnal fit by leave-one-out error.
@@ -186,15 +206,17 @@ def fit_residual_stats(
     A variable gets the diurnal fit when the times carry clock times, there are at least
     MIN_DIURNAL_TIMES of them, and its latitude-weighted leave-one-out squared error
     sum_t <(r_t - f_t . beta_(-t))^2> is at least 1 % below that of the per-cell mean (a second pass).
+    `shift` fits the block alignment of `load_aligned`; `diurnal` (C,) imposes the choice instead.
     """
     times = list(times)
     tvals = _time_values(ds, times)
+    lon = np.roll(grids.lon, -shift)
 
     def residual_batches():
         for start in range(0, len(times), batch):
             idx = list(range(start, min(start + batch, len(times))))
-            _, r = _normalised_residual(load_times(ds, [times[i] for i in idx], variables), norm, grids)
-            f = residual_features(None if tvals is None else tvals[idx], grids.lat, grids.lon, len(idx))
+            _, r = _normalised_residual(load_aligned(ds, [times[i] for i in idx], variables, shift), norm, grids)
+            f = residual_features(None if tvals is None else tvals[idx], grids.lat, lon, len(idx))
             yield r, f
 
     gram = cross = total_sq = None
@@ -203,6 +225,8 @@ def fit_residual_stats(
         gram, cross, total_sq = (g, x, q) if gram is None else (gram + g, cross + x, total_sq + q)
     off = np.zeros(len(variables), bool)
     stats = ResidualStats(len(times), gram, cross, total_sq, off)
+    if diurnal is not None:
+        return replace(stats, diurnal=np.asarray(diurnal, bool))
     if tvals is None or not has_clock_times(tvals) or len(times) < MIN_DIURNAL_TIMES:
         return stats
     on = replace(stats, diurnal=~off)
@@ -236,48 +260,55 @@ def n_condition_channels(cfg: DownscaleConfig) -> int:
 class ResidualStrips(Dataset):
     """Training examples (x0, cond, w): full-longitude strips of `strip_height` latitude rows.
 
-    Items enumerate (time, first row) with rows on a stride of 4; one prepared time is kept
-    per cache slot (`cache` slots), so memory is bounded by the cache, not by the dataset.
-    `w` (C, strip, lon) holds the latitude weights times the variable's loss weight, 0 where the
-    truth is NaN.
+    Items enumerate (time, alignment, first row) with rows on a stride of 4; `stats` holds one
+    `ResidualStats` per block alignment (`cfg.alignments`, see `load_aligned`). One prepared
+    (time, alignment) is kept per cache slot (`cache` slots), so memory is bounded by the cache,
+    not by the dataset. `w` (C, strip, lon) holds the latitude weights times the variable's loss
+    weight, 0 where the truth is NaN.
     """
 
     def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,
-                 stats: ResidualStats, grids: Grids, cache: int = 32) -> None:
-        self.ds, self.cfg, self.times, self.norm, self.stats, self.grids = ds, cfg, list(times), norm, stats, grids
+                 stats: Sequence[ResidualStats], grids: Grids, cache: int = 32) -> None:
+        self.ds, self.cfg, self.times, self.norm, self.grids = ds, cfg, list(times), norm, grids
+        self.stats = list(stats)
+        if len(self.stats) != cfg.alignments:
+            raise ValueError(f"got residual statistics for {len(self.stats)} block alignments, the config has {cfg.alignments}")
         h = cfg.strip_height
         if h % 4 or h > len(grids.lat):
             raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {len(grids.lat)}")
         self.starts = list(range(0, len(grids.lat) - h + 1, 4))
         self.variable_weights = cfg.variable_weights()[:, None, None]
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = cache
 
     def __len__(self) -> int:
-        return len(self.times) * len(self.starts)
+        return len(self.times) * len(self.stats) * len(self.starts)
 
-    def prepared(self, ti: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x0, cond, w) for the ti-th training time, full grid; w is the loss weight (C, H, W)."""
-        if ti in self._cache:
-            self._cache.move_to_end(ti)
-            return self._cache[ti]
-        fine = load_times(self.ds, [self.times[ti]], self.cfg.variables)
+    def prepared(self, ti: int, shift: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x0, cond, w) for the ti-th training time in block alignment `shift`, full grid;
+        w is the loss weight (C, H, W)."""
+        key = (ti, shift)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        fine = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, shift)
         b, r = _normalised_residual(fine, self.norm, self.grids)
         tval = _time_values(self.ds, [self.times[ti]])
-        f = residual_features(tval, self.grids.lat, self.grids.lon, 1)[0]
-        m, s = self.stats.leave_one_out(r[0], f, self.cfg.std_floor)
+        f = residual_features(tval, self.grids.lat, np.roll(self.grids.lon, -shift), 1)[0]
+        m, s = self.stats[shift].leave_one_out(r[0], f, self.cfg.std_floor)
         x0 = ((r[0] - m) / s).astype(np.float32)
         cond = condition(b[0], m, s, self.grids.lat, f[1:] if self.cfg.solar_channels else None)
         valid = np.all(np.isfinite(fine[0]), axis=0)
         w = (self.variable_weights * (self.grids.weights[:, None] * valid)).astype(np.float32)
-        self._cache[ti] = (x0, cond, w)
+        self._cache[key] = (x0, cond, w)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return self._cache[ti]
+        return self._cache[key]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ti, si = divmod(i, len(self.starts))
-        x0, cond, w = self.prepared(ti)
+        rest, si = divmod(i, len(self.starts))
+        ti, shift = divmod(rest, len(self.stats))
+        x0, cond, w = self.prepared(ti, shift)
         rows = slice(self.starts[si], self.starts[si] + self.cfg.strip_height)
         return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w[:, rows])
 
@@ -440,12 +471,16 @@ def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tup
     """Fit the normaliser and residual statistics on the training times; return bundle and data."""
     if len(train_idx) < 3:
         raise ValueError(f"need at least 3 training times for leave-one-out statistics, got {len(train_idx)}")
+    cfg.check()
     grids = Grids(ds["latitude"].values, ds["longitude"].values, cfg.factor)
     norm = fit_normaliser(ds, cfg.variables, list(train_idx))
-    stats = fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids)
-    coef, std = stats.coefficients(cfg.std_floor)
-    data = ResidualStrips(ds, cfg, train_idx, norm, stats, grids)
-    return Downscaler(cfg, norm, grids, coef, std, stats.diurnal), data
+    stats = [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids)]
+    stats += [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, shift=a, diurnal=stats[0].diurnal)
+              for a in range(1, cfg.alignments)]
+    coef, std = stats[0].coefficients(cfg.std_floor)
+    slot_bytes = 4 * (2 * len(cfg.variables) + n_condition_channels(cfg)) * len(grids.lat) * len(grids.lon)
+    data = ResidualStrips(ds, cfg, train_idx, norm, stats, grids, cache=max(2, CACHE_BYTES // slot_bytes))
+    return Downscaler(cfg, norm, grids, coef, std, stats[0].diurnal), data
 
 
 def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_dir: str | Path,

@@ -90,9 +90,11 @@ def test_training_options_reach_the_checkpoint(trained, capsys):
     tmp, ref, _ = trained
     out = tmp / "options"
     assert main(["--reference", str(ref), "--train", "--solar-channels", "--loss-weights", "t2m=2,tp=0.5",
-                 *SMALL, "--out", str(out)]) == 0
+                 "--alignments", "2", *SMALL, "--out", str(out)]) == 0
     cfg = Downscaler.load(out / "downscale.pt").cfg
-    assert cfg.solar_channels and cfg.loss_weights == (2.0, 1.0, 0.5)
+    assert cfg.solar_channels and cfg.loss_weights == (2.0, 1.0, 0.5) and cfg.alignments == 2
+    assert main(["--reference", str(ref), "--train", "--alignments", "8", *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "alignments=8 must be between 1 and the factor 4" in capsys.readouterr().err
     assert main(["--reference", str(ref), "--train", "--loss-weights", "msl=2", *SMALL, "--out", str(tmp / "x")]) == 2
     assert "names ['msl'], which are not among the variables ['t2m', 'u10', 'tp']" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -235,3 +235,27 @@ def test_loss_weights_scale_each_variable_and_are_checked(tiny):
     for bad in [(1.0, 2.0), (1.0, 0.0, 1.0)]:
         with pytest.raises(ValueError, match="one positive number per variable"):
             build(ds, replace(cfg, loss_weights=bad), list(range(6)))
+
+
+def test_block_alignment_a_is_alignment_zero_of_the_fields_rolled_west_by_a_cells():
+    ds = open_fields(make_fine(n_time=8, n_lat=16, n_lon=32, seed=5), list(VARS))
+    cfg = DownscaleConfig(variables=VARS, widths=(8, 8, 8), strip_height=8, alignments=3, solar_channels=True)
+    _, data = build(ds, cfg, list(range(6)))
+    assert len(data) == 6 * 3 * len(data.starts)
+    rolled = ds.copy(data={v: np.roll(ds[v].values, -2, axis=-1) for v in ds.data_vars})
+    # without clock times the residual statistics are per-cell: alignment 2 must equal the rolled fields' alignment 0
+    plain = replace(cfg, solar_channels=False)
+    _, shifted = build(ds.assign_coords(time=np.arange(8)), plain, list(range(6)))
+    _, reference = build(rolled.assign_coords(time=np.arange(8)), replace(plain, alignments=1), list(range(6)))
+    for got, want in zip(shifted.prepared(4, 2), reference.prepared(4, 0)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(shifted.prepared(4, 2)[0] - shifted.prepared(4, 0)[0]).max() > 0.1  # a different view
+    # with clock times the solar channels follow the cells' true longitudes
+    x0, cond, _ = data.prepared(4, 2)
+    want = solar_features(ds["time"].values[[4]], data.grids.lat, np.roll(data.grids.lon, -2))[0, 1:]
+    np.testing.assert_allclose(cond[-2:], want, atol=1e-6)
+    assert data.stats[2].diurnal.tolist() == data.stats[0].diurnal.tolist()  # the choice of alignment 0 is imposed
+    i = (4 * 3 + 2) * len(data.starts) + 1  # item order: (time, alignment, first row)
+    np.testing.assert_array_equal(data[i][0].numpy(), x0[:, 4:12])
+    with pytest.raises(ValueError, match="alignments=5 must be between 1 and the factor 4"):
+        build(ds, replace(cfg, alignments=5), list(range(6)))

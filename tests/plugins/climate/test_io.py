@@ -140,7 +140,7 @@ def test_only_needed_chunks_are_computed():
     assert set(calls) == set(train)
     calls.clear()
     cfg = DownscaleConfig(variables=("t2m",), strip_height=16)
-    strips = ResidualStrips(ds, cfg, train, norm, stats, grids, cache=2)
+    strips = ResidualStrips(ds, cfg, train, norm, [stats], grids, cache=2)
     x0, cond, w = strips[len(strips.starts) * 3 + 1]
     assert x0.shape == (1, 16, n_lon) and cond.shape == (4, 16, n_lon) and w.shape == (1, 16, n_lon)
     assert calls == [103]
