@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--widths", default="24,48,96", help="UNet widths per level with --train")
     p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
-    p.add_argument("--alignments", type=int, default=1,
-                   help="with --train: coarse-block alignments in longitude per training time, 1..factor (default 1)")
+    p.add_argument("--alignments", type=int, default=None,
+                   help="with --train: coarse-block alignments in longitude per training time, 1..factor (default: factor)")
     p.add_argument("--loss-weights", default="",
                    help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")

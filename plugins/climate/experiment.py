@@ -48,7 +48,7 @@ class ExperimentConfig:
     batch_size: int = 8
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
-    alignments: int = 1
+    alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
     holdout: int = 6
     mode: str = "downscale"
@@ -96,7 +96,8 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     if cfg.solar_channels and not solar:
         _log(cfg, "--solar-channels: the times carry no time of day, training without solar channels")
     dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
-                           strip_height=strip, solar_channels=solar, alignments=cfg.alignments,
+                           strip_height=strip, solar_channels=solar,
+                           alignments=cfg.factor if cfg.alignments is None else cfg.alignments,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
                            train_times=tuple(str(t) for t in train_times))
     run_dir = Path(cfg.out) / "train"
