@@ -189,11 +189,12 @@ def _time_values(ds: xr.Dataset, times: Sequence[int]) -> np.ndarray | None:
     return ds["time"].values[list(times)] if "time" in ds.coords else None
 
 
-def load_aligned(ds: xr.Dataset, times: Sequence[int], variables: Sequence[str], shift: int) -> np.ndarray:
-    """Fields (T, C, H, W) of `times` rolled west by `shift` cells: array column j holds longitude
-    j + shift, so the coarse blocks of `Grids.coarsen` group another set of cells."""
-    x = load_times(ds, times, variables)
-    return np.roll(x, -shift, axis=-1) if shift else x
+def load_aligned(ds: xr.Dataset, times: Sequence[int], variables: Sequence[str], grids: Grids,
+                 shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fields (T, C, H, W) of `times` rolled west by `shift` cells, and the longitudes (W,) of their
+    columns: column j holds longitude j + shift, so the coarse blocks of `Grids.coarsen` group
+    another set of cells."""
+    return np.roll(load_times(ds, times, variables), -shift, axis=-1), np.roll(grids.lon, -shift)
 
 
 def fit_residual_stats(
@@ -210,12 +211,12 @@ def fit_residual_stats(
     """
     times = list(times)
     tvals = _time_values(ds, times)
-    lon = np.roll(grids.lon, -shift)
 
     def residual_batches():
         for start in range(0, len(times), batch):
             idx = list(range(start, min(start + batch, len(times))))
-            _, r = _normalised_residual(load_aligned(ds, [times[i] for i in idx], variables, shift), norm, grids)
+            fine, lon = load_aligned(ds, [times[i] for i in idx], variables, grids, shift)
+            _, r = _normalised_residual(fine, norm, grids)
             f = residual_features(None if tvals is None else tvals[idx], grids.lat, lon, len(idx))
             yield r, f
 
@@ -291,10 +292,10 @@ class ResidualStrips(Dataset):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        fine = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, shift)
+        fine, lon = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, self.grids, shift)
         b, r = _normalised_residual(fine, self.norm, self.grids)
         tval = _time_values(self.ds, [self.times[ti]])
-        f = residual_features(tval, self.grids.lat, np.roll(self.grids.lon, -shift), 1)[0]
+        f = residual_features(tval, self.grids.lat, lon, 1)[0]
         m, s = self.stats[shift].leave_one_out(r[0], f, self.cfg.std_floor)
         x0 = ((r[0] - m) / s).astype(np.float32)
         cond = condition(b[0], m, s, self.grids.lat, f[1:] if self.cfg.solar_channels else None)
