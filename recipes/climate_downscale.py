@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
     p.add_argument("--alignments", type=int, default=None,
                    help="with --train: coarse-block alignments in longitude per training time, 1..factor (default: factor)")
+    p.add_argument("--lat-alignments", type=int, default=None,
+                   help="with --train: coarse-block alignments in latitude per training time, 1..factor (default: 1)")
     p.add_argument("--loss-weights", default="",
                    help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
         factor=a.factor, members=a.members, steps=a.steps, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
-        solar_channels=a.solar_channels, alignments=a.alignments, loss_weights=_pairs(a.loss_weights, p),
+        solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
         holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
         quiet=a.quiet,
     )

@@ -14,8 +14,10 @@ the same relation between statistics and data as on held-out times.
 
 With `alignments` A > 1, each training time also gives the pairs of the other block alignments in
 longitude: the fields rolled west by a = 1..A-1 cells, so the fixed coarse blocks group other
-cells, each alignment with its own m and s. The network then sees A views of every time, with
-the geography shifted against the blocks and its own pooling grid.
+cells, each alignment with its own m and s. With `lat_alignments` L > 1 the same holds in latitude:
+blocks that start b = 1..L-1 rows into the grid (latitude does not wrap, so the b rows before them
+and the last factor - b rows are dropped). The network then sees A L views of every time, with the
+geography shifted against the blocks and its own pooling grid.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ FORMAT_V1 = "sciffusion-climate-downscale/1"  # per-cell mean residual, read for
 CLAMP = 6.0
 RIDGE = 1e-3              # ridge on the solar coefficients, per training time
 MIN_DIURNAL_TIMES = 8     # fewer training times: the per-cell mean only
-CACHE_BYTES = 1 << 30     # prepared training times kept in memory (x0, cond, w)
+CACHE_BYTES = 2 << 30     # prepared training times kept in memory (x0, cond, w)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class DownscaleConfig:
     std_floor: float = 0.1
     solar_channels: bool = False
     alignments: int = 1
+    lat_alignments: int = 1
     loss_weights: tuple[float, ...] = ()
     train_times: tuple[str, ...] = field(default_factory=tuple)
     source: str = ""
@@ -91,8 +94,9 @@ class DownscaleConfig:
 
     def check(self) -> None:
         """Raise on options that cannot describe a model."""
-        if not 1 <= self.alignments <= self.factor:
-            raise ValueError(f"alignments={self.alignments} must be between 1 and the factor {self.factor}")
+        for name in ("alignments", "lat_alignments"):
+            if not 1 <= getattr(self, name) <= self.factor:
+                raise ValueError(f"{name}={getattr(self, name)} must be between 1 and the factor {self.factor}")
         self.variable_weights()
 
 
@@ -170,6 +174,24 @@ class Grids:
     def up(self, xc, method: str = "bicubic"):
         return interpolate(xc, self.lat_c, self.lon_c, self.lat, self.lon, method)
 
+    def rows(self, offset: int) -> slice:
+        """Fine rows whose blocks start `offset` rows into the grid: all rows for 0, else
+        offset .. H - factor + offset (the partial blocks at both ends are dropped)."""
+        return slice(0, len(self.lat)) if offset == 0 else slice(offset, len(self.lat) - self.factor + offset)
+
+    def aligned(self, offset: int) -> Grids:
+        """The grids of the fine rows `rows(offset)`, with their own coarse blocks."""
+        return self if offset == 0 else Grids(self.lat[self.rows(offset)], self.lon, self.factor)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A placement of the coarse blocks on the fine grid: blocks start `row` rows into the grid
+    (`Grids.rows`) and the fields are rolled west by `col` cells."""
+
+    row: int = 0
+    col: int = 0
+
 
 def _normalised_residual(fine: np.ndarray, norm: Normaliser, grids: Grids) -> tuple[np.ndarray, np.ndarray]:
     """(B(C(z)), r) for physical fine fields (T, C, H, W); NaN cells are set to the mean (z = 0)."""
@@ -190,16 +212,23 @@ def _time_values(ds: xr.Dataset, times: Sequence[int]) -> np.ndarray | None:
 
 
 def load_aligned(ds: xr.Dataset, times: Sequence[int], variables: Sequence[str], grids: Grids,
-                 shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fields (T, C, H, W) of `times` rolled west by `shift` cells, and the longitudes (W,) of their
-    columns: column j holds longitude j + shift, so the coarse blocks of `Grids.coarsen` group
-    another set of cells."""
-    return np.roll(load_times(ds, times, variables), -shift, axis=-1), np.roll(grids.lon, -shift)
+                 alignment: Alignment) -> tuple[np.ndarray, Grids, np.ndarray]:
+    """Fields (T, C, H', W) of `times` in block alignment `alignment`, the grids they are on, and
+    the longitudes (W,) of their columns: rows `grids.rows(row)` are kept and the fields rolled west
+    by `col` cells (column j holds longitude j + col), so the coarse blocks of `Grids.coarsen`
+    group another set of cells."""
+    fine = load_times(ds, times, variables)[..., grids.rows(alignment.row), :]
+    return np.roll(fine, -alignment.col, axis=-1), grids.aligned(alignment.row), np.roll(grids.lon, -alignment.col)
+
+
+def alignments(cfg: DownscaleConfig) -> list[Alignment]:
+    """The block alignments a model trains on, (row, col) in row-major order, (0, 0) first."""
+    return [Alignment(b, a) for b in range(cfg.lat_alignments) for a in range(cfg.alignments)]
 
 
 def fit_residual_stats(
     ds: xr.Dataset, variables: Sequence[str], times: Sequence[int], norm: Normaliser, grids: Grids,
-    batch: int = 4, shift: int = 0, diurnal: np.ndarray | None = None,
+    batch: int = 4, alignment: Alignment = Alignment(), diurnal: np.ndarray | None = None,
 ) -> ResidualStats:
     """Accumulate the least-squares sums over the training times, `batch` time steps in memory at a time,
     then choose per variable between the per-cell mean and the diurnal fit by leave-one-out error.
@@ -207,7 +236,7 @@ def fit_residual_stats(
     A variable gets the diurnal fit when the times carry clock times, there are at least
     MIN_DIURNAL_TIMES of them, and its latitude-weighted leave-one-out squared error
     sum_t <(r_t - f_t . beta_(-t))^2> is at least 1 % below that of the per-cell mean (a second pass).
-    `shift` fits the block alignment of `load_aligned`; `diurnal` (C,) imposes the choice instead.
+    `alignment` fits that block alignment (`load_aligned`); `diurnal` (C,) imposes the choice instead.
     """
     times = list(times)
     tvals = _time_values(ds, times)
@@ -215,9 +244,9 @@ def fit_residual_stats(
     def residual_batches():
         for start in range(0, len(times), batch):
             idx = list(range(start, min(start + batch, len(times))))
-            fine, lon = load_aligned(ds, [times[i] for i in idx], variables, grids, shift)
-            _, r = _normalised_residual(fine, norm, grids)
-            f = residual_features(None if tvals is None else tvals[idx], grids.lat, lon, len(idx))
+            fine, agrids, lon = load_aligned(ds, [times[i] for i in idx], variables, grids, alignment)
+            _, r = _normalised_residual(fine, norm, agrids)
+            f = residual_features(None if tvals is None else tvals[idx], agrids.lat, lon, len(idx))
             yield r, f
 
     gram = cross = total_sq = None
@@ -231,7 +260,7 @@ def fit_residual_stats(
     if tvals is None or not has_clock_times(tvals) or len(times) < MIN_DIURNAL_TIMES:
         return stats
     on = replace(stats, diurnal=~off)
-    w = grids.weights[:, None]
+    w = grids.aligned(alignment.row).weights[:, None]
     err_mean, err_diurnal = np.zeros(len(variables)), np.zeros(len(variables))
     for r, f in residual_batches():
         for rt, ft in zip(r, f):
@@ -262,7 +291,7 @@ class ResidualStrips(Dataset):
     """Training examples (x0, cond, w): full-longitude strips of `strip_height` latitude rows.
 
     Items enumerate (time, alignment, first row) with rows on a stride of 4; `stats` holds one
-    `ResidualStats` per block alignment (`cfg.alignments`, see `load_aligned`). One prepared
+    `ResidualStats` per block alignment of `alignments(cfg)`, in that order. One prepared
     (time, alignment) is kept per cache slot (`cache` slots), so memory is bounded by the cache,
     not by the dataset. `w` (C, strip, lon) holds the latitude weights times the variable's loss
     weight, 0 where the truth is NaN.
@@ -271,46 +300,49 @@ class ResidualStrips(Dataset):
     def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,
                  stats: Sequence[ResidualStats], grids: Grids, cache: int = 32) -> None:
         self.ds, self.cfg, self.times, self.norm, self.grids = ds, cfg, list(times), norm, grids
-        self.stats = list(stats)
-        if len(self.stats) != cfg.alignments:
-            raise ValueError(f"got residual statistics for {len(self.stats)} block alignments, the config has {cfg.alignments}")
+        self.stats, self.alignments = list(stats), alignments(cfg)
+        if len(self.stats) != len(self.alignments):
+            raise ValueError(f"got residual statistics for {len(self.stats)} block alignments, the config has "
+                             f"{len(self.alignments)} ({cfg.lat_alignments} in latitude x {cfg.alignments} in longitude)")
         h = cfg.strip_height
-        if h % 4 or h > len(grids.lat):
-            raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {len(grids.lat)}")
-        self.starts = list(range(0, len(grids.lat) - h + 1, 4))
+        n_rows = len(grids.lat) - (cfg.factor if cfg.lat_alignments > 1 else 0)
+        if h % 4 or h > n_rows:
+            raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {n_rows}")
+        self.views = [(k, start) for k, al in enumerate(self.alignments)
+                      for start in range(0, len(grids.aligned(al.row).lat) - h + 1, 4)]
         self.variable_weights = cfg.variable_weights()[:, None, None]
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = cache
 
     def __len__(self) -> int:
-        return len(self.times) * len(self.stats) * len(self.starts)
+        return len(self.times) * len(self.views)
 
-    def prepared(self, ti: int, shift: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x0, cond, w) for the ti-th training time in block alignment `shift`, full grid;
-        w is the loss weight (C, H, W)."""
-        key = (ti, shift)
+    def prepared(self, ti: int, k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x0, cond, w) for the ti-th training time in the k-th block alignment, on all the rows
+        of that alignment; w is the loss weight (C, H', W)."""
+        key = (ti, k)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        fine, lon = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, self.grids, shift)
-        b, r = _normalised_residual(fine, self.norm, self.grids)
+        fine, grids, lon = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, self.grids, self.alignments[k])
+        b, r = _normalised_residual(fine, self.norm, grids)
         tval = _time_values(self.ds, [self.times[ti]])
-        f = residual_features(tval, self.grids.lat, lon, 1)[0]
-        m, s = self.stats[shift].leave_one_out(r[0], f, self.cfg.std_floor)
+        f = residual_features(tval, grids.lat, lon, 1)[0]
+        m, s = self.stats[k].leave_one_out(r[0], f, self.cfg.std_floor)
         x0 = ((r[0] - m) / s).astype(np.float32)
-        cond = condition(b[0], m, s, self.grids.lat, f[1:] if self.cfg.solar_channels else None)
+        cond = condition(b[0], m, s, grids.lat, f[1:] if self.cfg.solar_channels else None)
         valid = np.all(np.isfinite(fine[0]), axis=0)
-        w = (self.variable_weights * (self.grids.weights[:, None] * valid)).astype(np.float32)
+        w = (self.variable_weights * (grids.weights[:, None] * valid)).astype(np.float32)
         self._cache[key] = (x0, cond, w)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return self._cache[key]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rest, si = divmod(i, len(self.starts))
-        ti, shift = divmod(rest, len(self.stats))
-        x0, cond, w = self.prepared(ti, shift)
-        rows = slice(self.starts[si], self.starts[si] + self.cfg.strip_height)
+        ti, vi = divmod(i, len(self.views))
+        k, start = self.views[vi]
+        x0, cond, w = self.prepared(ti, k)
+        rows = slice(start, start + self.cfg.strip_height)
         return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w[:, rows])
 
 
@@ -475,9 +507,10 @@ def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tup
     cfg.check()
     grids = Grids(ds["latitude"].values, ds["longitude"].values, cfg.factor)
     norm = fit_normaliser(ds, cfg.variables, list(train_idx))
-    stats = [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids)]
-    stats += [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, shift=a, diurnal=stats[0].diurnal)
-              for a in range(1, cfg.alignments)]
+    first, *others = alignments(cfg)
+    stats = [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, alignment=first)]
+    stats += [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, alignment=al, diurnal=stats[0].diurnal)
+              for al in others]
     coef, std = stats[0].coefficients(cfg.std_floor)
     slot_bytes = 4 * (2 * len(cfg.variables) + n_condition_channels(cfg)) * len(grids.lat) * len(grids.lon)
     data = ResidualStrips(ds, cfg, train_idx, norm, stats, grids, cache=max(2, CACHE_BYTES // slot_bytes))

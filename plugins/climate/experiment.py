@@ -49,6 +49,7 @@ class ExperimentConfig:
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
+    lat_alignments: int | None = None   # the same in latitude; None: 1
     loss_weights: tuple[tuple[str, float], ...] = ()
     holdout: int = 6
     mode: str = "downscale"
@@ -90,7 +91,9 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
         return bundle, f"loaded {ckpt}"
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
-    strip = min(40, ds.sizes["latitude"] // 4 * 4)
+    lat_alignments = 1 if cfg.lat_alignments is None else cfg.lat_alignments
+    rows = ds.sizes["latitude"] - (cfg.factor if lat_alignments > 1 else 0)  # in every alignment (`Grids.rows`)
+    strip = min(40, rows // 4 * 4)
     train_times = ds["time"].values[train_idx]
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:
@@ -98,6 +101,7 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
                            strip_height=strip, solar_channels=solar,
                            alignments=cfg.factor if cfg.alignments is None else cfg.alignments,
+                           lat_alignments=lat_alignments,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
                            train_times=tuple(str(t) for t in train_times))
     run_dir = Path(cfg.out) / "train"

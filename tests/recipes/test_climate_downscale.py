@@ -91,11 +91,13 @@ def test_training_options_reach_the_checkpoint(trained, capsys):
     tmp, ref, _ = trained
     out = tmp / "options"
     assert main(["--reference", str(ref), "--train", "--solar-channels", "--loss-weights", "t2m=2,tp=0.5",
-                 "--alignments", "2", *SMALL, "--out", str(out)]) == 0
+                 "--alignments", "2", "--lat-alignments", "3", *SMALL, "--out", str(out)]) == 0
     cfg = Downscaler.load(out / "downscale.pt").cfg
-    assert cfg.solar_channels and cfg.loss_weights == (2.0, 1.0, 0.5) and cfg.alignments == 2
+    assert cfg.solar_channels and cfg.loss_weights == (2.0, 1.0, 0.5) and cfg.alignments == 2 and cfg.lat_alignments == 3
     assert main(["--reference", str(ref), "--train", "--alignments", "8", *SMALL, "--out", str(tmp / "x")]) == 2
     assert "alignments=8 must be between 1 and the factor 4" in capsys.readouterr().err
+    assert main(["--reference", str(ref), "--train", "--lat-alignments", "0", *SMALL, "--out", str(tmp / "x")]) == 2
+    assert "lat_alignments=0 must be between 1 and the factor 4" in capsys.readouterr().err
     assert main(["--reference", str(ref), "--train", "--loss-weights", "msl=2", *SMALL, "--out", str(tmp / "x")]) == 2
     assert "names ['msl'], which are not among the variables ['t2m', 'u10', 'tp']" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -11,10 +11,12 @@ import torch
 from plugins.climate.baselines import StatisticalDownscaler
 from plugins.climate.downscale import (
     RIDGE,
+    Alignment,
     DownscaleConfig,
     Downscaler,
     Grids,
     ResidualStats,
+    ResidualStrips,
     build,
     fit_residual_stats,
     normal_sums,
@@ -241,7 +243,8 @@ def test_block_alignment_a_is_alignment_zero_of_the_fields_rolled_west_by_a_cell
     ds = open_fields(make_fine(n_time=8, n_lat=16, n_lon=32, seed=5), list(VARS))
     cfg = DownscaleConfig(variables=VARS, widths=(8, 8, 8), strip_height=8, alignments=3, solar_channels=True)
     _, data = build(ds, cfg, list(range(6)))
-    assert len(data) == 6 * 3 * len(data.starts)
+    n_starts = len(data.views) // 3
+    assert len(data) == 6 * 3 * n_starts and data.alignments == [Alignment(0, a) for a in range(3)]
     rolled = ds.copy(data={v: np.roll(ds[v].values, -2, axis=-1) for v in ds.data_vars})
     # without clock times the residual statistics are per-cell: alignment 2 must equal the rolled fields' alignment 0
     plain = replace(cfg, solar_channels=False)
@@ -255,7 +258,31 @@ def test_block_alignment_a_is_alignment_zero_of_the_fields_rolled_west_by_a_cell
     want = solar_features(ds["time"].values[[4]], data.grids.lat, np.roll(data.grids.lon, -2))[0, 1:]
     np.testing.assert_allclose(cond[-2:], want, atol=1e-6)
     assert data.stats[2].diurnal.tolist() == data.stats[0].diurnal.tolist()  # the choice of alignment 0 is imposed
-    i = (4 * 3 + 2) * len(data.starts) + 1  # item order: (time, alignment, first row)
+    i = (4 * 3 + 2) * n_starts + 1  # item order: (time, alignment, first row)
     np.testing.assert_array_equal(data[i][0].numpy(), x0[:, 4:12])
     with pytest.raises(ValueError, match="alignments=5 must be between 1 and the factor 4"):
         build(ds, replace(cfg, alignments=5), list(range(6)))
+
+
+def test_latitude_alignment_b_is_alignment_zero_of_the_rows_b_to_h_minus_factor_plus_b():
+    ds = open_fields(make_fine(n_time=8, n_lat=16, n_lon=32, seed=6), list(VARS)).assign_coords(time=np.arange(8))
+    cfg = DownscaleConfig(variables=VARS, widths=(8, 8, 8), strip_height=8, alignments=2, lat_alignments=3)
+    _, data = build(ds, cfg, list(range(6)))
+    assert data.alignments == [Alignment(b, a) for b in range(3) for a in range(2)]
+    # alignment 0 keeps the 16 rows (3 strips of 8 on a stride of 4), the others rows b..b+11 (2 strips)
+    assert data.views == [(0, 0), (0, 4), (0, 8), (1, 0), (1, 4), (1, 8)] + [(k, s) for k in range(2, 6) for s in (0, 4)]
+    assert len(data) == 6 * 14
+    # alignment (2, 1): the fields' rows 2..13, rolled west by one cell, with their own blocks and statistics
+    rows = ds.isel(latitude=slice(2, 14))
+    rolled = rows.copy(data={v: np.roll(rows[v].values, -1, axis=-1) for v in rows.data_vars})
+    grids = Grids(rolled["latitude"].values, rolled["longitude"].values, 4)
+    stats = fit_residual_stats(rolled, VARS, list(range(6)), data.norm, grids)
+    reference = ResidualStrips(rolled, replace(cfg, alignments=1, lat_alignments=1), list(range(6)), data.norm, [stats], grids)
+    for got, want in zip(data.prepared(4, 5), reference.prepared(4, 0)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert data.prepared(4, 5)[0].shape == (len(VARS), 12, 32)
+    np.testing.assert_array_equal(data[4 * 14 + 13][0].numpy(), data.prepared(4, 5)[0][:, 4:12])  # the last item of time 4
+    with pytest.raises(ValueError, match="lat_alignments=5 must be between 1 and the factor 4"):
+        build(ds, replace(cfg, lat_alignments=5), list(range(6)))
+    with pytest.raises(ValueError, match="strip_height 16 must be a multiple of 4 and at most 12"):
+        build(ds, replace(cfg, strip_height=16), list(range(6)))

@@ -141,6 +141,6 @@ def test_only_needed_chunks_are_computed():
     calls.clear()
     cfg = DownscaleConfig(variables=("t2m",), strip_height=16)
     strips = ResidualStrips(ds, cfg, train, norm, [stats], grids, cache=2)
-    x0, cond, w = strips[len(strips.starts) * 3 + 1]
+    x0, cond, w = strips[len(strips.views) * 3 + 1]
     assert x0.shape == (1, 16, n_lon) and cond.shape == (4, 16, n_lon) and w.shape == (1, 16, n_lon)
     assert calls == [103]
