@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--factor", type=int, default=4, help="coarsening factor (default 4)")
     p.add_argument("--members", type=int, default=8, help="ensemble members K (default 8)")
     p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    p.add_argument("--conserve", action=argparse.BooleanOptionalAction, default=True,
+                   help="correct each member so its area-weighted block means equal the coarse input (default: on)")
     p.add_argument("--checkpoint", help="checkpoint to load (or to write with --train)")
     p.add_argument("--train", action="store_true", help="train a new model on the training times")
     p.add_argument("--train-steps", type=int, default=2500, help="optimiser steps with --train (default 2500)")
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     a = p.parse_args(argv)
     return ExperimentConfig(
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
-        factor=a.factor, members=a.members, steps=a.steps, checkpoint=a.checkpoint, train=a.train,
+        factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
         solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
         holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,

@@ -40,6 +40,8 @@ from plugins.climate.grid import (
     coarsen,
     interpolate,
     lat_weights,
+    match_block_means,
+    scale_to_block_means,
 )
 from plugins.climate.io import ERA5_CREDIT, check_grid, load_times
 from plugins.climate.model import ClimateUNet, UNetConfig
@@ -445,6 +447,18 @@ class Downscaler:
                 raise ValueError(f"got {len(times)} times for {n} fields")
         return residual_features(times, self.grids.lat, self.grids.lon, n)
 
+    def match_coarse(self, fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """Fine fields (n, C, H, W) corrected so that C(x) = X, the coarse fields (n, C, h, w), exactly:
+        a smooth additive correction (`match_block_means`) for variables on an affine scale, a
+        per-block rescaling (`scale_to_block_means`, mass-conserving) for the non-negative (log1p) ones."""
+        out = np.array(fine, dtype=np.float64)
+        for c, v in enumerate(self.norm.variables):
+            if v.transform == "log1p":
+                out[:, c] = scale_to_block_means(out[:, c], coarse[:, c], self.cfg.factor, self.grids.lat)
+            else:
+                out[:, c] = match_block_means(out[:, c], coarse[:, c], self.grids.lat, self.grids.lon, self.cfg.factor)
+        return out
+
     def bicubic_z(self, coarse: np.ndarray) -> np.ndarray:
         """B(z_coarse) for physical coarse fields (T, C, h, w) -> normalised (T, C, H, W)."""
         return self.grids.up(np.nan_to_num(self.norm.forward(coarse.astype(np.float64)), nan=0.0))
@@ -453,8 +467,12 @@ class Downscaler:
     def sample(self, coarse: np.ndarray, members: int = 8, steps: int = 10, method: str = "dpmpp_2m",
                seed: int = 0, batch_size: int = 8, device: str | None = None,
                known: np.ndarray | None = None, mask: np.ndarray | None = None,
-               progress: bool = False, times: np.ndarray | None = None) -> np.ndarray:
+               progress: bool = False, times: np.ndarray | None = None, conserve: bool = True) -> np.ndarray:
         """Ensemble of fine fields (member, T, C, H, W) in physical units from coarse (T, C, h, w).
+
+        `conserve`: every member's area-weighted block means equal the coarse fields (`match_coarse`);
+        without it, members are the sampler's output (non-negative variables capped per cell by
+        their block's total).
 
         `times` (T,) datetime64 UTC: needed when a variable's residual mean follows the time of
         day (`diurnal`). `known`/`mask` (T, C, H, W), physical units and 1 where known, turn
@@ -490,8 +508,10 @@ class Downscaler:
             x = x.clamp(-CLAMP, CLAMP)
             z = b[ts] + m[ts] + self.std * x.double().cpu().numpy()
             phys = self.norm.inverse(z)
+            if known is None and conserve:
+                phys = self.match_coarse(phys, coarse[ts])
             for c, v in enumerate(self.norm.variables):
-                if v.transform == "log1p" and known is None:  # a non-negative cell cannot exceed its block's total
+                if v.transform == "log1p" and known is None and not conserve:  # a non-negative cell cannot exceed its block's total
                     phys[:, c] = np.minimum(phys[:, c], block_upper_bound(np.maximum(coarse[ts, c], 0), self.cfg.factor, self.grids.lat))
             for j, (k, t) in enumerate(chunk):
                 out[k, t] = phys[j]

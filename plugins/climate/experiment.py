@@ -42,6 +42,7 @@ class ExperimentConfig:
     factor: int = 4
     members: int = 8
     steps: int = 10
+    conserve: bool = True   # members' block means equal the coarse input (`Downscaler.match_coarse`)
     checkpoint: str | None = None
     train: bool = False
     train_steps: int = 2500
@@ -170,7 +171,7 @@ def run(cfg: ExperimentConfig) -> dict:
         score_truth = truth
         k_min = len(grids.lon_c) // 2
         ens = bundle.sample(coarse_t, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device,
-                            times=test_times)
+                            times=test_times, conserve=cfg.conserve)
     else:
         miss = _gaps((truth.shape[0], *truth.shape[-2:]), cfg.gap_fraction, rng)
         gappy = np.where(miss[:, None], np.nan, truth)
@@ -182,7 +183,10 @@ def run(cfg: ExperimentConfig) -> dict:
                         times=test_times)
     bil = grids.up(coarse_t, "bilinear").astype(np.float32)
     bic = grids.up(coarse_t, "bicubic").astype(np.float32)
-    preds = {"bilinear": bil[None], "bicubic": bic[None], "statistical": stat.predict(bic, cfg.members, rng), "sciffusion": ens}
+    preds = {"bilinear": bil[None], "bicubic": bic[None], "statistical": stat.predict(bic, cfg.members, rng)}
+    if cfg.mode == "downscale" and cfg.conserve:  # the same block-mean correction applied to the baseline, for reference
+        preds["stat+conserve"] = np.stack([bundle.match_coarse(m, coarse_t) for m in preds["statistical"]]).astype(np.float32)
+    preds["sciffusion"] = ens
     if cfg.mode == "infill":
         preds = {k: np.where(miss[None, :, None], v, truth[None]) for k, v in preds.items()}
     table = {v: {name: score_all(p[:, :, i], score_truth[:, i], grids.lat, k_min) for name, p in preds.items()}
@@ -224,7 +228,8 @@ def downscale_input(cfg: ExperimentConfig) -> Path:
     bundle.check_input(coarse_ds, fine=False)
     coarse = load_times(coarse_ds, slice(None), bundle.cfg.variables)
     times = coarse_ds["time"].values if "time" in coarse_ds.coords else None
-    ens = bundle.sample(coarse, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device, times=times)
+    ens = bundle.sample(coarse, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device, times=times,
+                        conserve=cfg.conserve)
     import xarray as xr
 
     template = xr.Dataset(
@@ -242,9 +247,9 @@ def downscale_input(cfg: ExperimentConfig) -> Path:
 
 def format_table(table: dict) -> str:
     """Plain-text table: one row per (variable, method) with RMSE, CRPS, spread/skill, spectral error."""
-    lines = [f"{'variable':<9}{'method':<13}{'RMSE':>11}{'CRPS':>11}{'spread/skill':>14}{'spec.err':>10}"]
+    lines = [f"{'variable':<9}{'method':<15}{'RMSE':>11}{'CRPS':>11}{'spread/skill':>14}{'spec.err':>10}"]
     for v, rows in table.items():
         for name, s in rows.items():
-            lines.append(f"{v:<9}{name:<13}{s['rmse']:>11.4g}{s['crps']:>11.4g}{s['spread_skill']:>14.3f}"
+            lines.append(f"{v:<9}{name:<15}{s['rmse']:>11.4g}{s['crps']:>11.4g}{s['spread_skill']:>14.3f}"
                          f"{s.get('spectral_error', float('nan')):>10.3f}")
     return "\n".join(lines)

@@ -79,8 +79,53 @@ def block_upper_bound(coarse: np.ndarray, factor: int, lat: np.ndarray) -> np.nd
     """
     w = lat_weights(lat).reshape(-1, factor)
     ratio = (factor * w.sum(1, keepdims=True) / w).reshape(-1)
-    up = np.repeat(np.repeat(np.asarray(coarse), factor, axis=-2), factor, axis=-1)
-    return up * ratio[:, None]
+    return repeat_blocks(np.asarray(coarse), factor) * ratio[:, None]
+
+
+def repeat_blocks(coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Each coarse value (..., h, w) copied to the f x f fine cells of its block (..., f h, f w)."""
+    return np.repeat(np.repeat(coarse, factor, axis=-2), factor, axis=-1)
+
+
+def coarsening_matrices(lat: np.ndarray, n_lon: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(A (h, H), L (w, W)) with C(x) = A x L^T, the area-weighted block mean of `coarsen`:
+    A_Ii = w_i / sum_{i' in I} w_i' for i in block I, L_Jj = 1 / f for j in block J."""
+    check_factor(len(lat), n_lon, factor)
+    w = lat_weights(lat).reshape(-1, factor)
+    w = w / w.sum(axis=1, keepdims=True)
+    a = np.zeros((len(lat) // factor, len(lat)))
+    for i, row in enumerate(w):
+        a[i, i * factor:(i + 1) * factor] = row
+    return a, np.kron(np.eye(n_lon // factor), np.full((1, factor), 1.0 / factor))
+
+
+def match_block_means(fine: np.ndarray, coarse: np.ndarray, lat: np.ndarray, lon: np.ndarray,
+                      factor: int) -> np.ndarray:
+    """x + B(E) for fine fields x (..., H, W), so that C(x + B(E)) = X (coarse (..., h, w)) exactly.
+
+    B is bicubic interpolation (`interpolate`), so the correction is smooth and adds no power at
+    scales below the coarse cells. With C(x) = A x L^T and B(E) = W_lat E W_lon^T, E solves the
+    small separable system (A W_lat) E (L W_lon)^T = X - C(x). Blocks where X is NaN impose no
+    change (their deficit is taken as 0).
+    """
+    lat_c, lon_c = coarse_coords(lat, lon, factor)
+    w_lat, w_lon = interp_matrix(lat_c, lat, "bicubic"), interp_matrix(lon_c, lon, "bicubic", periodic=360.0)
+    a, l_ = coarsening_matrices(lat, len(lon), factor)
+    deficit = np.nan_to_num(coarse - coarsen(fine, factor, lat), nan=0.0)
+    e = np.linalg.solve(a @ w_lat, deficit)                                   # (A W_lat)^-1 D
+    e = np.swapaxes(np.linalg.solve(l_ @ w_lon, np.swapaxes(e, -1, -2)), -1, -2)  # ... (L W_lon)^-T
+    return fine + interpolate(e, lat_c, lon_c, lat, lon)
+
+
+def scale_to_block_means(fine: np.ndarray, coarse: np.ndarray, factor: int, lat: np.ndarray) -> np.ndarray:
+    """Non-negative fine fields (..., H, W) rescaled per block so that C(x') = X (coarse >= 0):
+    x' = x X_IJ / C(x)_IJ; a block with C(x) = 0 and X > 0 takes X in every cell. Zeros stay
+    zero where the block has any mass, and blocks where X is NaN are left as they are."""
+    fine = np.maximum(fine, 0.0)
+    have = coarsen(fine, factor, lat)
+    target = np.where(np.isnan(coarse), have, np.maximum(coarse, 0.0))
+    ratio = np.divide(target, have, out=np.zeros_like(have, dtype=np.float64), where=have > 0)
+    return np.where(repeat_blocks(have, factor) > 0, fine * repeat_blocks(ratio, factor), repeat_blocks(target, factor))
 
 
 def coarse_coords(lat: np.ndarray, lon: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from plugins.climate.downscale import Downscaler
-from plugins.climate.grid import coarsen_dataset
+from plugins.climate.grid import coarsen, coarsen_dataset
 from plugins.climate.io import open_fields
 from recipes.climate_downscale import main
 from tests.plugins.climate.conftest import make_fine
@@ -40,7 +40,7 @@ def test_downscale_writes_outputs_and_scores_held_out_times(trained):
     assert not set(metrics["train_times"]) & set(metrics["held_out_times"])
     for v in ("t2m", "u10", "tp"):
         rows = metrics["scores"][v]
-        assert set(rows) == {"bilinear", "bicubic", "statistical", "sciffusion"}
+        assert set(rows) == {"bilinear", "bicubic", "statistical", "stat+conserve", "sciffusion"}
         for s in rows.values():
             assert np.isfinite(s["rmse"]) and np.isfinite(s["crps"])
     # a deterministic baseline's fair CRPS is its MAE, which is below its RMSE
@@ -49,8 +49,24 @@ def test_downscale_writes_outputs_and_scores_held_out_times(trained):
     assert ds["t2m"].dims == ("realization", "time", "latitude", "longitude")
     assert ds.sizes["realization"] == 3 and ds.sizes["time"] == 2
     assert ds["t2m"].attrs["units"] == "K" and ds.attrs["Conventions"] == "CF-1.8"
+    truth = open_fields(ref).isel(time=slice(-2, None))
+    for v in ("t2m", "u10", "tp"):  # every member coarsens back to the coarse input (--conserve, the default)
+        want = coarsen(truth[v].values.astype(np.float64), 4, truth["latitude"].values)
+        got = coarsen(ds[v].values.astype(np.float64), 4, ds["latitude"].values)
+        np.testing.assert_allclose(got, np.broadcast_to(want, got.shape), rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    truth.close()
     assert "recipes" in ds.attrs["history"] or "climate_downscale" in ds.attrs["history"] or ds.attrs["history"]
     ds.close()
+
+
+def test_no_conserve_gives_the_raw_members(trained):
+    tmp, ref, out = trained
+    assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--no-conserve", *SMALL,
+                 "--out", str(tmp / "raw")]) == 0
+    metrics = json.loads((tmp / "raw" / "metrics.json").read_text())
+    assert metrics["config"]["conserve"] is False and "stat+conserve" not in metrics["scores"]["t2m"]
+    raw, kept = (xr.open_dataset(d / "downscaled.nc")["t2m"].values for d in (tmp / "raw", out))
+    assert np.abs(raw - kept).max() > 1e-3  # the same draws, without the block-mean correction
 
 
 def test_infill_mode_and_coarse_input(trained):

@@ -164,6 +164,14 @@ def test_sampling_is_seeded_and_physical(tiny):
     np.testing.assert_array_equal(a, b)
     assert a[:, :, 2].min() >= 0  # precipitation
     assert np.abs(a[:, :, 0].mean() - truth[:, 0].mean()) < 5.0  # temperature in kelvin, not normalised
+    # every member coarsens back to its input (conserve, the default); the raw sampler output does not
+    for c in range(len(VARS)):  # float32 members: relative to each variable's scale
+        np.testing.assert_allclose(bundle.grids.coarsen(a[:, :, c].astype(np.float64)), np.broadcast_to(coarse[:, c], (3, *coarse[:, c].shape)),
+                                   rtol=1e-5, atol=1e-6 * np.abs(coarse[:, c]).max())
+    raw = bundle.sample(coarse, members=3, steps=3, seed=1, batch_size=4, conserve=False)
+    assert np.abs(bundle.grids.coarsen(raw[:, :, 0].astype(np.float64)) - coarse[:, 0]).max() > 1e-2
+    # (the raw precipitation is capped per cell, so only the other variables are the same draw corrected)
+    np.testing.assert_allclose(bundle.match_coarse(raw[0], coarse)[:, :2], a[0, :, :2], rtol=1e-5, atol=1e-6)
 
 
 def test_gap_filling_keeps_observed_cells(tiny):

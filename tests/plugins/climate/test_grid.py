@@ -16,6 +16,9 @@ from plugins.climate.grid import (
     interp_matrix,
     interpolate,
     lat_weights,
+    match_block_means,
+    repeat_blocks,
+    scale_to_block_means,
     trim_to_factor,
 )
 
@@ -116,3 +119,40 @@ def test_block_upper_bound_is_reached_when_one_cell_holds_the_block():
     rng = np.random.default_rng(0)
     y = rng.gamma(0.5, 1.0, (36, 72))
     assert np.all(y <= block_upper_bound(coarsen(y, 4, lat), 4, lat) + 1e-12)
+
+
+def test_match_block_means_hits_the_coarse_field_with_a_smooth_correction():
+    lat, lon = np.linspace(-87.5, 87.5, 36), np.arange(0.0, 360.0, 5.0)
+    rng = np.random.default_rng(1)
+    x, target = rng.normal(size=(3, 2, 36, 72)), rng.normal(size=(3, 2, 9, 18))
+    y = match_block_means(x, target, lat, lon, 4)
+    np.testing.assert_allclose(coarsen(y, 4, lat), target, atol=1e-10)
+    np.testing.assert_allclose(match_block_means(y, target, lat, lon, 4), y, atol=1e-10)  # a projection
+    # the correction is bicubic of a coarse field: little power beyond the coarse grid's zonal
+    # wavenumbers (9 here), a quarter of that of the per-block constant that would also do
+    def fine_share(d):
+        power = np.abs(np.fft.rfft(d, axis=-1)) ** 2
+        return power[..., 10:].sum() / power.sum()
+
+    blocky = repeat_blocks(target - coarsen(x, 4, lat), 4)
+    assert fine_share(y - x) < 0.06 and fine_share(y - x) < 0.3 * fine_share(blocky)
+    # a block whose coarse value is missing asks for no change there
+    gap = target.copy()
+    gap[0, 0] = np.nan
+    np.testing.assert_allclose(match_block_means(x, gap, lat, lon, 4)[0, 0], x[0, 0], atol=1e-12)
+
+
+def test_scale_to_block_means_conserves_each_block_and_keeps_dry_cells_dry():
+    lat = np.linspace(-87.5, 87.5, 36)
+    rng = np.random.default_rng(2)
+    x = rng.gamma(0.3, 1.0, (2, 36, 72)) * (rng.random((2, 36, 72)) < 0.5)
+    target = rng.gamma(0.5, 1.0, (2, 9, 18))
+    x[0, :4, :4] = 0.0  # a dry member block under a wet coarse cell takes the coarse value everywhere
+    y = scale_to_block_means(x, target, 4, lat)
+    np.testing.assert_allclose(coarsen(y, 4, lat), target, rtol=1e-12)
+    assert y.min() >= 0 and np.all(y[1][x[1] == 0] == 0)
+    np.testing.assert_allclose(y[0, :4, :4], target[0, 0, 0])
+    ratio = (y / np.where(x > 0, x, np.nan))[1]  # one factor per block
+    np.testing.assert_allclose(np.nanmax(ratio[:4, :4]), np.nanmin(ratio[:4, :4]))
+    np.testing.assert_array_equal(repeat_blocks(np.arange(4.0).reshape(2, 2), 2),
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
