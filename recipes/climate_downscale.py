@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--alignments", type=int, default=None,
                    help="with --train: coarse-block alignments in longitude per training time, 1..factor (default: factor)")
     p.add_argument("--lat-alignments", type=int, default=None,
-                   help="with --train: coarse-block alignments in latitude per training time, 1..factor (default: 1)")
+                   help="with --train: coarse-block alignments in latitude per training time, 1..factor (default: factor)")
     p.add_argument("--loss-weights", default="",
                    help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")

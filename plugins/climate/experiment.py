@@ -50,7 +50,7 @@ class ExperimentConfig:
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
-    lat_alignments: int | None = None   # the same in latitude; None: 1
+    lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
     holdout: int = 6
     mode: str = "downscale"
@@ -92,7 +92,7 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
         return bundle, f"loaded {ckpt}"
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
-    lat_alignments = 1 if cfg.lat_alignments is None else cfg.lat_alignments
+    lat_alignments = cfg.factor if cfg.lat_alignments is None else cfg.lat_alignments
     rows = ds.sizes["latitude"] - (cfg.factor if lat_alignments > 1 else 0)  # in every alignment (`Grids.rows`)
     strip = min(40, rows // 4 * 4)
     train_times = ds["time"].values[train_idx]

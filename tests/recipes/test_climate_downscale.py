@@ -34,7 +34,8 @@ def test_downscale_writes_outputs_and_scores_held_out_times(trained):
     _, ref, out = trained
     for name in ("downscaled.nc", "metrics.json", "maps.png", "spectra.png", "downscale.pt"):
         assert (out / name).exists(), name
-    assert Downscaler.load(out / "downscale.pt").cfg.alignments == 4  # by default every block alignment of the factor
+    cfg = Downscaler.load(out / "downscale.pt").cfg
+    assert cfg.alignments == 4 and cfg.lat_alignments == 4  # by default every block alignment of the factor
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["held_out_times"] == [str(t) for t in xr.open_dataset(ref)["time"].values[-2:]]
     assert not set(metrics["train_times"]) & set(metrics["held_out_times"])
