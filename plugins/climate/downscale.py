@@ -26,6 +26,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from plugins.climate.grid import (
+    block_mean_correction,
     block_upper_bound,
     check_factor,
     coarse_coords,
@@ -176,6 +178,11 @@ class Grids:
     def up(self, xc, method: str = "bicubic"):
         return interpolate(xc, self.lat_c, self.lon_c, self.lat, self.lon, method)
 
+    @cached_property
+    def block_mean_correction(self) -> tuple[np.ndarray, np.ndarray]:
+        """`grid.block_mean_correction` of this grid, for `match_block_means`."""
+        return block_mean_correction(self.lat, self.lon, self.factor)
+
     def rows(self, offset: int) -> slice:
         """Fine rows whose blocks start `offset` rows into the grid: all rows for 0, else
         offset .. H - factor + offset (the partial blocks at both ends are dropped)."""
@@ -221,6 +228,11 @@ def load_aligned(ds: xr.Dataset, times: Sequence[int], variables: Sequence[str],
     group another set of cells."""
     fine = load_times(ds, times, variables)[..., grids.rows(alignment.row), :]
     return np.roll(fine, -alignment.col, axis=-1), grids.aligned(alignment.row), np.roll(grids.lon, -alignment.col)
+
+
+def rows_in_every_alignment(n_lat: int, factor: int, lat_alignments: int) -> int:
+    """Fine rows that every latitude alignment keeps (`Grids.rows`): all, or H - factor when L > 1."""
+    return n_lat - (factor if lat_alignments > 1 else 0)
 
 
 def alignments(cfg: DownscaleConfig) -> list[Alignment]:
@@ -307,7 +319,7 @@ class ResidualStrips(Dataset):
             raise ValueError(f"got residual statistics for {len(self.stats)} block alignments, the config has "
                              f"{len(self.alignments)} ({cfg.lat_alignments} in latitude x {cfg.alignments} in longitude)")
         h = cfg.strip_height
-        n_rows = len(grids.lat) - (cfg.factor if cfg.lat_alignments > 1 else 0)
+        n_rows = rows_in_every_alignment(len(grids.lat), cfg.factor, cfg.lat_alignments)
         if h % 4 or h > n_rows:
             raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {n_rows}")
         self.views = [(k, start) for k, al in enumerate(self.alignments)
@@ -456,7 +468,8 @@ class Downscaler:
             if v.transform == "log1p":
                 out[:, c] = scale_to_block_means(out[:, c], coarse[:, c], self.cfg.factor, self.grids.lat)
             else:
-                out[:, c] = match_block_means(out[:, c], coarse[:, c], self.grids.lat, self.grids.lon, self.cfg.factor)
+                out[:, c] = match_block_means(out[:, c], coarse[:, c], self.cfg.factor, self.grids.lat,
+                                              self.grids.block_mean_correction)
         return out
 
     def bicubic_z(self, coarse: np.ndarray) -> np.ndarray:
@@ -510,9 +523,10 @@ class Downscaler:
             phys = self.norm.inverse(z)
             if known is None and conserve:
                 phys = self.match_coarse(phys, coarse[ts])
-            for c, v in enumerate(self.norm.variables):
-                if v.transform == "log1p" and known is None and not conserve:  # a non-negative cell cannot exceed its block's total
-                    phys[:, c] = np.minimum(phys[:, c], block_upper_bound(np.maximum(coarse[ts, c], 0), self.cfg.factor, self.grids.lat))
+            elif known is None:
+                for c, v in enumerate(self.norm.variables):
+                    if v.transform == "log1p":  # a non-negative cell cannot exceed its block's total
+                        phys[:, c] = np.minimum(phys[:, c], block_upper_bound(np.maximum(coarse[ts, c], 0), self.cfg.factor, self.grids.lat))
             for j, (k, t) in enumerate(chunk):
                 out[k, t] = phys[j]
         if known is not None:

@@ -20,7 +20,13 @@ import torch
 from core.checkpoint import atomic_write_text
 from plugins.climate import figures, output
 from plugins.climate.baselines import StatisticalDownscaler
-from plugins.climate.downscale import DownscaleConfig, Downscaler, Grids, train
+from plugins.climate.downscale import (
+    DownscaleConfig,
+    Downscaler,
+    Grids,
+    rows_in_every_alignment,
+    train,
+)
 from plugins.climate.grid import check_factor, trim_to_factor
 from plugins.climate.infill import coarsen_observed, fill_gaps
 from plugins.climate.io import ERA5_CREDIT, load_times, open_fields
@@ -93,8 +99,7 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
     lat_alignments = cfg.factor if cfg.lat_alignments is None else cfg.lat_alignments
-    rows = ds.sizes["latitude"] - (cfg.factor if lat_alignments > 1 else 0)  # in every alignment (`Grids.rows`)
-    strip = min(40, rows // 4 * 4)
+    strip = min(40, rows_in_every_alignment(ds.sizes["latitude"], cfg.factor, lat_alignments) // 4 * 4)
     train_times = ds["time"].values[train_idx]
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:

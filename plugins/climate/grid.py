@@ -99,22 +99,27 @@ def coarsening_matrices(lat: np.ndarray, n_lon: int, factor: int) -> tuple[np.nd
     return a, np.kron(np.eye(n_lon // factor), np.full((1, factor), 1.0 / factor))
 
 
-def match_block_means(fine: np.ndarray, coarse: np.ndarray, lat: np.ndarray, lon: np.ndarray,
-                      factor: int) -> np.ndarray:
-    """x + B(E) for fine fields x (..., H, W), so that C(x + B(E)) = X (coarse (..., h, w)) exactly.
-
-    B is bicubic interpolation (`interpolate`), so the correction is smooth and adds no power at
-    scales below the coarse cells. With C(x) = A x L^T and B(E) = W_lat E W_lon^T, E solves the
-    small separable system (A W_lat) E (L W_lon)^T = X - C(x). Blocks where X is NaN impose no
-    change (their deficit is taken as 0).
-    """
+def block_mean_correction(lat: np.ndarray, lon: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M_lat (H, h), M_lon (W, w)) with C(M_lat D M_lon^T) = D for any coarse D: the bicubic field B(E)
+    whose block means are D. With C(x) = A x L^T and B(E) = W_lat E W_lon^T, E solves the small
+    separable system (A W_lat) E (L W_lon)^T = D, so M_lat = W_lat (A W_lat)^-1, M_lon = W_lon (L W_lon)^-1."""
     lat_c, lon_c = coarse_coords(lat, lon, factor)
     w_lat, w_lon = interp_matrix(lat_c, lat, "bicubic"), interp_matrix(lon_c, lon, "bicubic", periodic=360.0)
     a, l_ = coarsening_matrices(lat, len(lon), factor)
+    return w_lat @ np.linalg.inv(a @ w_lat), w_lon @ np.linalg.inv(l_ @ w_lon)
+
+
+def match_block_means(fine: np.ndarray, coarse: np.ndarray, factor: int, lat: np.ndarray,
+                      correction: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """x + B(E) for fine fields x (..., H, W), so that C(x + B(E)) = X (coarse (..., h, w)) exactly.
+
+    `correction` is `block_mean_correction` of the grid (computed once per grid). B is bicubic
+    interpolation, so the correction is smooth and adds little power at scales below the coarse
+    cells. Blocks where X is NaN impose no change (their deficit is taken as 0).
+    """
+    m_lat, m_lon = correction
     deficit = np.nan_to_num(coarse - coarsen(fine, factor, lat), nan=0.0)
-    e = np.linalg.solve(a @ w_lat, deficit)                                   # (A W_lat)^-1 D
-    e = np.swapaxes(np.linalg.solve(l_ @ w_lon, np.swapaxes(e, -1, -2)), -1, -2)  # ... (L W_lon)^-T
-    return fine + interpolate(e, lat_c, lon_c, lat, lon)
+    return fine + m_lat @ deficit @ m_lon.T
 
 
 def scale_to_block_means(fine: np.ndarray, coarse: np.ndarray, factor: int, lat: np.ndarray) -> np.ndarray:

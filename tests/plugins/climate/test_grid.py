@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 
 from plugins.climate.grid import (
+    block_mean_correction,
     block_upper_bound,
     check_factor,
     coarse_coords,
@@ -125,9 +126,10 @@ def test_match_block_means_hits_the_coarse_field_with_a_smooth_correction():
     lat, lon = np.linspace(-87.5, 87.5, 36), np.arange(0.0, 360.0, 5.0)
     rng = np.random.default_rng(1)
     x, target = rng.normal(size=(3, 2, 36, 72)), rng.normal(size=(3, 2, 9, 18))
-    y = match_block_means(x, target, lat, lon, 4)
+    correction = block_mean_correction(lat, lon, 4)
+    y = match_block_means(x, target, 4, lat, correction)
     np.testing.assert_allclose(coarsen(y, 4, lat), target, atol=1e-10)
-    np.testing.assert_allclose(match_block_means(y, target, lat, lon, 4), y, atol=1e-10)  # a projection
+    np.testing.assert_allclose(match_block_means(y, target, 4, lat, correction), y, atol=1e-10)  # a projection
     # the correction is bicubic of a coarse field: little power beyond the coarse grid's zonal
     # wavenumbers (9 here), a quarter of that of the per-block constant that would also do
     def fine_share(d):
@@ -139,7 +141,7 @@ def test_match_block_means_hits_the_coarse_field_with_a_smooth_correction():
     # a block whose coarse value is missing asks for no change there
     gap = target.copy()
     gap[0, 0] = np.nan
-    np.testing.assert_allclose(match_block_means(x, gap, lat, lon, 4)[0, 0], x[0, 0], atol=1e-12)
+    np.testing.assert_allclose(match_block_means(x, gap, 4, lat, correction)[0, 0], x[0, 0], atol=1e-12)
 
 
 def test_scale_to_block_means_conserves_each_block_and_keeps_dry_cells_dry():
