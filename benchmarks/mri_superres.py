@@ -26,7 +26,7 @@ from benchmarks.sampler_accuracy import monai_schedule_name
 
 def build(quick: bool):
     """The plugin's denoiser (small in quick mode) and a random low-resolution volume."""
-    from plugins.mri.model import SRConfig, SRDenoiser
+    from sciffusion.plugins.mri.model import SRConfig, SRDenoiser
 
     if quick:
         cfg = SRConfig(channels=(8, 8, 16), patch=(8, 8, 8), norm_num_groups=4)
@@ -43,7 +43,7 @@ def build(quick: bool):
 
 def core_plugin(model, lr: np.ndarray, steps: int, roi: tuple[int, int, int], sw_batch: int) -> np.ndarray:
     """The plugin's whole-volume inference with the core DDIM sampler."""
-    from plugins.mri.infer import super_resolve
+    from sciffusion.plugins.mri.infer import super_resolve
 
     return super_resolve(model, lr, samples=1, steps=steps, method="ddim", roi=roi, overlap=0.25,
                          sw_batch_size=sw_batch).mean
@@ -55,9 +55,9 @@ def monai_loop(model, lr: np.ndarray, steps: int, roi: tuple[int, int, int], sw_
     from monai.inferers import sliding_window_inference
     from monai.networks.schedulers import DDIMScheduler
 
-    from plugins.mri.degrade import upsample
-    from plugins.mri.model import depth_to_space, space_to_depth
-    from plugins.mri.transforms import PercentileScaler
+    from sciffusion.plugins.mri.degrade import upsample
+    from sciffusion.plugins.mri.model import depth_to_space, space_to_depth
+    from sciffusion.plugins.mri.transforms import PercentileScaler
 
     cfg = model.config
     scaler = PercentileScaler.fit(lr, cfg.lower_percentile, cfg.upper_percentile)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import _common as C
-from core import DiffusionProcess, GaussianMixture, get_schedule, sample
+from sciffusion.core import DiffusionProcess, GaussianMixture, get_schedule, sample
 
 NFES = (5, 10, 20, 50, 100, 1000)
 CORE = ("ddpm", "ddim", "euler_maruyama", "heun", "dpmpp_2m", "heun_uniform", "dpmpp_2m_uniform")

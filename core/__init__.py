@@ -1,15 +1,15 @@
 """sciffusion core: the Gaussian diffusion engine shared by every plugin.
 
-    from core import get_schedule, DiffusionProcess, sample, losses
+    from sciffusion.core import get_schedule, DiffusionProcess, sample, losses
 """
 
-from core import losses
-from core.analytic import GaussianMixture
-from core.grids import available_grids, time_grid
-from core.likelihood import log_likelihood
-from core.process import DiffusionProcess, expand
-from core.samplers import available_samplers, register_sampler, sample
-from core.schedules import Schedule, available_schedules, get_schedule, register_schedule
+from sciffusion.core import losses
+from sciffusion.core.analytic import GaussianMixture
+from sciffusion.core.grids import available_grids, time_grid
+from sciffusion.core.likelihood import log_likelihood
+from sciffusion.core.process import DiffusionProcess, expand
+from sciffusion.core.samplers import available_samplers, register_sampler, sample
+from sciffusion.core.schedules import Schedule, available_schedules, get_schedule, register_schedule
 
 __all__ = [
     "DiffusionProcess",

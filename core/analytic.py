@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from core.process import DiffusionProcess
+from sciffusion.core.process import DiffusionProcess
 
 __all__ = ["GaussianMixture"]
 

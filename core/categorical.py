@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.schedules import Schedule, get_schedule
+from sciffusion.core.schedules import Schedule, get_schedule
 
 __all__ = ["TRANSITIONS", "CategoricalProcess"]
 

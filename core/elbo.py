@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.process import DiffusionProcess
+from sciffusion.core.process import DiffusionProcess
 
 __all__ = ["ELBOTerms", "elbo"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from core.schedules import Schedule
+from sciffusion.core.schedules import Schedule
 
 __all__ = ["GRIDS", "LOG_SNR_RANGE", "T_EPS", "available_grids", "time_grid"]
 

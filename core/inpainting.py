@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.grids import time_grid
-from core.process import DiffusionProcess
-from core.samplers import _intervals, _make_denoise
+from sciffusion.core.grids import time_grid
+from sciffusion.core.process import DiffusionProcess
+from sciffusion.core.samplers import _intervals, _make_denoise
 
 __all__ = ["smc_inpaint"]
 

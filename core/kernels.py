@@ -28,8 +28,8 @@ import math
 import torch
 from torch import Tensor
 
-from core.manifolds import Euclidean, Manifold, Torus
-from core.sde import reverse_sample
+from sciffusion.core.manifolds import Euclidean, Manifold, Torus
+from sciffusion.core.sde import reverse_sample
 
 _FORMS = ("kernel", "spectral")
 _PROCESSES = ("ou", "bm")

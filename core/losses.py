@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.elbo import ELBOTerms, elbo
-from core.process import DiffusionProcess, expand
+from sciffusion.core.elbo import ELBOTerms, elbo
+from sciffusion.core.process import DiffusionProcess, expand
 
 __all__ = ["WEIGHTINGS", "ELBOTerms", "denoising_loss", "elbo", "loss_weight"]
 

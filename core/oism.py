@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmonics_s2
+from sciffusion.core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmonics_s2
 
 _BASES = ("hermite", "fourier", "spherical")
 _MAX_EXACT_TIMES = 64  # distinct times solved exactly in one call; beyond, interpolate in log t

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from core.manifolds import Euclidean, Manifold
+from sciffusion.core.manifolds import Euclidean, Manifold
 
 ScoreFn = Callable[[Tensor, float], Tensor]
 _DRIFTS = ("heat", "ou")

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from core.checkpoint import (
+from sciffusion.core.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     atomic_write_text,
@@ -47,9 +47,9 @@ from core.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from core.data import BatchStream, init_distributed, seed_everything, to_device
-from core.ema import EMA, decay_from_half_life
-from core.memory import retain_freed_memory
+from sciffusion.core.data import BatchStream, init_distributed, seed_everything, to_device
+from sciffusion.core.ema import EMA, decay_from_half_life
+from sciffusion.core.memory import retain_freed_memory
 
 __all__ = [
     "CheckpointError",
@@ -195,7 +195,7 @@ def denoising_loss_fn(model: Callable, process: Any, batch: Any) -> torch.Tensor
 
     `batch` is a tensor `x0`, or a sequence `(x0,)` / `(x0, cond)` (what a `TensorDataset` yields).
     """
-    from core import losses
+    from sciffusion.core import losses
 
     if isinstance(batch, torch.Tensor):
         return losses.denoising_loss(model, process, batch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from plugins.climate.experiment import ExperimentConfig, downscale_input, run
+from sciffusion.plugins.climate.experiment import ExperimentConfig, downscale_input, run
 
 
 def _pairs(text: str, parser: argparse.ArgumentParser) -> tuple[tuple[str, float], ...]:

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.kernels import KernelSmoothingScore
-from core.manifolds import Torus
-from core.oism import SpectralOISM
-from core.sde import pf_ode_log_likelihood, reverse_sample
+from sciffusion.core.kernels import KernelSmoothingScore
+from sciffusion.core.manifolds import Torus
+from sciffusion.core.oism import SpectralOISM
+from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample
 
 DATASETS = ("2spirals", "8gaussians", "pinwheel")
 METHODS = ("rdks", "rdks-spectral", "oism", "dks")
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="pinwheel", choices=DATASETS)
     ap.add_argument("--method", default="rdks", choices=METHODS)
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=Path("kernel_smoothing_out"),
+                    help="output folder (default: ./kernel_smoothing_out)")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--n-samples", type=int, default=1000)

@@ -57,8 +57,8 @@ def _say(args, *msg) -> None:
 
 
 def _score(args) -> int:
-    from plugins.molecules.generate import format_table, training_smiles
-    from plugins.molecules.metrics import score_sdf
+    from sciffusion.plugins.molecules.generate import format_table, training_smiles
+    from sciffusion.plugins.molecules.metrics import score_sdf
 
     metrics = score_sdf(args.score, training_smiles())
     out = Path(args.out)
@@ -69,11 +69,11 @@ def _score(args) -> int:
 
 
 def _train(args) -> int:
-    from core.training import TrainConfig
-    from plugins.molecules.data import load_qm9, pack, read_molecules, split_indices
-    from plugins.molecules.diffusion import MolDiffusion, MolDiffusionConfig
-    from plugins.molecules.model import EGNNConfig
-    from plugins.molecules.train import load_model, train
+    from sciffusion.core.training import TrainConfig
+    from sciffusion.plugins.molecules.data import load_qm9, pack, read_molecules, split_indices
+    from sciffusion.plugins.molecules.diffusion import MolDiffusion, MolDiffusionConfig
+    from sciffusion.plugins.molecules.model import EGNNConfig
+    from sciffusion.plugins.molecules.train import load_model, train
 
     if args.data.lower() == "qm9":
         data = load_qm9(max_atoms=args.max_atoms)
@@ -104,7 +104,7 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from plugins.molecules.generate import (
+    from sciffusion.plugins.molecules.generate import (
         DEFAULT_CHECKPOINT,
         EDM_PUBLISHED,
         format_table,
@@ -113,7 +113,7 @@ def _generate(args) -> int:
         training_smiles,
         write_outputs,
     )
-    from plugins.molecules.train import load_model
+    from sciffusion.plugins.molecules.train import load_model
 
     ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     model = load_model(ckpt, args.device)
@@ -140,7 +140,7 @@ def _generate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
-    from plugins.molecules.data import MolInputError
+    from sciffusion.plugins.molecules.data import MolInputError
 
     args = _parser().parse_args(argv)
     torch.set_num_threads(max(1, args.threads))

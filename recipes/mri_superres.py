@@ -61,11 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from plugins.mri.data import heldout_crop, mni_volume
-    from plugins.mri.degrade import crop_to_multiple, parse_scale
-    from plugins.mri.io import VolumeError, load_volume
-    from plugins.mri.model import default_checkpoint, load_checkpoint
-    from plugins.mri.pipeline import evaluate_reference, super_resolve_volume, write_outputs
+    from sciffusion.plugins.mri.data import heldout_crop, mni_volume
+    from sciffusion.plugins.mri.degrade import crop_to_multiple, parse_scale
+    from sciffusion.plugins.mri.io import VolumeError, load_volume
+    from sciffusion.plugins.mri.model import default_checkpoint, load_checkpoint
+    from sciffusion.plugins.mri.pipeline import (
+        evaluate_reference,
+        super_resolve_volume,
+        write_outputs,
+    )
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     if args.threads:
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         scale = parse_scale(args.scale, "--scale")
         out = Path(args.out)
         if args.train:
-            from plugins.mri.model import SRConfig
-            from plugins.mri.train import train_on_mni, train_sr
+            from sciffusion.plugins.mri.model import SRConfig
+            from sciffusion.plugins.mri.train import train_on_mni, train_sr
 
             ckpt = out / "train" / "model.pt"
             if args.train_data:

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.kernels import KernelSmoothingScore  # noqa: E402
-from core.manifolds import Circle, Sphere, sample_von_mises, sample_von_mises_fisher  # noqa: E402
-from core.oism import SpectralOISM  # noqa: E402
+from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
+from sciffusion.core.manifolds import Circle, Sphere, sample_von_mises, sample_von_mises_fisher  # noqa: E402
+from sciffusion.core.oism import SpectralOISM  # noqa: E402
 
 KAPPA = 4.0
 

@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.kernels import KernelSmoothingScore  # noqa: E402
-from core.manifolds import Torus  # noqa: E402
-from core.oism import SpectralOISM  # noqa: E402
-from core.sde import pf_ode_log_likelihood, reverse_sample  # noqa: E402
 from recipes.kernel_smoothing import DATASETS, from_box, to_box, toy_data  # noqa: E402
+from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
+from sciffusion.core.manifolds import Torus  # noqa: E402
+from sciffusion.core.oism import SpectralOISM  # noqa: E402
+from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample  # noqa: E402
 
 PUBLISHED = {  # held-out log-likelihood, Shen & Oates (rebuttal table); higher is better
     "2spirals": {"OISM(H)": -2.262, "OISM(L)": -3.150, "OISM(L)+NN": -2.337, "NN (pre-trained)": -2.289, "NN-only": -2.375},

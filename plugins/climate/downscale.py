@@ -34,7 +34,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from plugins.climate.grid import (
+from sciffusion.plugins.climate.grid import (
     block_mean_correction,
     block_upper_bound,
     check_factor,
@@ -45,10 +45,10 @@ from plugins.climate.grid import (
     match_block_means,
     scale_to_block_means,
 )
-from plugins.climate.io import ERA5_CREDIT, check_grid, load_times
-from plugins.climate.model import ClimateUNet, UNetConfig
-from plugins.climate.normalise import Normaliser, fit_normaliser
-from plugins.climate.solar import N_FEATURES, has_clock_times, solar_features
+from sciffusion.plugins.climate.io import ERA5_CREDIT, check_grid, load_times
+from sciffusion.plugins.climate.model import ClimateUNet, UNetConfig
+from sciffusion.plugins.climate.normalise import Normaliser, fit_normaliser
+from sciffusion.plugins.climate.solar import N_FEATURES, has_clock_times, solar_features
 
 FORMAT = "sciffusion-climate-downscale/2"
 FORMAT_V1 = "sciffusion-climate-downscale/1"  # per-cell mean residual, read for old checkpoints
@@ -362,7 +362,7 @@ class ResidualStrips(Dataset):
 
 def weighted_loss(model, process, batch) -> torch.Tensor:
     """Latitude-weighted denoising loss for (x0, cond, w) batches (`Trainer` loss_fn)."""
-    from core import losses
+    from sciffusion.core import losses
 
     x0, cond, w = batch
     return losses.denoising_loss(model, process, x0, cond=cond, weights=w)
@@ -380,14 +380,14 @@ class Downscaler:
         self.model = model if model is not None else ClimateUNet(UNetConfig(c, n_condition_channels(cfg), cfg.widths))
 
     def process(self):
-        from core import DiffusionProcess, get_schedule
+        from sciffusion.core import DiffusionProcess, get_schedule
 
         return DiffusionProcess(get_schedule(self.cfg.schedule), prediction=self.cfg.prediction)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write the bundle atomically; loads with torch.load(weights_only=True)."""
-        from core.checkpoint import atomic_torch_save
+        from sciffusion.core.checkpoint import atomic_torch_save
 
         state = {
             "format": FORMAT,
@@ -492,8 +492,8 @@ class Downscaler:
         sampling into inpainting (core `sample(known=, mask=)`): observed cells are kept, the
         rest is drawn.
         """
-        from core import sample as core_sample
-        from core.memory import retain_freed_memory
+        from sciffusion.core import sample as core_sample
+        from sciffusion.core.memory import retain_freed_memory
 
         retain_freed_memory()  # every step frees and reallocates the same activations
         proc, dev = self.process(), torch.device(device or "cpu")
@@ -555,7 +555,7 @@ def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_di
           steps: int = 2500, batch_size: int = 8, lr: float = 7e-4, seed: int = 0,
           progress: bool = False, checkpoint_every: int = 200, device: str | None = None) -> Downscaler:
     """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle."""
-    from core.training import TrainConfig, Trainer
+    from sciffusion.core.training import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     bundle, data = build(ds, cfg, train_idx)

@@ -17,22 +17,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import atomic_write_text
-from plugins.climate import figures, output
-from plugins.climate.baselines import StatisticalDownscaler
-from plugins.climate.downscale import (
+from sciffusion.core.checkpoint import atomic_write_text
+from sciffusion.plugins.climate import figures, output
+from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.downscale import (
     DownscaleConfig,
     Downscaler,
     Grids,
     rows_in_every_alignment,
     train,
 )
-from plugins.climate.grid import check_factor, trim_to_factor
-from plugins.climate.infill import coarsen_observed, fill_gaps
-from plugins.climate.io import ERA5_CREDIT, load_times, open_fields
-from plugins.climate.metrics import score_all
-from plugins.climate.normalise import is_precipitation
-from plugins.climate.solar import has_clock_times
+from sciffusion.plugins.climate.grid import check_factor, trim_to_factor
+from sciffusion.plugins.climate.infill import coarsen_observed, fill_gaps
+from sciffusion.plugins.climate.io import ERA5_CREDIT, load_times, open_fields
+from sciffusion.plugins.climate.metrics import score_all
+from sciffusion.plugins.climate.normalise import is_precipitation
+from sciffusion.plugins.climate.solar import has_clock_times
 
 SHIPPED = Path(__file__).parent / "checkpoints" / "era5_sample_x4.pt"
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "msl", "tp")

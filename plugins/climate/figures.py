@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from plugins.climate.metrics import zonal_spectrum
+from sciffusion.plugins.climate.metrics import zonal_spectrum
 
 
 def _save(fig, path: Path) -> Path:

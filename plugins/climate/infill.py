@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 
-from plugins.climate.downscale import Downscaler
-from plugins.climate.grid import coarsen
+from sciffusion.plugins.climate.downscale import Downscaler
+from sciffusion.plugins.climate.grid import coarsen
 
 
 def coarsen_observed(fields: np.ndarray, lat: np.ndarray, factor: int) -> np.ndarray:

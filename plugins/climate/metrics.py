@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.climate.grid import lat_weights
+from sciffusion.plugins.climate.grid import lat_weights
 
 
 def _wmean(field: np.ndarray, w: np.ndarray) -> float:

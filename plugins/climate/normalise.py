@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from plugins.climate.grid import lat_weights
+from sciffusion.plugins.climate.grid import lat_weights
 
 PRECIP_NAMES = ("tp", "pr", "precip", "precipitation", "tprate", "mtpr", "prcp", "rain")
 

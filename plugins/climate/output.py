@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from plugins.climate.io import ERA5_CREDIT
+from sciffusion.plugins.climate.io import ERA5_CREDIT
 
 CONVENTIONS = "CF-1.8"
 

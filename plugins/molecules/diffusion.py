@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from core.categorical import CategoricalProcess
-from core.process import DiffusionProcess
-from core.samplers import sample as core_sample
-from core.schedules import Schedule, available_schedules, get_schedule, register_schedule
+from sciffusion.core.categorical import CategoricalProcess
+from sciffusion.core.process import DiffusionProcess
+from sciffusion.core.samplers import sample as core_sample
+from sciffusion.core.schedules import Schedule, available_schedules, get_schedule, register_schedule
 
 from .geometry import centered_noise, fully_connected_edges, graph_sizes, remove_mean
 from .model import EGNN, EGNNConfig

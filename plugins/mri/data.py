@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plugins.mri.degrade import crop_to_multiple, degrade, upsample
-from plugins.mri.io import Volume
-from plugins.mri.model import SRConfig, space_to_depth
-from plugins.mri.transforms import PercentileScaler, foreground_mask
+from sciffusion.plugins.mri.degrade import crop_to_multiple, degrade, upsample
+from sciffusion.plugins.mri.io import Volume
+from sciffusion.plugins.mri.model import SRConfig, space_to_depth
+from sciffusion.plugins.mri.transforms import PercentileScaler, foreground_mask
 
 # Held-out evaluation slab of the 1 mm MNI152 template: array axis 1 (posterior -> anterior),
 # indices [112, 160) (y = -22 .. +25 mm), never seen in training; a guard band of GUARD voxels on

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import Tensor
 
-from core.memory import retain_freed_memory
-from plugins.mri.degrade import upsample
-from plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
-from plugins.mri.transforms import PercentileScaler
+from sciffusion.core.memory import retain_freed_memory
+from sciffusion.plugins.mri.degrade import upsample
+from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
+from sciffusion.plugins.mri.transforms import PercentileScaler
 
 SAMPLERS = ("dpmpp_2m", "ddim", "heun", "ddpm", "euler_maruyama")
 
@@ -121,9 +121,9 @@ def super_resolve(
     variance has 3 degrees of freedom, so the variance is pooled over a Gaussian neighbourhood of
     `std_sigma` refined voxels, `std = sqrt(G_sigma * var_K)` (`std_sigma=0`: per voxel).
     """
-    from core.process import DiffusionProcess
-    from core.samplers import sample
-    from core.schedules import get_schedule
+    from sciffusion.core.process import DiffusionProcess
+    from sciffusion.core.samplers import sample
+    from sciffusion.core.schedules import get_schedule
 
     cfg = model.config
     if method not in SAMPLERS:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.mri.degrade import crop_to_multiple, degrade
-from plugins.mri.figures import nearest_up, slice_figure
-from plugins.mri.infer import SRResult, super_resolve
-from plugins.mri.io import Volume, VolumeError, lr_affine, save_volume, sr_affine
-from plugins.mri.metrics import evaluate, uncertainty_correlation
-from plugins.mri.model import SRDenoiser
-from plugins.mri.transforms import foreground_mask
+from sciffusion.plugins.mri.degrade import crop_to_multiple, degrade
+from sciffusion.plugins.mri.figures import nearest_up, slice_figure
+from sciffusion.plugins.mri.infer import SRResult, super_resolve
+from sciffusion.plugins.mri.io import Volume, VolumeError, lr_affine, save_volume, sr_affine
+from sciffusion.plugins.mri.metrics import evaluate, uncertainty_correlation
+from sciffusion.plugins.mri.model import SRDenoiser
+from sciffusion.plugins.mri.transforms import foreground_mask
 
 MAX_OUTPUT_VOXELS = 2**28
 

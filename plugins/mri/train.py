@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.mri.data import PatchDataset, make_pair
-from plugins.mri.model import SRConfig, SRDenoiser, save_checkpoint
+from sciffusion.plugins.mri.data import PatchDataset, make_pair
+from sciffusion.plugins.mri.model import SRConfig, SRDenoiser, save_checkpoint
 
 
 def residual_scale(hr_volumes: list[np.ndarray], config: SRConfig) -> float:
@@ -50,9 +50,9 @@ def train_sr(
     restrict where patches may come from (e.g. everything but a held-out slab). The EMA weights
     are written with `save_checkpoint` to `export` (default `out_dir/model.pt`).
     """
-    from core.process import DiffusionProcess
-    from core.schedules import get_schedule
-    from core.training import TrainConfig, Trainer
+    from sciffusion.core.process import DiffusionProcess
+    from sciffusion.core.schedules import get_schedule
+    from sciffusion.core.training import TrainConfig, Trainer
 
     pairs = [make_pair(v, config) for v in hr_volumes]
     dataset = PatchDataset(pairs, config, regions=regions, seed=seed)
@@ -81,8 +81,8 @@ def train_on_mni(scale: tuple[int, int, int], out_dir: str | Path, steps: int = 
     Patches cover 48 high-res voxels along each down-sampled axis (24 low-res voxels at 2x, 12 at 4x,
     rounded down to a multiple of 4) and 32 voxels along the others.
     """
-    from plugins.mri.data import mni_volume, training_region
-    from plugins.mri.degrade import crop_to_multiple
+    from sciffusion.plugins.mri.data import mni_volume, training_region
+    from sciffusion.plugins.mri.degrade import crop_to_multiple
 
     scale = tuple(int(f) for f in scale)
     patch = tuple(32 if f == 1 else max(4, (48 // f) // 4 * 4) for f in scale)

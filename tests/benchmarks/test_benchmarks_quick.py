@@ -55,7 +55,7 @@ def test_quick_mode_leaves_the_measured_tables_alone(tmp_path, monkeypatch):
 def test_peers_share_the_core_process():
     """Discrete timestep k of diffusers/MONAI (trained_betas = betas(1000)) is the core's t = (k + 1) / 1000."""
     from benchmarks.sampler_accuracy import DiscreteTable, peer_scheduler
-    from core import get_schedule
+    from sciffusion.core import get_schedule
 
     for name in ("cosine", "linear"):
         table, sch = DiscreteTable(name), get_schedule(name)
@@ -89,7 +89,7 @@ def test_distances_vanish_on_identical_samples_and_see_a_shift():
 
 def test_dense_peer_agrees_with_kernel_smoothing_score():
     from benchmarks.kernel_scaling import dense_dks_score
-    from core.kernels import KernelSmoothingScore
+    from sciffusion.core.kernels import KernelSmoothingScore
 
     g = torch.Generator().manual_seed(1)
     data = torch.randn(3000, 2, generator=g, dtype=torch.float64)

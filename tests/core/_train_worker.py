@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
-    from core.training import TrainConfig, Trainer
+    from sciffusion.core.training import TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = ToyMLP(hidden=32)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         data = JitteredPoints(gaussian_mixture(200, seed=5))
         loss_fn = noisy_loss
         if args.loss == "default":
-            from core import DiffusionProcess, get_schedule
+            from sciffusion.core import DiffusionProcess, get_schedule
 
             process, loss_fn = DiffusionProcess(get_schedule("cosine"), prediction="eps"), None
     calls = [0]
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             (Path(args.out) / "HANG").touch()
             time.sleep(600)
         if base is None:
-            from core.training import denoising_loss_fn
+            from sciffusion.core.training import denoising_loss_fn
 
             return denoising_loss_fn(model, proc, batch)
         return base(model, proc, batch)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from core import DiffusionProcess, GaussianMixture
+from sciffusion.core import DiffusionProcess, GaussianMixture
 
 
 def gaussian_exact_ode(gm: GaussianMixture, proc: DiffusionProcess, x_t: torch.Tensor, t: float, s: float) -> torch.Tensor:

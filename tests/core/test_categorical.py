@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.categorical import CategoricalProcess
+from sciffusion.core.categorical import CategoricalProcess
 
 K = 5
 MARGINAL = torch.tensor([0.5, 0.3, 0.1, 0.07, 0.03])

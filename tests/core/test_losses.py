@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from core import DiffusionProcess, GaussianMixture, log_likelihood, losses
+from sciffusion.core import DiffusionProcess, GaussianMixture, log_likelihood, losses
 from tests.core.conftest import gaussian_2d, gaussian_16d
 
 
@@ -103,7 +103,7 @@ def test_elbo_bounds_the_exact_nll_and_tightens_with_more_steps():
 
 
 def test_discretized_decoder_is_a_probability_over_bins():
-    from core.elbo import _discretized_log_likelihood
+    from sciffusion.core.elbo import _discretized_log_likelihood
 
     w = 2 / 255
     centres = torch.linspace(-1, 1, 256, dtype=torch.float64)

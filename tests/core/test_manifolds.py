@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.manifolds import (
+from sciffusion.core.manifolds import (
     Circle,
     Euclidean,
     Sphere,
@@ -17,7 +17,7 @@ from core.manifolds import (
     sample_von_mises_fisher,
     sphere_log_parametrix,
 )
-from core.sde import (
+from sciffusion.core.sde import (
     BrownianMotion,
     GeneralSDE,
     OrnsteinUhlenbeck,
@@ -276,7 +276,7 @@ def test_general_sde_euler_maruyama_ou_and_matrix_noise():
 
 
 def test_ou_maps_to_core_vp_schedules_and_drives_core_sampler():
-    from core import DiffusionProcess, get_schedule, sample
+    from sciffusion.core import DiffusionProcess, get_schedule, sample
 
     sched = get_schedule("cosine")
     s = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
@@ -332,7 +332,7 @@ def test_reverse_sampler_with_exact_score_on_circle_and_errors():
 def test_pf_ode_log_likelihood_heat_and_ou():
     from scipy.special import ive
 
-    from core.sde import pf_ode_log_likelihood
+    from sciffusion.core.sde import pf_ode_log_likelihood
 
     kap = 2.0
     ks = torch.arange(1, 40, dtype=F64)

@@ -10,7 +10,7 @@ _CHURN = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 if {retain}:
-    from core.memory import retain_freed_memory
+    from sciffusion.core.memory import retain_freed_memory
     assert retain_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.special import eval_legendre, ive
 
-from core.manifolds import (
+from sciffusion.core.manifolds import (
     Circle,
     Euclidean,
     Sphere,
@@ -15,7 +15,7 @@ from core.manifolds import (
     sample_von_mises,
     sample_von_mises_fisher,
 )
-from core.oism import (
+from sciffusion.core.oism import (
     SpectralOISM,
     fourier_moments,
     gradient_variance_closed_form,
@@ -226,7 +226,7 @@ def test_dsm_oism_gradient_variance_ratio_against_closed_form():
 
 # ---------------------------------------------------------------- neural-network variants
 def test_residual_and_pretrain_losses():
-    from core import DiffusionProcess, get_schedule
+    from sciffusion.core import DiffusionProcess, get_schedule
 
     g = torch.Generator().manual_seed(6)
     mu, s0 = torch.tensor([1.0, -1.0]), torch.tensor([0.5, 0.5])
@@ -284,7 +284,7 @@ def test_bad_input_errors():
 
 
 def test_many_distinct_times_are_interpolated_in_log_t(monkeypatch):
-    import core.oism as oism_mod
+    import sciffusion.core.oism as oism_mod
 
     g = torch.Generator().manual_seed(8)
     X = (0.5 * torch.randn(500, 2, generator=g, dtype=F64) + 3) % (2 * math.pi)

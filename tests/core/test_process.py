@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core import DiffusionProcess, get_schedule
-from core.process import PREDICTIONS
+from sciffusion.core import DiffusionProcess, get_schedule
+from sciffusion.core.process import PREDICTIONS
 
 
 def _t(b, value, dtype=torch.float64):

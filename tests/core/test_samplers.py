@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from core import DiffusionProcess, GaussianMixture, available_samplers, sample
-from core.inpainting import smc_inpaint
+from sciffusion.core import DiffusionProcess, GaussianMixture, available_samplers, sample
+from sciffusion.core.inpainting import smc_inpaint
 from tests.core.conftest import gaussian_2d, gaussian_16d, gaussian_exact_ode
 
 BUDGET = {"ddpm": 200, "euler_maruyama": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20}

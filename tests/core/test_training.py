@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import DiffusionProcess, get_schedule, sample
-from core.checkpoint import list_checkpoints, load_checkpoint
-from core.training import TrainConfig, Trainer
+from sciffusion.core import DiffusionProcess, get_schedule, sample
+from sciffusion.core.checkpoint import list_checkpoints, load_checkpoint
+from sciffusion.core.training import TrainConfig, Trainer
 from tests.core import _train_worker
 from tests.core._train_worker import ToyMLP, gaussian_mixture
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from plugins.climate.downscale import Downscaler
-from plugins.climate.grid import coarsen, coarsen_dataset
-from plugins.climate.io import open_fields
 from recipes.climate_downscale import main
+from sciffusion.plugins.climate.downscale import Downscaler
+from sciffusion.plugins.climate.grid import coarsen, coarsen_dataset
+from sciffusion.plugins.climate.io import open_fields
 from tests.plugins.climate.conftest import make_fine
 
 SMALL = ["--train-steps", "3", "--widths", "8,8,8", "--batch-size", "4", "--holdout", "2",

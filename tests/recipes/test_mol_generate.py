@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from plugins.molecules.generate import DEFAULT_CHECKPOINT
-from plugins.molecules.train import load_model
 from recipes.mol_generate import main
+from sciffusion.plugins.molecules.generate import DEFAULT_CHECKPOINT
+from sciffusion.plugins.molecules.train import load_model
 
 SMILES = "CCO\nCC(=O)O\nc1ccoc1\nCN\nOCCO\nC#N\nCOC\nCC=O\nC1CC1\nCNC=O\nnot_a_smiles\n"
 

@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.mri.io import sr_affine
-from plugins.mri.model import SRDenoiser, default_checkpoint, load_checkpoint, save_checkpoint
 from recipes.mri_superres import main
+from sciffusion.plugins.mri.io import sr_affine
+from sciffusion.plugins.mri.model import (
+    SRDenoiser,
+    default_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tests.plugins.mri.conftest import phantom, tiny_config
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]

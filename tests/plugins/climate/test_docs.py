@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.climate.experiment import SHIPPED
+from sciffusion.plugins.climate.experiment import SHIPPED
 from tests.doc_examples import run_markdown_examples
 
 
@@ -18,8 +18,8 @@ def test_climate_page_examples_run(tmp_path):
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped checkpoint is not in this checkout")
 def test_shipped_checkpoint_is_small_and_fits_the_era5_sample():
-    from plugins.climate import Downscaler, open_fields
-    from plugins.climate.grid import trim_to_factor
+    from sciffusion.plugins.climate import Downscaler, open_fields
+    from sciffusion.plugins.climate.grid import trim_to_factor
 
     assert SHIPPED.stat().st_size < 20e6
     bundle = Downscaler.load(SHIPPED)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.climate.baselines import StatisticalDownscaler
-from plugins.climate.downscale import (
+from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.downscale import (
     RIDGE,
     Alignment,
     DownscaleConfig,
@@ -23,10 +23,10 @@ from plugins.climate.downscale import (
     residual_features,
     train,
 )
-from plugins.climate.infill import coarsen_observed, fill_by_neighbours, fill_gaps
-from plugins.climate.io import load_times, open_fields
-from plugins.climate.normalise import fit_normaliser
-from plugins.climate.solar import solar_features
+from sciffusion.plugins.climate.infill import coarsen_observed, fill_by_neighbours, fill_gaps
+from sciffusion.plugins.climate.io import load_times, open_fields
+from sciffusion.plugins.climate.normalise import fit_normaliser
+from sciffusion.plugins.climate.solar import solar_features
 from tests.plugins.climate.conftest import make_fine
 
 VARS = ("t2m", "u10", "tp")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
-from plugins.climate.grid import (
+from sciffusion.plugins.climate.grid import (
     block_mean_correction,
     block_upper_bound,
     check_factor,

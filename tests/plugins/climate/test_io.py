@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from plugins.climate.downscale import DownscaleConfig, Grids, ResidualStrips, fit_residual_stats
-from plugins.climate.io import check_grid, load_times, open_fields
-from plugins.climate.normalise import fit_normaliser
+from sciffusion.plugins.climate.downscale import (
+    DownscaleConfig,
+    Grids,
+    ResidualStrips,
+    fit_residual_stats,
+)
+from sciffusion.plugins.climate.io import check_grid, load_times, open_fields
+from sciffusion.plugins.climate.normalise import fit_normaliser
 from tests.plugins.climate.conftest import make_fine
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.climate.metrics import fair_crps, rmse, spectral_error, spread_skill, zonal_spectrum
+from sciffusion.plugins.climate.metrics import (
+    fair_crps,
+    rmse,
+    spectral_error,
+    spread_skill,
+    zonal_spectrum,
+)
 
 LAT = np.array([-45.0, 45.0])  # two rows with equal weights (1, 1)
 
@@ -29,7 +35,7 @@ def test_fair_crps_matches_brute_force_with_lat_weights():
     k = 5
     skill = np.abs(ens - truth).mean(0)
     pairs = np.abs(ens[:, None] - ens[None]).sum((0, 1)) / (2 * k * (k - 1))
-    from plugins.climate.grid import lat_weights
+    from sciffusion.plugins.climate.grid import lat_weights
 
     w = lat_weights(lat)[None, :, None]
     assert fair_crps(ens, truth, lat) == pytest.approx(float(((skill - pairs) * w).mean()))
@@ -44,7 +50,7 @@ def test_fair_crps_is_unbiased_for_a_perfect_gaussian_ensemble():
 
 def test_rmse_of_ensemble_mean_with_weights():
     lat = np.array([-30.0, 60.0])
-    from plugins.climate.grid import lat_weights
+    from sciffusion.plugins.climate.grid import lat_weights
 
     w = lat_weights(lat)
     ens = np.zeros((2, 1, 2, 1))

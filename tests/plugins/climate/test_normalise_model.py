@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.climate.io import open_fields
-from plugins.climate.model import ClimateUNet, UNetConfig, pad_sphere
-from plugins.climate.normalise import Normaliser, fit_normaliser, is_precipitation
+from sciffusion.plugins.climate.io import open_fields
+from sciffusion.plugins.climate.model import ClimateUNet, UNetConfig, pad_sphere
+from sciffusion.plugins.climate.normalise import Normaliser, fit_normaliser, is_precipitation
 
 
 def test_normaliser_fits_weighted_stats_and_round_trips(fine_ds):
@@ -22,7 +22,7 @@ def test_normaliser_fits_weighted_stats_and_round_trips(fine_ds):
     x = np.stack([ds[v].values[:4] for v in ("t2m", "u10", "tp")], axis=1).astype(np.float64)
     z = norm.forward(x)
     # weighted mean 0 / std 1 over the training times
-    from plugins.climate.grid import lat_weights
+    from sciffusion.plugins.climate.grid import lat_weights
 
     w = lat_weights(ds["latitude"].values)[None, :, None]
     for c in range(3):

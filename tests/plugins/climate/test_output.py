@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from plugins.climate.io import ERA5_CREDIT, open_fields
-from plugins.climate.output import ensemble_dataset, write
+from sciffusion.plugins.climate.io import ERA5_CREDIT, open_fields
+from sciffusion.plugins.climate.output import ensemble_dataset, write
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])

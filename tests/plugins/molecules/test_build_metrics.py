@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plugins.molecules.build import (
+from sciffusion.plugins.molecules.build import (
     bond_matrix,
     bond_order,
     canonical_smiles,
@@ -14,8 +14,8 @@ from plugins.molecules.build import (
     write_grid,
     write_sdf,
 )
-from plugins.molecules.data import load_qm9
-from plugins.molecules.metrics import atom_stable, evaluate, score_sdf
+from sciffusion.plugins.molecules.data import load_qm9
+from sciffusion.plugins.molecules.metrics import atom_stable, evaluate, score_sdf
 
 RDKIT = Path(__import__("rdkit").__file__).parent
 EGFR = RDKIT / "Contrib" / "PBF" / "testData" / "egfr.sdf"

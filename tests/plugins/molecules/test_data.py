@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plugins.molecules.data import (
+from sciffusion.plugins.molecules.data import (
     MolInputError,
     load_qm9,
     pack,

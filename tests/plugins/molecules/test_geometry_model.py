@@ -2,15 +2,19 @@
 
 import torch
 
-from plugins.molecules.diffusion import MolDiffusion, MolDiffusionConfig, log_normal_zero_com
-from plugins.molecules.geometry import (
+from sciffusion.plugins.molecules.diffusion import (
+    MolDiffusion,
+    MolDiffusionConfig,
+    log_normal_zero_com,
+)
+from sciffusion.plugins.molecules.geometry import (
     centered_noise,
     fully_connected_edges,
     random_rotation,
     remove_mean,
     scatter_mean,
 )
-from plugins.molecules.model import EGNN, EGNNConfig
+from sciffusion.plugins.molecules.model import EGNN, EGNNConfig
 
 
 def _batch(sizes):

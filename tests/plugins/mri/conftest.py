@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.mri.model import SRConfig, SRDenoiser, save_checkpoint
+from sciffusion.plugins.mri.model import SRConfig, SRDenoiser, save_checkpoint
 
 
 def phantom(shape=(32, 32, 32), seed=0) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.mri.degrade import degrade, parse_scale, upsample
-from plugins.mri.io import load_volume
-from plugins.mri.transforms import PercentileScaler, foreground_mask, hu_window, to_ras
+from sciffusion.plugins.mri.degrade import degrade, parse_scale, upsample
+from sciffusion.plugins.mri.io import load_volume
+from sciffusion.plugins.mri.transforms import PercentileScaler, foreground_mask, hu_window, to_ras
 
 
 @pytest.mark.parametrize("text, expected", [(2, (2, 2, 2)), ("2", (2, 2, 2)), ("1,1,4", (1, 1, 4)),

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.mri.data import PatchDataset, heldout_crop, make_pair, training_region
-from plugins.mri.infer import WindowedDenoiser, super_resolve
-from plugins.mri.model import load_checkpoint
+from sciffusion.plugins.mri.data import PatchDataset, heldout_crop, make_pair, training_region
+from sciffusion.plugins.mri.infer import WindowedDenoiser, super_resolve
+from sciffusion.plugins.mri.model import load_checkpoint
 from tests.plugins.mri.conftest import phantom, tiny_config
 
 
@@ -67,7 +67,7 @@ def test_patch_dataset_respects_the_held_out_region():
 
 
 def test_train_resume_and_export(tmp_path):
-    from plugins.mri.train import train_sr
+    from sciffusion.plugins.mri.train import train_sr
 
     cfg = tiny_config((2, 2, 2))
     vols = [phantom((32, 32, 32), seed=s) for s in (0, 1)]

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from plugins.mri.io import VolumeError, load_volume, lr_affine, save_volume, sr_affine
+from sciffusion.plugins.mri.io import VolumeError, load_volume, lr_affine, save_volume, sr_affine
 
 
 def test_nifti_round_trip_is_exact(nifti, tmp_path):

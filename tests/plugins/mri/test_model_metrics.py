@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.mri.metrics import evaluate, psnr, ssim, uncertainty_correlation
-from plugins.mri.model import (
+from sciffusion.plugins.mri.metrics import evaluate, psnr, ssim, uncertainty_correlation
+from sciffusion.plugins.mri.model import (
     SRConfig,
     SRDenoiser,
     depth_to_space,
