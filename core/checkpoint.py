@@ -20,6 +20,7 @@ import os
 import random
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -282,5 +283,21 @@ def restore_rng(state: Mapping[str, Any]) -> None:
             state["python_gauss"],
         )
     )
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    restore_cuda_rng(list(state.get("cuda") or []))
+
+
+def restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """Restore the saved CUDA generator of every GPU that exists here; say which streams could not be.
+
+    A run resumed with fewer visible GPUs continues the streams of the GPUs it has; the others'
+    states are dropped (with a warning), and new GPUs keep their current streams.
+    """
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, s in enumerate(states[:visible]):
+        torch.cuda.set_rng_state(s, index)
+    if len(states) != visible and (states or visible):
+        warnings.warn(
+            f"the checkpoint holds CUDA random states for {len(states)} GPU(s) and {visible} are visible: "
+            f"{min(len(states), visible)} restored, the rest start from their current state",
+            stacklevel=3,
+        )

@@ -44,17 +44,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialise the process group when torchrun asks for one."""
+def init_distributed(device_type: str = "cpu") -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialise the process group when torchrun asks for one.
+
+    The backend follows the run's device: NCCL for a CUDA run, Gloo otherwise (a CPU run on a
+    machine with GPUs included). A CUDA run takes one GPU per process, so `torchrun` asking for more
+    processes per node than there are visible GPUs is an error that says so.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1 and not dist.is_initialized():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
+        if device_type == "cuda":
+            visible = torch.cuda.device_count()
+            if local_rank >= visible:
+                local_world = os.environ.get("LOCAL_WORLD_SIZE", "?")
+                raise RuntimeError(
+                    f"torchrun started {local_world} processes on this node but only {visible} GPU(s) are "
+                    f"visible: use --nproc_per_node={visible}, or train on the CPU (device='cpu')"
+                )
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        return dist.get_rank(), dist.get_world_size(), local_rank
     return 0, 1, 0
 
 

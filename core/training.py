@@ -22,8 +22,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ from sciffusion.core.checkpoint import (
 )
 from sciffusion.core.data import BatchStream, init_distributed, seed_everything, to_device
 from sciffusion.core.ema import EMA, decay_from_half_life
-from sciffusion.core.memory import retain_freed_memory
 
 __all__ = [
     "CheckpointError",
@@ -82,9 +81,11 @@ class TrainConfig:
     `batch_size` is per process and micro-batch: under `torchrun --nproc_per_node=W` a step sees
     `W * grad_accum * batch_size` examples (gradients of `grad_accum` micro-batches are averaged). `ema_decay` (beta) and `ema_half_life` (h steps, beta = 0.5 ** (1/h)) are
     alternatives; with neither, beta = 0.999. `precision="auto"` is bf16 autocast on CUDA
-    (fp16 with a gradient scaler where bf16 is missing) and fp32 elsewhere; the master weights
+    where the GPU has native bf16 (fp16 with a gradient scaler elsewhere) and fp32 on the CPU; the master weights
     are always fp32. `lr_schedule` multiplies `lr` by `(s + 1) / warmup_steps` during warm-up,
     then by 1 ("constant"), or decays to `min_lr_ratio` by the last step ("cosine", "linear").
+    `device` is where the run trains (default: CUDA when present, one GPU per process under
+    torchrun); `tf32` allows TF32 matmuls on Ampere and newer GPUs during `fit` only.
     """
 
     steps: int = 1000
@@ -108,6 +109,7 @@ class TrainConfig:
     out_dir: str = "runs/default"
     num_workers: int = 0
     device: str | None = None
+    tf32: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
@@ -224,18 +226,67 @@ def load_weights(model: nn.Module, path: str | Path, ema: bool = True) -> nn.Mod
 
 
 # ----------------------------------------------------------------------------- helpers
-_NO_BAD_STEP = 2**62
+_NEVER = 2**62  # "no failing step yet"
 
 
-def _flag_first(bad: torch.Tensor, ok: torch.Tensor, code: int) -> torch.Tensor:
-    """Keep the first failure code (2 * step + kind) on the device, without a host sync."""
-    return torch.where(ok | (bad < _NO_BAD_STEP), bad, torch.full_like(bad, code))
+def _first_failure(first: torch.Tensor, ok: torch.Tensor, step: int) -> torch.Tensor:
+    """The first step at which `ok` was false, kept on the device without a host sync."""
+    return torch.where(ok | (first < _NEVER), first, torch.full_like(first, step))
 
 
+class _Window:
+    """What the Trainer accumulates between two log lines, as device tensors."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.bad_loss = torch.full((), _NEVER, dtype=torch.int64, device=device)
+        self.bad_grad = torch.full((), _NEVER, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norm: torch.Tensor | None = None
+        self.steps = 0
+        self.t_start = self.t_window = time.perf_counter()
+
+    def record(self, step: int, epoch: int, lr: float, mean: Callable[[torch.Tensor], float]) -> dict[str, Any]:
+        """The log line of the window (mean loss across ranks, throughput), then start a new window."""
+        now = time.perf_counter()
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": mean(self.loss_sum / self.steps),
+            "lr": lr,
+            "steps_per_sec": self.steps / max(now - self.t_window, 1e-9),
+            "time": now - self.t_start,
+        }
+        if self.grad_norm is not None:
+            record["grad_norm"] = float(self.grad_norm)
+        self.loss_sum.zero_()
+        self.steps, self.t_window = 0, now
+        return record
 
 
+@contextmanager
+def _tf32(device: torch.device, enabled: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on Ampere and newer GPUs for the duration of a run, then restored."""
+    if device.type != "cuda" or not enabled:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
-# ----------------------------------------------------------------------------- the trainer
+
+def _run_device(requested: str | None, local_rank: int) -> torch.device:
+    """The device of a run: `requested` ("cpu", "cuda", "cuda:1"), else CUDA when present; one GPU per process."""
+    kind = torch.device(requested).type if requested is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind != "cuda":
+        return torch.device(requested or "cpu")
+    if requested is not None and torch.device(requested).index is not None:
+        return torch.device(requested)
+    return torch.device("cuda", local_rank)
+
+
 class Trainer:
     """Train `model` on `data` with loss `loss_fn(model, process, batch) -> scalar` (see module doc).
 
@@ -260,13 +311,8 @@ class Trainer:
         self.cfg, self.process = cfg, process
         self.loss_fn = loss_fn or denoising_loss_fn
         self.progress = progress
-        self.rank, self.world_size, local_rank = init_distributed()
-        if cfg.device is not None:
-            self.device = torch.device(cfg.device)
-        elif torch.cuda.is_available():
-            self.device = torch.device("cuda", local_rank)
-        else:
-            self.device = torch.device("cpu")
+        self.device = _run_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.rank, self.world_size, _ = init_distributed(self.device.type)
         self.out_dir = Path(cfg.out_dir)
         self.model = model.to(self.device)
         if self.world_size > 1:
@@ -285,6 +331,7 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
         self.precision = self._resolve_precision()
+        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.data = BatchStream(
             dataset, cfg, collate_fn, self.rank, self.world_size, pin=self.device.type == "cuda"
@@ -307,7 +354,8 @@ class Trainer:
         if p == "auto":
             if self.device.type != "cuda":
                 return "fp32"
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # emulated bf16 (V100, T4) is slower than fp16 with a gradient scaler
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return p
 
     # ------------------------------------------------------------------ checkpoints
@@ -419,10 +467,26 @@ class Trainer:
 
         With `resume`, continue from the newest good checkpoint in `out_dir` (a fresh start if
         there is none); a fresh start seeds torch, numpy and `random` with `seed + rank`.
-        Raises `NonFiniteLossError` naming the first step whose loss was NaN or infinite; no
-        checkpoint is written after it.
+        Raises `NonFiniteLossError` naming the first step whose loss (or gradient norm) was NaN or
+        infinite; no checkpoint is written after it.
         """
-        cfg = self.cfg
+        self._start(resume)
+        window = _Window(self.device)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.progress and self.is_main and sys.stderr.isatty()))
+        try:
+            with _tf32(self.device, self.cfg.tf32):
+                while self.step < self.cfg.steps:
+                    lr_used = self._optimiser_step(window)
+                    bar.update(1)
+                    self._end_of_step(window, lr_used, bar)
+        finally:
+            bar.close()
+        if self.is_main:
+            self.plot_loss()
+
+    def _start(self, resume: bool) -> None:
+        """Resume from the newest good checkpoint, or seed a fresh run; write `config.json`."""
         found = self._resume_point() if resume else None
         if found is not None:
             self.load(*found)
@@ -438,89 +502,56 @@ class Trainer:
                     f"{self.out_dir} already holds checkpoints of a run (newest {stale[-1].name}); "
                     "pass resume=True to continue it, or choose another out_dir"
                 )
-            seed_everything(cfg.seed + self.rank)
+            seed_everything(self.cfg.seed + self.rank)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.to_json(self.out_dir / "config.json")
+            self.cfg.to_json(self.out_dir / "config.json")
             self._trim_metrics(self.step)
         self.model.train()
-        retain_freed_memory()  # each step frees and reallocates the same activations on the CPU
-        dev = self.device
-        bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=dev)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        window, t_window, t_start = 0, time.perf_counter(), time.perf_counter()
-        grad_norm: torch.Tensor | None = None
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (self.progress and self.is_main and sys.stderr.isatty()),
-        )
-        try:
-            while self.step < cfg.steps:
-                for micro in range(cfg.grad_accum):
-                    # DDP all-reduces the gradients once, on the last micro-batch of the step
-                    last = micro == cfg.grad_accum - 1
-                    sync = (
-                        self.train_model.no_sync()
-                        if self.world_size > 1 and not last
-                        else nullcontext()
-                    )
-                    with sync:
-                        loss_d = self._forward_backward(self.data.next(), autocast_dtype)
-                    # recorded on the device, checked at the next sync point: no host sync per step
-                    bad_step = _flag_first(bad_step, torch.isfinite(loss_d), 2 * (self.step + 1))
-                    loss_sum += loss_d / cfg.grad_accum
-                if cfg.grad_clip is not None:
-                    if self.scaler is not None:
-                        self.scaler.unscale_(self.optimizer)
-                    grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                    if (
-                        self.scaler is None
-                    ):  # a NaN gradient with a finite loss corrupts the weights too
-                        bad_step = _flag_first(
-                            bad_step, torch.isfinite(grad_norm), 2 * (self.step + 1) + 1
-                        )
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                lr_used = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                self.ema.update(self.model)
-                self.step += 1
-                window += 1
-                bar.update(1)
-                ckpt_now = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
-                if ckpt_now or self.step % cfg.log_every == 0:
-                    self._check_finite(bad_step)
-                    now = time.perf_counter()
-                    mean_loss = self._mean_across_ranks(loss_sum / window)
-                    record = {
-                        "step": self.step,
-                        "epoch": self.data.epoch,
-                        "loss": mean_loss,
-                        "lr": lr_used,
-                        "steps_per_sec": window / max(now - t_window, 1e-9),
-                        "time": now - t_start,
-                    }
-                    if grad_norm is not None:
-                        record["grad_norm"] = float(grad_norm)
-                    if self.is_main:
-                        self._log(record)
-                        bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
-                    loss_sum.zero_()
-                    window, t_window = 0, now
-                if ckpt_now:
-                    self.save()
-        finally:
-            bar.close()
-        if self.is_main:
-            self.plot_loss()
+
+    def _optimiser_step(self, window: _Window) -> float:
+        """One optimiser step over `grad_accum` micro-batches; returns the learning rate it used."""
+        cfg = self.cfg
+        step = self.step + 1
+        for micro in range(cfg.grad_accum):
+            # DDP all-reduces the gradients once, on the last micro-batch of the step
+            last = micro == cfg.grad_accum - 1
+            sync = self.train_model.no_sync() if self.world_size > 1 and not last else nullcontext()
+            with sync:
+                loss = self._forward_backward(self.data.next(), self._autocast_dtype)
+            # recorded on the device, checked at the next log point: no host sync per step
+            window.bad_loss = _first_failure(window.bad_loss, torch.isfinite(loss), step)
+            window.loss_sum += loss / cfg.grad_accum
+        if cfg.grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            window.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if self.scaler is None:  # a NaN gradient with a finite loss corrupts the weights too
+                window.bad_grad = _first_failure(window.bad_grad, torch.isfinite(window.grad_norm), step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step = step
+        window.steps += 1
+        return lr_used
+
+    def _end_of_step(self, window: _Window, lr_used: float, bar: tqdm) -> None:
+        """Every `log_every` steps check for failures and log; every `checkpoint_every`, save."""
+        checkpoint_now = self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps
+        if checkpoint_now or self.step % self.cfg.log_every == 0:
+            self._check_finite(window)
+            record = window.record(self.step, self.data.epoch, lr_used, self._mean_across_ranks)
+            if self.is_main:
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+        if checkpoint_now:
+            self.save()
 
     def _forward_backward(self, batch: Any, autocast_dtype: torch.dtype | None) -> torch.Tensor:
         """Loss of one (micro-)batch, back-propagated with weight 1 / grad_accum; returns it detached."""
@@ -539,13 +570,14 @@ class Trainer:
         scaled.backward()
         return loss.detach().to(torch.float64)
 
-    def _check_finite(self, bad_step: torch.Tensor) -> None:
+    def _check_finite(self, window: _Window) -> None:
+        flags = torch.stack([window.bad_loss, window.bad_grad])
         if self.world_size > 1:
-            bad_step = bad_step.clone()
-            dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-        code = int(bad_step)
-        if code < _NO_BAD_STEP:
-            step, what = code // 2, ("gradient norm (the loss was finite)" if code % 2 else "loss")
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        bad_loss, bad_grad = (int(v) for v in flags.tolist())
+        if min(bad_loss, bad_grad) < _NEVER:
+            # the loss of a step is computed before its gradient: on a tie, the loss failed first
+            step, what = (bad_loss, "loss") if bad_loss <= bad_grad else (bad_grad, "gradient norm (the loss was finite)")
             last = self.last_checkpoint if self.last_checkpoint is not None else "none written yet"
             raise NonFiniteLossError(
                 f"non-finite {what} at step {step}: training stopped, no checkpoint was "

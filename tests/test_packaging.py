@@ -7,6 +7,7 @@ visible there (its import hooks live in `.pth` files that a borrowed path does n
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+
+
+def _source_copy(where: Path) -> Path:
+    """The repository's sources in `where`, so the build leaves nothing in the working tree."""
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "_build", "*_out")
+    return Path(shutil.copytree(ROOT, where / "src", ignore=skip))
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -55,13 +62,13 @@ def fresh_env(tmp_path_factory) -> Path:
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
     _run([*pip, str(_other_package(where, "core")), str(_other_package(where, "benchmarks"))], where)
-    _run([*pip, str(ROOT)], where)
+    _run([*pip, str(_source_copy(where))], where)
     return python
 
 
 def test_the_wheel_has_one_top_level_name(tmp_path):
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-          "-w", str(tmp_path), str(ROOT)], tmp_path)
+          "-w", str(tmp_path), str(_source_copy(tmp_path))], tmp_path)
     (wheel,) = tmp_path.glob("sciffusion-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
