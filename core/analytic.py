@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.process import DiffusionProcess
 
 __all__ = ["GaussianMixture"]
@@ -43,10 +44,14 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[1]
 
+    def to(self, device: torch.device | str) -> GaussianMixture:
+        """The same mixture with its parameters on `device` (its samples and denoiser then run there)."""
+        return GaussianMixture(self.weights.to(device), self.means.to(device), self.stds.to(device))
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """`n` draws of `x_0` (float64, shape `(n, d)`)."""
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        k = rng.multinomial(self.weights, n, generator=generator)
+        z = rng.randn((n, self.dim), generator, device=self.means.device, dtype=torch.float64)
         return self.means[k] + self.stds[k] * z
 
     def _parts(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -62,8 +67,8 @@ class GaussianMixture:
     def log_prob(self, x: Tensor, alpha: Tensor | None = None, sigma: Tensor | None = None) -> Tensor:
         """`log p_t(x)` of the marginal with coefficients `alpha, sigma` of shape `(B,)` (default: the data, `t = 0`)."""
         b = x.shape[0]
-        alpha = torch.ones(b, dtype=torch.float64) if alpha is None else alpha
-        sigma = torch.zeros(b, dtype=torch.float64) if sigma is None else sigma
+        alpha = torch.ones(b, dtype=torch.float64, device=x.device) if alpha is None else alpha
+        sigma = torch.zeros(b, dtype=torch.float64, device=x.device) if sigma is None else sigma
         a, s = alpha.double()[:, None, None], sigma.double()[:, None, None]
         var = a * a * self.stds[None] ** 2 + s * s
         diff = x.double()[:, None, :] - a * self.means[None]

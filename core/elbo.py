@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.process import DiffusionProcess
 
 __all__ = ["ELBOTerms", "elbo"]
@@ -112,7 +113,7 @@ def elbo(
         chosen = steps.repeat(b, 1)
         scale = 1.0
     else:
-        chosen = steps[torch.randint(len(steps), (b, num_samples), generator=generator)]
+        chosen = steps[rng.randint(0, len(steps), (b, num_samples), generator, device=steps.device)]
         scale = len(steps) / num_samples
     diffusion = torch.zeros(b, dtype=torch.float64, device=dev)
     for start in range(0, chosen.shape[1], chunk):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.grids import time_grid
 from sciffusion.core.process import DiffusionProcess
 from sciffusion.core.samplers import _intervals, _make_denoise
@@ -50,12 +51,11 @@ def smc_inpaint(
         raise ValueError(f"particles must be >= 1, got {particles}")
     b, k = known.shape[0], particles
     dev, dt = known.device, known.dtype
-    gen_dev = generator.device if generator is not None else dev
     ts = time_grid(process.schedule, steps, "uniform")
     intervals = _intervals(process, ts, 0.0)
 
     def randn(shape: tuple[int, ...]) -> Tensor:
-        return torch.randn(shape, generator=generator, device=gen_dev, dtype=dt).to(dev)
+        return rng.randn(shape, generator, device=dev, dtype=dt)
 
     # forward trajectory of the known part, from t = 0 up to t_max
     traj = [known]
@@ -76,7 +76,7 @@ def smc_inpaint(
 
     def resample(x: Tensor, log_w: Tensor) -> Tensor:
         probs = torch.softmax(log_w, dim=1)
-        idx = torch.multinomial(probs.to(gen_dev), k, replacement=True, generator=generator)
+        idx = rng.multinomial(probs, k, generator=generator)
         idx = (idx.to(dev) + torch.arange(b, device=dev)[:, None] * k).reshape(-1)
         return x[idx]
 

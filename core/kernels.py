@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.manifolds import Euclidean, Manifold, Torus
 from sciffusion.core.sde import reverse_sample
 
@@ -320,7 +321,7 @@ class KernelSmoothingScore:
         dt = self.data.dtype
         if self.ou:
             t_max = t_max or 8.0
-            x0 = torch.randn(n, m.ambient_dim, generator=generator, dtype=dt, device=self.device)
+            x0 = rng.randn((n, m.ambient_dim), generator, device=self.device, dtype=dt)
             drift = "ou"
         elif isinstance(m, Euclidean):
             raise ValueError("sample: Brownian motion on R^d has no invariant law to start from; use process='ou'")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.process import DiffusionProcess
 
 __all__ = ["log_likelihood"]
@@ -66,7 +67,7 @@ def log_likelihood(
     use_probe = dims > exact_max_dim if hutchinson is None else hutchinson
     probe = None
     if use_probe:
-        probe = torch.randint(0, 2, (b, dims), generator=generator).to(device=x0.device, dtype=x0.dtype) * 2 - 1
+        probe = rng.randint(0, 2, (b, dims), generator, device=x0.device).to(x0.dtype) * 2 - 1
     sched = process.schedule
     ends = torch.tensor([t_eps, 1.0], dtype=torch.float64)
     u0, u1 = (-0.5 * sched.log_snr_fn(ends)).tolist()

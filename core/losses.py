@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.elbo import ELBOTerms, elbo
 from sciffusion.core.process import DiffusionProcess, expand
 
@@ -55,12 +56,12 @@ def denoising_loss(
       classifier-free guidance.
     """
     b = x0.shape[0]
-    t = t_min + (1.0 - t_min) * torch.rand(b, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = t_min + (1.0 - t_min) * rng.rand((b,), generator, device=x0.device, dtype=x0.dtype)
     x_t, eps = process.add_noise(x0, t, generator=generator)
     if cond_dropout > 0:
         if not isinstance(cond, Tensor) or null_cond is None:
             raise ValueError("cond_dropout needs a tensor cond and a null_cond of the same shape per example")
-        drop = torch.rand(b, generator=generator, device=x0.device) < cond_dropout
+        drop = rng.rand((b,), generator, device=x0.device) < cond_dropout
         cond = torch.where(expand(drop, cond).bool(), null_cond.expand_as(cond), cond)
     out = model(x_t, t, cond) if cond is not None else model(x_t, t)
     if out.shape != x0.shape:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
+
 TWO_PI = 2.0 * math.pi
 # Small-t (wrapped) / large-t (Fourier) switch of the circle heat kernel; both are exact to ~1e-30 there.
 _CIRCLE_T_SWITCH = 1.5
@@ -236,7 +238,7 @@ class Torus(Manifold):
         return wrap_angle(x)
 
     def sample_uniform(self, n, generator=None, dtype=torch.float64, device=None) -> Tensor:
-        return TWO_PI * torch.rand(n, self.dim, generator=generator, dtype=dtype, device=device)
+        return TWO_PI * rng.rand((n, self.dim), generator, device=device or "cpu", dtype=dtype)
 
     def heat_kernel_terms(self, y: Tensor, x: Tensor, t: float) -> tuple[Tensor, WeightedGrad]:
         """Per-coordinate wrapped kernels; memory ``B x c x (2 images + 1)`` per coordinate."""
@@ -412,7 +414,7 @@ class Sphere(Manifold):
         return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
 
     def sample_uniform(self, n, generator=None, dtype=torch.float64, device=None) -> Tensor:
-        z = torch.randn(n, self.ambient_dim, generator=generator, dtype=dtype, device=device)
+        z = rng.randn((n, self.ambient_dim), generator, device=device or "cpu", dtype=dtype)
         return self.project(z)
 
     def log_heat_kernel_c(self, c: Tensor, t: float) -> tuple[Tensor, Tensor]:

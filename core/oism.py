@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmonics_s2
 
 _BASES = ("hermite", "fourier", "spherical")
@@ -379,9 +380,9 @@ def oism_residual_loss(
     """
     B = x0.shape[0]
     if t is None:
-        t = t_eps + (1 - t_eps) * torch.rand(B, generator=generator, dtype=torch.float64).to(x0.device)
+        t = t_eps + (1 - t_eps) * rng.rand((B,), generator, device=x0.device, dtype=torch.float64)
     a, s = _vp_coeffs(process, t, x0)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
     xt = a * x0 + s * eps
     tau = -torch.log(a.reshape(-1).to(torch.float64))
     with torch.no_grad():
@@ -402,9 +403,9 @@ def oism_pretrain_loss(
     ``mean |net(x_t, t) - (-sigma_t s_OISM(x_t, tau))|^2`` over ``x_t ~ rho_t``; switch to DSM after."""
     B = x0.shape[0]
     if t is None:
-        t = t_eps + (1 - t_eps) * torch.rand(B, generator=generator, dtype=torch.float64).to(x0.device)
+        t = t_eps + (1 - t_eps) * rng.rand((B,), generator, device=x0.device, dtype=torch.float64)
     a, s = _vp_coeffs(process, t, x0)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
     xt = a * x0 + s * eps
     tau = -torch.log(a.reshape(-1).to(torch.float64))
     with torch.no_grad():
@@ -440,7 +441,7 @@ def linear_score_gradients(
     """
     a = math.exp(-t)
     sg = math.sqrt(-math.expm1(-2 * t))
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    z = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
     xt = a * x0 + sg * z
     g_dsm = 2 * (theta * xt + z / sg) * xt
     g_oism = 2 * theta * (a * a * x0 * x0 + sg * sg) + 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.schedules import Schedule, get_schedule
 
 __all__ = ["PREDICTIONS", "DiffusionProcess", "expand", "x0_and_eps"]
@@ -128,7 +129,7 @@ class DiffusionProcess:
         """
         self.check_time(t, x0)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}")
         return expand(self.alpha(t), x0) * x0 + expand(self.sigma(t), x0) * noise, noise
@@ -143,7 +144,7 @@ class DiffusionProcess:
         self.check_time(s, x_s, "s")
         self.check_time(t, x_s, "t")
         a_ts, var_ts = self.transition(s, t)
-        noise = torch.randn(x_s.shape, generator=generator, device=x_s.device, dtype=x_s.dtype)
+        noise = rng.randn(x_s.shape, generator, device=x_s.device, dtype=x_s.dtype)
         return expand(a_ts, x_s) * x_s + expand(var_ts.sqrt(), x_s) * noise
 
     def posterior(self, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.manifolds import Euclidean, Manifold
 
 ScoreFn = Callable[[Tensor, float], Tensor]
@@ -35,7 +36,7 @@ _METHODS = ("sde", "ode")
 
 
 def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 # ====================================================================================================
@@ -66,7 +67,7 @@ class OrnsteinUhlenbeck:
 
     def prior_sample(self, n: int, generator=None, dtype=torch.float64, device=None) -> Tensor:
         """Draw from ``N(0, I)``, the law the reverse process starts from."""
-        return torch.randn(n, self.d, generator=generator, dtype=dtype, device=device)
+        return rng.randn((n, self.d), generator, device=device or "cpu", dtype=dtype)
 
 
 def ou_time_from_vp(schedule, s: Tensor) -> Tensor:
@@ -129,7 +130,7 @@ class GeneralSDE:
         b = self.diffusion(x, t) if callable(self.diffusion) else self.diffusion
         b = torch.as_tensor(b, dtype=x.dtype, device=x.device)
         if b.dim() == 3:
-            dw = torch.randn(x.shape[0], b.shape[-1], generator=generator, dtype=x.dtype, device=x.device)
+            dw = rng.randn((x.shape[0], b.shape[-1]), generator, device=x.device, dtype=x.dtype)
             return math.sqrt(dt) * torch.einsum("bdm,bm->bd", b, dw)
         return math.sqrt(dt) * b * _randn_like(x, generator)
 

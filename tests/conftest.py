@@ -11,3 +11,15 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _devices() -> list:
+    cuda = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                           reason="no CUDA device here")])
+    return ["cpu", cuda]
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> torch.device:
+    """Each device the test should run on: the CPU always, CUDA where a GPU exists (marked `cuda`)."""
+    return torch.device(request.param)
