@@ -2,6 +2,7 @@
 
 Replacement (`sample(known=, mask=)`, optionally with RePaint resampling) is fast but biased: it conditions
 the unknown part on a *noisy* copy of the known values at every level. SMCDiff (Trippe et al. 2022) instead
+
 1. draws one forward trajectory of the known part, `y_{t_N} <- ... <- y_{t_1} <- y_0 = known`, by `q(y_{t_i} | y_{t_{i-1}})`;
 2. moves `K` particles per example with the ancestral (DDPM) reverse kernel `p(x_s | x_t)`;
 3. weights each particle by the reverse kernel's density of the known part at the forward trajectory,

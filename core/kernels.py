@@ -5,7 +5,7 @@ kernel mean embedding (``kernel_estimators.md`` sections 1.3, 2)
 
     h_t(y) = (1/n) sum_i k_t(x_i, y),        s_t(y) = grad log mu(y) + grad_y log h_t(y).
 
-* DKS on ``R^d`` under OU (``a = e^{-t}``, ``sigma^2 = 1 - e^{-2t}``): the Nadaraya-Watson form
+* DKS on ``R^d`` under OU (``a = e^{-t}``, ``sigma^2 = 1 - e^{-2t}``): the Nadaraya-Watson form::
 
       s_t(y) = (a m_t(y) - y) / sigma^2,   m_t(y) = sum_i w_i x_i,   w = softmax_i(-|y - a x_i|^2 / (2 sigma^2)),
 

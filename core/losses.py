@@ -2,6 +2,7 @@
 
 `denoising_loss` regresses the model output on the target of the process's prediction type
 (`eps`, `x0`, `v` or `score`) at `t ~ U(t_min, 1)`. Weightings, in terms of `SNR = alpha^2 / sigma^2`:
+
 - `uniform`: every element counts once (for `score`, the loss is `|sigma s + eps|^2`, the usual `sigma^2` weight);
 - `min_snr`: Min-SNR-gamma (Hang et al. 2023): the `x0`-loss weight `min(SNR, gamma)` expressed for the
   prediction type: `min(SNR, gamma) / SNR` for `eps`, `min(SNR, gamma)` for `x0`, `min(SNR, gamma) / (SNR + 1)` for `v`.

@@ -9,6 +9,7 @@ with ``-L phi_n = lambda_n phi_n``. Minimising ``E_{rho_t}|s - grad log rho_t|^2
 where ``m_q = (1/n) sum_i phi_q(x_i)`` over the product closure of the basis, computed once for all t.
 
 Bases:
+
 * ``"hermite"`` (OU on ``R^d``, ``mu = N(0, I)``, ``grad log mu = -x``): normalised Hermite polynomials
   ``h_k(x_j) = He_k(x_j)/sqrt(k!)``, ``k = 1..K`` per coordinate (after an optional PCA rotation, which
   the OU process commutes with), ``lambda = k``. ``A_t`` is block diagonal (one ``K x K`` block per

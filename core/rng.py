@@ -37,13 +37,13 @@ def rand(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None 
 
 def randint(low: int, high: int, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None,
             device: torch.device | str = "cpu") -> Tensor:
-    """Integers uniform on `{low, ..., high - 1}` of `shape` (int64), on `device`."""
+    """Integers uniform on `[low, high)` of `shape` (int64), on `device`."""
     where = draw_device(generator, device)
     return torch.randint(low, high, tuple(shape), generator=generator, device=where).to(device)
 
 
 def randperm(n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
-    """A uniformly random permutation of `0 .. n - 1` (int64), on `device`."""
+    """A uniformly random permutation of the integers `[0, n)` (int64), on `device`."""
     where = draw_device(generator, device)
     return torch.randperm(n, generator=generator, device=where).to(device)
 
