@@ -4,12 +4,12 @@ Each variable v is modelled per cell as x = m + s z, with m and s the per-cell m
 deviation over the training times (s = 1 when `standardise=False`), and z a zero-mean stationary
 isotropic Gaussian field with covariance
 
-    Cov(z(x), z(y)) = c * rho(d(x, y) / r) + g * [x = y],
+    Cov(z(x), z(y)) = c * rho(d(x, y) / r) + c2 * rho(d(x, y) / r2) + g * [x = y],
 
 d the chordal distance R |x - y| between the unit vectors of the cells (R = 6371 km; any covariance
 valid in R^3 stays valid on the sphere with it, which is not true of every model with the
-great-circle distance), c the partial sill, r the range and g the nugget (variance not shared with
-any other cell). The correlation rho is exponential, exp(-h), or Matern 3/2, (1 + sqrt3 h) e^{-sqrt3 h},
+great-circle distance), c the partial sill, r the range, g the nugget (variance not shared with
+any other cell), and c2, r2 > r an optional second, longer structure (`structures=2`). The correlation rho is exponential, exp(-h), or Matern 3/2, (1 + sqrt3 h) e^{-sqrt3 h},
 or Matern 5/2, (1 + sqrt5 h + 5h^2/3) e^{-sqrt5 h}. c, r and g are fitted per variable by weighted least
 squares (weights N_h / gamma(h)^2, Cressie 1985) to the empirical semivariogram of the training
 anomalies, gamma(h) = 1/2 E[(z(x) - z(y))^2 | d(x, y) ~ h].
@@ -17,7 +17,7 @@ anomalies, gamma(h) = 1/2 E[(z(x) - z(y))^2 | d(x, y) ~ h].
 Prediction at a missing cell 0 from its n nearest observed cells (same time), with K the n x n
 covariance among them (nugget on the diagonal) and k the covariances c rho(d_0j / r) to them:
 
-    lambda = K^{-1} k,   z_hat = lambda . z_obs,   sigma^2 = c + g - lambda . k.
+    lambda = K^{-1} k,   z_hat = lambda . z_obs,   sigma^2 = c + c2 + g - lambda . k.
 
 This is the Gaussian conditional mean and variance given those n cells (exact for n = all observed
 cells); observed cells are returned unchanged with variance 0.
@@ -52,21 +52,31 @@ def correlation(model: str, h: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Covariance:
-    """c rho(d / r) + g [d = 0] with sill c, range r (km) and nugget g."""
+    """c rho(d / r) + c2 rho(d / r2) + g [d = 0]: sill c, range r (km), nugget g, and an optional
+    second, longer structure (c2, r2 > r; c2 = 0 without one)."""
 
     model: str
     sill: float
     range_km: float
     nugget: float
+    sill2: float = 0.0
+    range2_km: float = 1.0
+
+    @property
+    def total(self) -> float:
+        """The variance of one cell, c + c2 + g."""
+        return self.sill + self.sill2 + self.nugget
 
     def __call__(self, d_km: np.ndarray) -> np.ndarray:
-        """The shared part c rho(d / r) (the nugget is added on the diagonal by the caller)."""
-        return self.sill * correlation(self.model, np.asarray(d_km) / self.range_km)
+        """The shared part c rho(d / r) + c2 rho(d / r2) (the nugget is added on the diagonal by the caller)."""
+        d = np.asarray(d_km)
+        out = self.sill * correlation(self.model, d / self.range_km)
+        return out + self.sill2 * correlation(self.model, d / self.range2_km) if self.sill2 > 0 else out
 
     def semivariogram(self, d_km: np.ndarray) -> np.ndarray:
-        """gamma(d) = g + c (1 - rho(d / r)) for d > 0, and 0 at d = 0."""
+        """gamma(d) = c + c2 + g - C(d) for d > 0, and 0 at d = 0."""
         d = np.asarray(d_km, float)
-        return np.where(d > 0, self.nugget + self.sill * (1 - correlation(self.model, d / self.range_km)), 0.0)
+        return np.where(d > 0, self.total - self(d), 0.0)
 
 
 def chordal_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -81,12 +91,13 @@ def empirical_semivariogram(anom: np.ndarray, lat: np.ndarray, lon: np.ndarray, 
 
     Pairs: all pairs among `points` cells drawn with probability proportional to cell area (the
     long lags), and every cell with its grid neighbours up to `offsets` cells away (the short lags,
-    each pair weighted by its cell's area weight). Bins are uniform in [0, max_km]; empty bins are dropped.
+    each pair weighted by its cell's area weight). Bin edges are max_km (b / bins)^2, b = 0..bins, finer at
+    the short lags that set the fill near observations; empty bins are dropped.
     """
     x = unit_vectors(lat, lon)
     h, w = anom.shape[-2:]
     wts = lat_weights(lat)
-    edges = np.linspace(0, max_km, bins + 1)
+    edges = max_km * np.linspace(0, 1, bins + 1) ** 2   # finer at short lags, which set the fill near observations
     num, den, cnt = np.zeros(bins), np.zeros(bins), np.zeros(bins)
 
     def add(d, sq, weight):
@@ -119,31 +130,47 @@ def empirical_semivariogram(anom: np.ndarray, lat: np.ndarray, lon: np.ndarray, 
     return centres[keep], 0.5 * num[keep] / den[keep], cnt[keep]
 
 
-def fit_covariance(h: np.ndarray, gamma: np.ndarray, counts: np.ndarray, model: str = "auto") -> Covariance:
-    """Weighted least-squares fit of g + c (1 - rho(h / r)) to an empirical semivariogram.
+def fit_covariance(h: np.ndarray, gamma: np.ndarray, counts: np.ndarray, model: str = "auto",
+                   structures: int = 1) -> Covariance:
+    """Weighted least-squares fit of the semivariogram g + sum_i c_i (1 - rho(h / r_i)) (one or two
+    structures, r_2 > r_1) to an empirical one.
 
     Residuals sqrt(N_h) (gamma_hat - gamma) / gamma (Cressie's weights); parameters on a log scale so
     they stay positive. `model="auto"` tries every model in `MODELS` and keeps the smallest cost.
+    A second structure can follow both the short lags, which set the fill near observations, and the
+    plateau, which sets the variance far from them; on the ERA5 sample it helps scattered gaps and
+    hurts large ones, so one structure is the default.
     """
+    if structures not in (1, 2):
+        raise ValueError(f"structures must be 1 or 2, got {structures}")
     if model == "auto":
-        fits = [_fit_one(h, gamma, counts, m) for m in MODELS]
+        fits = [_fit_one(h, gamma, counts, m, structures) for m in MODELS]
         return min(fits, key=lambda f: f[1])[0]
-    return _fit_one(h, gamma, counts, model)[0]
+    return _fit_one(h, gamma, counts, model, structures)[0]
 
 
-def _fit_one(h, gamma, counts, model) -> tuple[Covariance, float]:
+def _unpack(model: str, p: np.ndarray) -> Covariance:
+    """[log g, log c, log r(, log c2, log q)] -> Covariance with r2 = r (1 + e^q)."""
+    e = np.exp(p)
+    if len(p) == 3:
+        return Covariance(model, float(e[1]), float(e[2]), float(e[0]))
+    return Covariance(model, float(e[1]), float(e[2]), float(e[0]), float(e[3]), float(e[2] * (1 + e[4])))
+
+
+def _fit_one(h, gamma, counts, model, structures) -> tuple[Covariance, float]:
     top = float(np.max(gamma))
-    start = np.log([max(0.5 * gamma[0], 1e-6 * top), top, float(h[len(h) // 3])])
+    lo, hi = [1e-9 * top, 1e-6 * top, h[0] / 10], [10 * top, 10 * top, 100 * h[-1]]
+    start = [max(0.5 * gamma[0], 1e-6 * top), top, float(h[len(h) // 3])]
+    if structures == 2:
+        start = [start[0], top / 2, float(h[len(h) // 8]), top / 2, 3.0]
+        lo, hi = [*lo, 1e-6 * top, 1e-3], [*hi, 10 * top, 1e3]
 
     def resid(p):
-        cov = Covariance(model, float(np.exp(p[1])), float(np.exp(p[2])), float(np.exp(p[0])))
-        g = cov.semivariogram(h)
+        g = _unpack(model, p).semivariogram(h)
         return np.sqrt(counts / counts.sum()) * (gamma - g) / np.maximum(g, 1e-12 * top)
 
-    res = least_squares(resid, start, bounds=(np.log([1e-9 * top, 1e-6 * top, h[0] / 10]),
-                                              np.log([10 * top, 10 * top, 100 * h[-1]])))
-    nugget, sill, rng_km = np.exp(res.x)
-    return Covariance(model, float(sill), float(rng_km), float(nugget)), float(res.cost)
+    res = least_squares(resid, np.log(start), bounds=(np.log(lo), np.log(hi)))
+    return _unpack(model, res.x), float(res.cost)
 
 
 @dataclass
@@ -162,7 +189,7 @@ class Kriging:
 
     @classmethod
     def fit(cls, train: np.ndarray, lat: np.ndarray, lon: np.ndarray, model: str = "auto", standardise: bool = True,
-            nonneg=None, seed: int = 0, **variogram_kw) -> Kriging:
+            nonneg=None, seed: int = 0, structures: int = 1, **variogram_kw) -> Kriging:
         """Fit m, s and the covariance of z = (x - m) / s on training fields (T, C, H, W).
 
         s is the per-cell standard deviation (ddof=1), floored at a tenth of its median over the
@@ -184,7 +211,8 @@ class Kriging:
             scale = np.ones_like(mean)
             anom = (train - mean) * np.sqrt(t / (t - 1))
         rng = np.random.default_rng(seed)
-        covs = tuple(fit_covariance(*empirical_semivariogram(anom[:, c], lat, lon, rng, **variogram_kw), model=model)
+        covs = tuple(fit_covariance(*empirical_semivariogram(anom[:, c], lat, lon, rng, **variogram_kw), model=model,
+                                    structures=structures)
                      for c in range(train.shape[1]))
         nonneg = tuple(nonneg) if nonneg is not None else (False,) * train.shape[1]
         return cls(np.asarray(lat, float), np.asarray(lon, float), mean, scale, covs, nonneg)
@@ -259,4 +287,4 @@ def _weights(d_nn: np.ndarray, d_0n: np.ndarray, cov: Covariance) -> tuple[np.nd
     big_k = cov(d_nn) + (cov.nugget + 1e-9 * cov.sill) * np.eye(d_nn.shape[-1])
     k = cov(d_0n)
     lam = np.linalg.solve(big_k, k[..., None])[..., 0]
-    return lam, np.maximum(cov.sill + cov.nugget - (lam * k).sum(-1), 0.0)
+    return lam, np.maximum(cov.total - (lam * k).sum(-1), 0.0)

@@ -34,7 +34,8 @@ def _model(cov: Covariance, lat=LAT, lon=LON) -> Kriging:
 def test_fit_recovers_a_known_covariance(model):
     true = Covariance(model, sill=2.0, range_km=1500.0, nugget=0.2)
     fields = 3.0 + _draw(true, 80, seed=1)
-    fit = Kriging.fit(fields, LAT, LON, model=model, standardise=False, points=648, max_km=6000.0, bins=24)
+    fit = Kriging.fit(fields, LAT, LON, model=model, standardise=False, structures=1, points=648, max_km=6000.0,
+                      bins=24)
     cov = fit.covariances[0]
     assert cov.model == model
     assert cov.sill == pytest.approx(true.sill, rel=0.25)
@@ -45,12 +46,23 @@ def test_fit_recovers_a_known_covariance(model):
 
 def test_auto_picks_the_smoother_model_for_smooth_fields():
     true = Covariance("matern52", sill=1.0, range_km=2000.0, nugget=1e-3)
-    fit = Kriging.fit(_draw(true, 60, seed=2), LAT, LON, model="auto", standardise=False, points=648, max_km=6000.0)
+    fit = Kriging.fit(_draw(true, 60, seed=2), LAT, LON, model="auto", standardise=False, structures=1, points=648,
+                      max_km=6000.0)
     assert fit.covariances[0].model != "exponential"
 
 
+def test_two_structures_recover_a_nested_covariance():
+    true = Covariance("matern32", sill=0.6, range_km=1000.0, nugget=0.05, sill2=1.0, range2_km=4000.0)
+    fit = Kriging.fit(_draw(true, 80, seed=9), LAT, LON, model="matern32", standardise=False, structures=2, points=648,
+                      max_km=8000.0, bins=32)
+    cov = fit.covariances[0]
+    h = np.array([1000.0, 2000.0, 4000.0, 8000.0])
+    assert np.allclose(cov.semivariogram(h), true.semivariogram(h), rtol=0.15)
+    assert cov.total == pytest.approx(true.total, rel=0.15) and cov.range2_km > cov.range_km
+
+
 def test_mean_and_variance_are_the_gaussian_conditional_law():
-    cov = Covariance("exponential", sill=1.5, range_km=2500.0, nugget=0.05)
+    cov = Covariance("exponential", sill=1.0, range_km=1500.0, nugget=0.05, sill2=0.5, range2_km=5000.0)
     lat, lon = np.linspace(-80, 80, 9), np.arange(18) * 20.0
     truth = _draw(cov, 1, seed=3, lat=lat, lon=lon)
     miss = masks.draw("boxes", lat, lon, 0.3, np.random.default_rng(0), n=1, min_size=2)[0]
@@ -100,7 +112,8 @@ def test_standardised_fit_and_nonnegative_channels():
     scale = 1 + 4 * np.cos(np.deg2rad(LAT))[:, None] * np.ones(36)      # variance depends on latitude
     train = np.concatenate([10 + scale * _draw(cov, 40, seed=7), np.abs(_draw(cov, 40, seed=8))], axis=1)
     train[:, 1, :3] = 0.0                                                   # cells that never change
-    fit = Kriging.fit(train, LAT, LON, model="exponential", nonneg=[False, True], points=648, max_km=6000.0)
+    fit = Kriging.fit(train, LAT, LON, model="exponential", nonneg=[False, True], structures=1, points=648,
+                      max_km=6000.0)
     assert fit.covariances[0].sill + fit.covariances[0].nugget == pytest.approx(1.0, rel=0.15)
     assert np.all(fit.scale[1, :3] > 0)
     test = train[:2].copy()
@@ -116,5 +129,7 @@ def test_bad_input():
         _model(cov).predict(gappy)
     with pytest.raises(ValueError, match="unknown covariance model"):
         correlation("spherical", np.ones(2))
+    with pytest.raises(ValueError, match="structures"):
+        Kriging.fit(np.zeros((4, 1, 18, 36)), LAT, LON, structures=3)
     with pytest.raises(ValueError, match="three training times"):
         Kriging.fit(np.zeros((2, 1, 18, 36)), LAT, LON)
