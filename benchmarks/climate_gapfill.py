@@ -98,10 +98,7 @@ def run_family(args, family, i, ds, variables, truth, times, stat, krig) -> tupl
     seconds["baselines"] = time.process_time() - t0
     t0 = time.process_time()
     mean, var = krig.predict(gappy, neighbours=args.neighbours)
-    fills["kriging"] = (mean[None] + np.sqrt(var)[None] * rng.standard_normal((args.members, *mean.shape))).astype(np.float32)
-    for c, v in enumerate(variables):
-        if v == "tp":
-            fills["kriging"][:, :, c] = np.clip(fills["kriging"][:, :, c], 0, None)
+    fills["kriging"] = krig.draw(mean, var, args.members, rng).astype(np.float32)
     seconds["kriging"] = time.process_time() - t0
     t0 = time.process_time()
     model = diffusion_fill(args, ds, variables, gappy, times)

@@ -258,11 +258,15 @@ class Kriging:
         spatially coherent field. Non-negative channels are clipped at 0.
         """
         mean, var = self.predict(fields, **predict_kw)
+        return self.draw(mean, var, members, rng).astype(np.result_type(np.asarray(fields).dtype, np.float32))
+
+    def draw(self, mean: np.ndarray, var: np.ndarray, members: int, rng: np.random.Generator) -> np.ndarray:
+        """`sample` from a `predict` result: mean + sqrt(var) z_k (member, T, C, H, W), clipped where non-negative."""
         out = mean[None] + np.sqrt(var)[None] * rng.standard_normal((members, *mean.shape))
         for c, clip in enumerate(self.nonneg):
             if clip:
                 out[:, :, c] = np.clip(out[:, :, c], 0, None)
-        return out.astype(np.result_type(np.asarray(fields).dtype, np.float32))
+        return out
 
 
 def _neighbour_plan(xyz: np.ndarray, missing: np.ndarray, neighbours: int) -> dict:
