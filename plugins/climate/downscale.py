@@ -41,6 +41,7 @@ from sciffusion.plugins.climate.grid import (
     coarse_coords,
     coarsen,
     interpolate,
+    is_global_longitude,
     lat_weights,
     match_block_means,
     scale_to_block_means,
@@ -164,33 +165,47 @@ def residual_features(times: np.ndarray | None, lat: np.ndarray, lon: np.ndarray
 
 
 class Grids:
-    """Fine and coarse coordinates of a downscaling problem, with the interpolation B."""
+    """Fine and coarse coordinates of a downscaling problem, with the interpolation B.
+
+    `periodic` is detected from the longitudes (`grid.is_global_longitude`): a global grid wraps
+    in longitude (interpolation, block-mean correction, the network's padding), a regional one
+    does not."""
 
     def __init__(self, lat: np.ndarray, lon: np.ndarray, factor: int) -> None:
         check_factor(len(lat), len(lon), factor)
         self.lat, self.lon, self.factor = np.array(lat, float), np.array(lon, float), factor
         self.lat_c, self.lon_c = coarse_coords(self.lat, self.lon, factor)
         self.weights = lat_weights(self.lat)
+        self.periodic = is_global_longitude(self.lon)
 
     def coarsen(self, x):
         return coarsen(x, self.factor, self.lat)
 
     def up(self, xc, method: str = "bicubic"):
-        return interpolate(xc, self.lat_c, self.lon_c, self.lat, self.lon, method)
+        return interpolate(xc, self.lat_c, self.lon_c, self.lat, self.lon, method, periodic=self.periodic)
 
     @cached_property
     def block_mean_correction(self) -> tuple[np.ndarray, np.ndarray]:
         """`grid.block_mean_correction` of this grid, for `match_block_means`."""
-        return block_mean_correction(self.lat, self.lon, self.factor)
+        return block_mean_correction(self.lat, self.lon, self.factor, self.periodic)
 
     def rows(self, offset: int) -> slice:
         """Fine rows whose blocks start `offset` rows into the grid: all rows for 0, else
         offset .. H - factor + offset (the partial blocks at both ends are dropped)."""
         return slice(0, len(self.lat)) if offset == 0 else slice(offset, len(self.lat) - self.factor + offset)
 
-    def aligned(self, offset: int) -> Grids:
-        """The grids of the fine rows `rows(offset)`, with their own coarse blocks."""
-        return self if offset == 0 else Grids(self.lat[self.rows(offset)], self.lon, self.factor)
+    def cols(self, offset: int) -> slice:
+        """Fine columns whose blocks start `offset` columns into a regional grid, as `rows`; all
+        columns on a global grid, which is rolled instead (`load_aligned`)."""
+        if self.periodic or offset == 0:
+            return slice(0, len(self.lon))
+        return slice(offset, len(self.lon) - self.factor + offset)
+
+    def aligned(self, offset: int, col: int = 0) -> Grids:
+        """The grids of the fine rows `rows(offset)` and columns `cols(col)`, with their own coarse blocks."""
+        if offset == 0 and (col == 0 or self.periodic):
+            return self
+        return Grids(self.lat[self.rows(offset)], self.lon[self.cols(col)], self.factor)
 
 
 @dataclass(frozen=True)
@@ -222,17 +237,27 @@ def _time_values(ds: xr.Dataset, times: Sequence[int]) -> np.ndarray | None:
 
 def load_aligned(ds: xr.Dataset, times: Sequence[int], variables: Sequence[str], grids: Grids,
                  alignment: Alignment) -> tuple[np.ndarray, Grids, np.ndarray]:
-    """Fields (T, C, H', W) of `times` in block alignment `alignment`, the grids they are on, and
-    the longitudes (W,) of their columns: rows `grids.rows(row)` are kept and the fields rolled west
-    by `col` cells (column j holds longitude j + col), so the coarse blocks of `Grids.coarsen`
+    """Fields (T, C, H', W') of `times` in block alignment `alignment`, the grids they are on, and
+    the longitudes (W',) of their columns: rows `grids.rows(row)` are kept and, on a global grid,
+    the fields rolled west by `col` cells (column j holds longitude j + col); on a regional grid the
+    columns `grids.cols(col)` are kept instead. Either way the coarse blocks of `Grids.coarsen`
     group another set of cells."""
-    fine = load_times(ds, times, variables)[..., grids.rows(alignment.row), :]
-    return np.roll(fine, -alignment.col, axis=-1), grids.aligned(alignment.row), np.roll(grids.lon, -alignment.col)
+    fine = load_times(ds, times, variables)[..., grids.rows(alignment.row), grids.cols(alignment.col)]
+    agrids = grids.aligned(alignment.row, alignment.col)
+    if not grids.periodic:
+        return fine, agrids, agrids.lon
+    return np.roll(fine, -alignment.col, axis=-1), agrids, np.roll(grids.lon, -alignment.col)
 
 
 def rows_in_every_alignment(n_lat: int, factor: int, lat_alignments: int) -> int:
     """Fine rows that every latitude alignment keeps (`Grids.rows`): all, or H - factor when L > 1."""
     return n_lat - (factor if lat_alignments > 1 else 0)
+
+
+def cols_in_every_alignment(grids: Grids, lon_alignments: int) -> int:
+    """Fine columns that every longitude alignment keeps (`Grids.cols`): all on a global grid or
+    with one alignment, else W - factor."""
+    return len(grids.lon) - (grids.factor if lon_alignments > 1 and not grids.periodic else 0)
 
 
 def alignments(cfg: DownscaleConfig) -> list[Alignment]:
@@ -274,7 +299,7 @@ def fit_residual_stats(
     if tvals is None or not has_clock_times(tvals) or len(times) < MIN_DIURNAL_TIMES:
         return stats
     on = replace(stats, diurnal=~off)
-    w = grids.aligned(alignment.row).weights[:, None]
+    w = grids.aligned(alignment.row, alignment.col).weights[:, None]
     err_mean, err_diurnal = np.zeros(len(variables)), np.zeros(len(variables))
     for r, f in residual_batches():
         for rt, ft in zip(r, f):
@@ -302,9 +327,11 @@ def n_condition_channels(cfg: DownscaleConfig) -> int:
 
 
 class ResidualStrips(Dataset):
-    """Training examples (x0, cond, w): full-longitude strips of `strip_height` latitude rows.
+    """Training examples (x0, cond, w): strips of `strip_height` latitude rows, full longitude on a
+    global grid (on a regional one with several alignments, the W - factor columns every alignment
+    keeps, from the west or the east edge).
 
-    Items enumerate (time, alignment, first row) with rows on a stride of 4; `stats` holds one
+    Items enumerate (time, alignment, first row, first column) with rows on a stride of 4; `stats` holds one
     `ResidualStats` per block alignment of `alignments(cfg)`, in that order. One prepared
     (time, alignment) is kept per cache slot (`cache` slots), so memory is bounded by the cache,
     not by the dataset. `w` (C, strip, lon) holds the latitude weights times the variable's loss
@@ -320,10 +347,14 @@ class ResidualStrips(Dataset):
                              f"{len(self.alignments)} ({cfg.lat_alignments} in latitude x {cfg.alignments} in longitude)")
         h = cfg.strip_height
         n_rows = rows_in_every_alignment(len(grids.lat), cfg.factor, cfg.lat_alignments)
-        if h % 4 or h > n_rows:
-            raise ValueError(f"strip_height {h} must be a multiple of 4 and at most {n_rows}")
-        self.views = [(k, start) for k, al in enumerate(self.alignments)
-                      for start in range(0, len(grids.aligned(al.row).lat) - h + 1, 4)]
+        if not 1 <= h <= n_rows:
+            raise ValueError(f"strip_height {h} must be between 1 and {n_rows}")
+        self.strip_width = cols_in_every_alignment(grids, cfg.alignments)
+        self.views = []
+        for k, al in enumerate(self.alignments):
+            sub = grids.aligned(al.row, al.col)
+            col_starts = sorted({0, len(sub.lon) - self.strip_width})
+            self.views += [(k, start, c) for start in range(0, len(sub.lat) - h + 1, 4) for c in col_starts]
         self.variable_weights = cfg.variable_weights()[:, None, None]
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = cache
@@ -354,10 +385,11 @@ class ResidualStrips(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ti, vi = divmod(i, len(self.views))
-        k, start = self.views[vi]
+        k, start, col = self.views[vi]
         x0, cond, w = self.prepared(ti, k)
-        rows = slice(start, start + self.cfg.strip_height)
-        return torch.from_numpy(x0[:, rows]), torch.from_numpy(cond[:, rows]), torch.from_numpy(w[:, rows])
+        rows, cols = slice(start, start + self.cfg.strip_height), slice(col, col + self.strip_width)
+        return (torch.from_numpy(x0[:, rows, cols]), torch.from_numpy(cond[:, rows, cols]),
+                torch.from_numpy(w[:, rows, cols]))
 
 
 def weighted_loss(model, process, batch) -> torch.Tensor:
@@ -377,7 +409,8 @@ class Downscaler:
         self.coef, self.std = coef.astype(np.float32), std.astype(np.float32)
         self.diurnal = np.asarray(diurnal, bool)
         c = len(cfg.variables)
-        self.model = model if model is not None else ClimateUNet(UNetConfig(c, n_condition_channels(cfg), cfg.widths))
+        self.model = model if model is not None else ClimateUNet(
+            UNetConfig(c, n_condition_channels(cfg), cfg.widths, periodic=grids.periodic))
 
     def process(self):
         from sciffusion.core import DiffusionProcess, get_schedule

@@ -20,6 +20,7 @@ import torch
 from sciffusion.core.checkpoint import atomic_write_text
 from sciffusion.plugins.climate import figures, output
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.domain import Domain, check_size, fit_to_factor
 from sciffusion.plugins.climate.downscale import (
     DownscaleConfig,
     Downscaler,
@@ -27,7 +28,6 @@ from sciffusion.plugins.climate.downscale import (
     rows_in_every_alignment,
     train,
 )
-from sciffusion.plugins.climate.grid import check_factor, trim_to_factor
 from sciffusion.plugins.climate.infill import coarsen_observed, fill_gaps
 from sciffusion.plugins.climate.io import ERA5_CREDIT, load_times, open_fields
 from sciffusion.plugins.climate.metrics import score_all
@@ -58,6 +58,7 @@ class ExperimentConfig:
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
+    crop: bool = False      # drop the last rows / columns that do not fill a coarse block
     holdout: int = 6
     mode: str = "downscale"
     gap_fraction: float = 0.2
@@ -99,7 +100,8 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
     lat_alignments = cfg.factor if cfg.lat_alignments is None else cfg.lat_alignments
-    strip = min(40, rows_in_every_alignment(ds.sizes["latitude"], cfg.factor, lat_alignments) // 4 * 4)
+    n_rows = rows_in_every_alignment(ds.sizes["latitude"], cfg.factor, lat_alignments)
+    strip = min(40, n_rows // 4 * 4 or n_rows)
     train_times = ds["time"].values[train_idx]
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:
@@ -145,10 +147,11 @@ def run(cfg: ExperimentConfig) -> dict:
     if cfg.reference is None and not cfg.variables:
         variables = tuple(v for v in DEFAULT_VARIABLES if v in fine.data_vars)
         fine = fine[list(variables)]
-    fine, note = trim_to_factor(fine, cfg.factor)
-    if note:
+    fine, notes = fit_to_factor(fine, cfg.factor, cfg.crop, source)
+    for note in notes:
         _log(cfg, f"grid: {note}")
-    check_factor(fine.sizes["latitude"], fine.sizes["longitude"], cfg.factor)
+    check_size(fine, cfg.factor, len(cfg.widths), source)
+    _log(cfg, f"domain: {Domain.of(fine).describe()}")
     n = fine.sizes["time"]
     if not 1 <= cfg.holdout <= n - 3:
         raise ValueError(f"holdout={cfg.holdout} must leave at least 3 of the {n} times for training")
