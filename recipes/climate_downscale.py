@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
                    help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
     p.add_argument("--crop", action="store_true",
                    help="drop the last latitude rows / longitude columns that do not fill a coarse block")
+    p.add_argument("--coarse-gaps", choices=("infill", "report"), default="infill",
+                   help="missing cells in the coarse input: infill them with the model (default) or stop with an error")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
     p.add_argument("--mode", choices=("downscale", "infill"), default="downscale")
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
         factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
         solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
-        crop=a.crop, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
+        crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
         quiet=a.quiet,
     )
 

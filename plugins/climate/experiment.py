@@ -29,7 +29,7 @@ from sciffusion.plugins.climate.downscale import (
     train,
 )
 from sciffusion.plugins.climate.infill import coarsen_observed, fill_gaps
-from sciffusion.plugins.climate.io import ERA5_CREDIT, load_times, open_fields
+from sciffusion.plugins.climate.io import ERA5_CREDIT, empty_times, load_times, open_fields
 from sciffusion.plugins.climate.metrics import score_all
 from sciffusion.plugins.climate.normalise import is_precipitation
 from sciffusion.plugins.climate.solar import has_clock_times
@@ -59,6 +59,7 @@ class ExperimentConfig:
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
     crop: bool = False      # drop the last rows / columns that do not fill a coarse block
+    coarse_gaps: str = "infill"   # missing coarse cells: "infill" (the model fills them) or "report" (an error)
     holdout: int = 6
     mode: str = "downscale"
     gap_fraction: float = 0.2
@@ -121,6 +122,16 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     return bundle, f"trained {path}"
 
 
+def skip_empty_times(fine, variables, cfg: ExperimentConfig):
+    """`fine` without the times where a variable's field is entirely missing, logging how many."""
+    empty = empty_times(fine, variables)
+    if empty.any():
+        _log(cfg, f"skipped {int(empty.sum())} time(s) whose field is entirely missing: "
+                  f"{', '.join(str(t)[:19] for t in fine['time'].values[empty][:5])}")
+        fine = fine.isel(time=np.flatnonzero(~empty))
+    return fine
+
+
 def _gaps(shape: tuple[int, ...], fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean (T, H, W) mask of missing cells: random boxes until `fraction` of cells are covered."""
     t, h, w = shape
@@ -152,6 +163,7 @@ def run(cfg: ExperimentConfig) -> dict:
         _log(cfg, f"grid: {note}")
     check_size(fine, cfg.factor, len(cfg.widths), source)
     _log(cfg, f"domain: {Domain.of(fine).describe()}")
+    fine = skip_empty_times(fine, variables, cfg)
     n = fine.sizes["time"]
     if not 1 <= cfg.holdout <= n - 3:
         raise ValueError(f"holdout={cfg.holdout} must leave at least 3 of the {n} times for training")
@@ -165,21 +177,27 @@ def run(cfg: ExperimentConfig) -> dict:
     if overlap:
         raise ValueError(f"the checkpoint was trained on held-out times {overlap[:3]}...; evaluate on other times or --train")
     grids: Grids = bundle.grids
+    def coarse_of(x: np.ndarray, fill: bool = True) -> np.ndarray:
+        with np.errstate(all="ignore"):  # the block means over the observed cells
+            return coarsen_observed(x, grids.lat, grids.factor, grids.periodic, fill=fill)
+
     def train_batches(size: int = 4):
         for start in range(0, len(train_idx), size):
             x = load_times(fine, train_idx[start : start + size], variables).astype(np.float64)
-            yield x, grids.up(grids.coarsen(x))
+            yield x, grids.up(coarse_of(x))
 
     stat = StatisticalDownscaler.fit_streaming(train_batches(), [is_precipitation(v, fine[v].attrs) for v in variables])
     truth = load_times(fine, test_idx, variables)
     test_times = fine["time"].values[test_idx]
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "downscale":
-        coarse_t = grids.coarsen(truth.astype(np.float64))
+        coarse_t = coarse_of(truth.astype(np.float64), fill=False)
         score_truth = truth
         k_min = len(grids.lon_c) // 2
         ens = bundle.sample(coarse_t, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device,
-                            times=test_times, conserve=cfg.conserve)
+                            times=test_times, conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps)
+        ens = np.where(np.isnan(truth)[None], np.nan, ens)   # missing in the truth: missing in the output
+        coarse_t = bundle.fill_coarse(coarse_t, cfg.coarse_gaps)
     else:
         miss = _gaps((truth.shape[0], *truth.shape[-2:]), cfg.gap_fraction, rng)
         gappy = np.where(miss[:, None], np.nan, truth)
@@ -192,6 +210,8 @@ def run(cfg: ExperimentConfig) -> dict:
     bil = grids.up(coarse_t, "bilinear").astype(np.float32)
     bic = grids.up(coarse_t, "bicubic").astype(np.float32)
     preds = {"bilinear": bil[None], "bicubic": bic[None], "statistical": stat.predict(bic, cfg.members, rng)}
+    if cfg.mode == "downscale":
+        preds = {k: np.where(np.isnan(truth)[None], np.nan, v) for k, v in preds.items()}
     if cfg.mode == "downscale" and cfg.conserve:  # the same block-mean correction applied to the baseline, for reference
         preds["stat+conserve"] = np.stack([bundle.match_coarse(m, coarse_t) for m in preds["statistical"]]).astype(np.float32)
     preds["sciffusion"] = ens

@@ -9,6 +9,8 @@ torch tensors.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import xarray as xr
@@ -221,3 +223,38 @@ def interpolate(x, lat_src, lon_src, lat_dst, lon_dst, method: str = "bicubic", 
         return torch.matmul(torch.matmul(a, x), b.T)
     x = np.asarray(x)
     return np.matmul(np.matmul(w_lat.astype(x.dtype), x), w_lon.T.astype(x.dtype))
+
+
+def coarsen_observed(fields: np.ndarray, lat: np.ndarray, factor: int, periodic: bool = True,
+                     fill: bool = True) -> np.ndarray:
+    """NaN-aware area-weighted block mean of (..., H, W); all-missing blocks are filled by neighbours
+    (`fill`) or left NaN."""
+    valid = np.isfinite(fields)
+    num = coarsen(np.where(valid, fields, 0.0), factor, lat)
+    den = coarsen(valid.astype(fields.dtype), factor, lat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coarse = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    return fill_by_neighbours(coarse, periodic=periodic) if fill else coarse
+
+
+def fill_by_neighbours(x: np.ndarray, max_iter: int | None = None, periodic: bool = True) -> np.ndarray:
+    """Replace NaN cells by the mean of their finite 4-neighbours until none is left; longitude
+    wraps round when `periodic` (a global grid), else the edge columns have one neighbour."""
+    x = x.copy()
+    h, w = x.shape[-2:]
+    for _ in range(max_iter or (h + w)):
+        nan = np.isnan(x)
+        if not nan.any():
+            return x
+        pad = np.concatenate([x[..., :1, :] * np.nan, x, x[..., -1:, :] * np.nan], axis=-2)
+        west, east = np.roll(x, 1, -1), np.roll(x, -1, -1)
+        if not periodic:
+            west[..., 0], east[..., -1] = np.nan, np.nan
+        nbrs = np.stack([pad[..., :-2, :], pad[..., 2:, :], west, east])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods stay NaN this round
+            fill = np.nanmean(nbrs, axis=0)
+        x = np.where(nan, fill, x)
+    if np.isnan(x).any():
+        raise ValueError("cannot fill gaps: a whole field is missing")
+    return x

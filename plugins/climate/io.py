@@ -223,6 +223,14 @@ def load_times(ds: xr.Dataset, index: Sequence[int] | slice, variables: Sequence
     return arr
 
 
+def empty_times(ds: xr.Dataset, variables: Sequence[str]) -> np.ndarray:
+    """Boolean (T,): True where the field of any of `variables` is entirely missing (all NaN).
+
+    One dask reduction over the data (chunk by chunk); such times are skipped, not fatal."""
+    flags = [ds[v].isnull().all(dim=("latitude", "longitude")) for v in variables]
+    return np.asarray(xr.concat(flags, dim="variable").any("variable").values, bool)
+
+
 def check_grid(ds: xr.Dataset, latitude: np.ndarray, longitude: np.ndarray, what: str = "checkpoint") -> None:
     """Raise if the dataset's grid differs from the grid a model was trained on."""
     for name, ref in (("latitude", latitude), ("longitude", longitude)):

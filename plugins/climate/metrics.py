@@ -56,10 +56,17 @@ def spread_skill(ensemble: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> fl
     return float(np.sqrt((k + 1) / k) * spread / rmse(ensemble, truth, lat))
 
 
-def zonal_spectrum(field: np.ndarray, lat: np.ndarray, lat_band: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
-    """Zonal wavenumbers k = 0..n_lon/2 and the mean power P(k) over |lat| <= lat_band and leading dims."""
+def zonal_spectrum(field: np.ndarray, lat: np.ndarray, lat_band: float = 60.0,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Zonal wavenumbers k = 0..n_lon/2 and the mean power P(k) over |lat| <= lat_band and leading dims.
+
+    Only latitude rows without a missing cell are used (or the rows marked in `rows`)."""
     lat = np.asarray(lat)
-    sel = np.abs(lat) <= lat_band
+    if rows is None:
+        rows = np.isfinite(field).reshape(-1, *field.shape[-2:]).all(axis=(0, 2))
+    sel = (np.abs(lat) <= lat_band) & rows
+    if not sel.any():
+        return np.arange(field.shape[-1] // 2 + 1), np.full(field.shape[-1] // 2 + 1, np.nan)
     spec = np.abs(np.fft.rfft(field[..., sel, :], axis=-1)) ** 2 / field.shape[-1] ** 2
     spec[..., 1:] *= 2.0
     w = lat_weights(lat)[sel]
@@ -70,8 +77,9 @@ def zonal_spectrum(field: np.ndarray, lat: np.ndarray, lat_band: float = 60.0) -
 
 def spectral_error(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray, k_min: int) -> float:
     """Mean |log10 P_pred(k) / P_truth(k)| over zonal wavenumbers k > k_min (small scales)."""
-    k, p_true = zonal_spectrum(truth, lat)
-    _, p_pred = zonal_spectrum(pred, lat)
+    rows = np.isfinite(truth).reshape(-1, *truth.shape[-2:]).all(axis=(0, 2))
+    k, p_true = zonal_spectrum(truth, lat, rows=rows)
+    _, p_pred = zonal_spectrum(pred, lat, rows=rows)
     sel = k > k_min
     return float(np.mean(np.abs(np.log10(np.maximum(p_pred[sel], 1e-30) / np.maximum(p_true[sel], 1e-30)))))
 

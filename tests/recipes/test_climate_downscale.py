@@ -157,3 +157,28 @@ def test_grid_problems_are_reported_before_training(tmp_path, capsys):
     assert main([*base, "--variables", "t2m,z500"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {ref}: variable(s) ['z500'] not found; available variables: ['t2m', 'u10']"
     assert not (tmp_path / "x" / "train").exists()  # nothing was trained for the failures
+
+
+def test_gappy_regional_data_missing_cells_stay_missing_and_empty_times_are_skipped(tmp_path, capsys):
+    ds = make_regional(n_time=9, n_lat=15, n_lon=21)
+    for v in ("t2m", "u10"):
+        ds[v][:, 2:7, 4:9] = np.nan          # always missing: whole coarse blocks and parts of others
+        ds[v][3] = np.nan                    # a missing time slice
+    ref = tmp_path / "gappy.nc"
+    ds.to_netcdf(ref, engine="h5netcdf")
+    out = tmp_path / "out"
+    assert main(["--reference", str(ref), "--train", "--factor", "3", "--train-steps", "2", "--widths", "8,8,8",
+                 "--batch-size", "4", "--holdout", "2", "--members", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert "skipped 1 time(s) whose field is entirely missing: 2020-01-01T18:00:00" in capsys.readouterr().out
+    got = xr.open_dataset(out / "downscaled.nc")
+    truth = open_fields(ref).isel(time=slice(-2, None))
+    for v in ("t2m", "u10"):
+        gap = np.isnan(truth[v].values)
+        assert gap.sum() == 2 * 25 and np.isnan(got[v].values[:, gap]).all() and np.isfinite(got[v].values[:, ~gap]).all()
+    got.close()
+    scores = json.loads((out / "metrics.json").read_text())["scores"]
+    assert all(np.isfinite(s["crps"]) and np.isfinite(s["spectral_error"]) for v in scores.values() for s in v.values())
+    assert Downscaler.load(out / "downscale.pt").missing[:, 8:13, 4:9].all()   # rows 2..6 of 15, latitude flipped
+    assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--factor", "3", "--coarse-gaps",
+                 "report", *SMALL, "--out", str(tmp_path / "r")]) == 2
+    assert "coarse input: variable 't2m' has 2 missing cells" in capsys.readouterr().err
