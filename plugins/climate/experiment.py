@@ -67,6 +67,9 @@ class ExperimentConfig:
     device: str | None = None
     out: str = "climate_downscale_out"
     quiet: bool = False
+    time_chunk: int = 8            # --input into a .zarr --out: times per task and per zarr chunk
+    workers: int | None = None     # ... on a dask.distributed LocalCluster of this many processes
+    scheduler: str | None = None   # ... or on the cluster of this scheduler address
 
 
 def _log(cfg: ExperimentConfig, msg: str) -> None:
@@ -249,8 +252,18 @@ def run(cfg: ExperimentConfig) -> dict:
 
 
 def downscale_input(cfg: ExperimentConfig) -> Path:
-    """Downscale every time of a coarse `cfg.input` with a checkpoint; write `out`/downscaled.nc."""
+    """Downscale every time of a coarse `cfg.input` with a checkpoint: into the zarr store `out` when
+    it ends in .zarr (`archive.run_archive`: chunked, resumable, dask), else into `out`/downscaled.nc."""
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
+    if str(cfg.out).rstrip("/").endswith(".zarr"):
+        from sciffusion.plugins.climate.archive import ArchiveConfig, run_archive
+
+        if not ckpt.exists():
+            raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        return run_archive(ArchiveConfig(cfg.input, cfg.out, str(ckpt), members=cfg.members, steps=cfg.steps,
+                                         seed=cfg.seed, conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps,
+                                         time_chunk=cfg.time_chunk, workers=cfg.workers, scheduler=cfg.scheduler,
+                                         progress=not cfg.quiet), log=lambda msg: _log(cfg, msg))
     bundle = Downscaler.load(ckpt)
     coarse_ds = open_fields(cfg.input, list(cfg.variables) or list(bundle.cfg.variables))
     bundle.check_input(coarse_ds, fine=False)
