@@ -30,7 +30,7 @@ from sciffusion.plugins.climate.downscale import (
 )
 from sciffusion.plugins.climate.infill import coarsen_observed, fill_gaps
 from sciffusion.plugins.climate.io import ERA5_CREDIT, empty_times, load_times, open_fields
-from sciffusion.plugins.climate.metrics import score_all
+from sciffusion.plugins.climate.metrics import block_stripes, score_all
 from sciffusion.plugins.climate.normalise import is_precipitation
 from sciffusion.plugins.climate.solar import has_clock_times
 
@@ -244,6 +244,8 @@ def run(cfg: ExperimentConfig) -> dict:
         "model": how, "config": asdict(cfg), "credit": credit, "seconds": round(time.time() - t0, 1),
         "scores": table,
     }
+    if cfg.mode == "downscale" and cfg.members > 1:   # spread stripes along the coarse blocks vs the error's
+        metrics["block_stripes"] = {v: block_stripes(ens[:, :, i], truth[:, i], grids.factor) for i, v in enumerate(variables)}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     _log(cfg, format_table(table))
     _log(cfg, f"wrote {os.fspath(out)}/downscaled.nc, metrics.json, maps.png" + (", spectra.png" if cfg.mode == "downscale" else "")
