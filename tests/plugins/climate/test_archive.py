@@ -11,7 +11,13 @@ import xarray as xr
 
 from recipes.climate_downscale import main
 from sciffusion.plugins.climate.api import downscale
-from sciffusion.plugins.climate.archive import ArchiveConfig, create_store, pending_chunks, run_archive, write_chunk
+from sciffusion.plugins.climate.archive import (
+    ArchiveConfig,
+    create_store,
+    pending_chunks,
+    run_archive,
+    write_chunk,
+)
 from sciffusion.plugins.climate.downscale import DownscaleConfig, train
 from sciffusion.plugins.climate.grid import coarsen_dataset
 from sciffusion.plugins.climate.io import open_fields
