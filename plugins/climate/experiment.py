@@ -20,6 +20,7 @@ import torch
 from sciffusion.core.checkpoint import atomic_write_text
 from sciffusion.plugins.climate import figures, output
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.domain import Domain, check_size, fit_to_factor
 from sciffusion.plugins.climate.downscale import (
     DownscaleConfig,
     Downscaler,
@@ -27,10 +28,9 @@ from sciffusion.plugins.climate.downscale import (
     rows_in_every_alignment,
     train,
 )
-from sciffusion.plugins.climate.grid import check_factor, trim_to_factor
 from sciffusion.plugins.climate.infill import coarsen_observed, fill_gaps
-from sciffusion.plugins.climate.io import ERA5_CREDIT, load_times, open_fields
-from sciffusion.plugins.climate.metrics import score_all
+from sciffusion.plugins.climate.io import ERA5_CREDIT, empty_times, load_times, open_fields
+from sciffusion.plugins.climate.metrics import block_stripes, score_all
 from sciffusion.plugins.climate.normalise import is_precipitation
 from sciffusion.plugins.climate.solar import has_clock_times
 
@@ -58,6 +58,8 @@ class ExperimentConfig:
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
+    crop: bool = False      # drop the last rows / columns that do not fill a coarse block
+    coarse_gaps: str = "infill"   # missing coarse cells: "infill" (the model fills them) or "report" (an error)
     holdout: int = 6
     mode: str = "downscale"
     gap_fraction: float = 0.2
@@ -65,6 +67,9 @@ class ExperimentConfig:
     device: str | None = None
     out: str = "climate_downscale_out"
     quiet: bool = False
+    time_chunk: int = 8            # --input into a .zarr --out: times per task and per zarr chunk
+    workers: int | None = None     # ... on a dask.distributed LocalCluster of this many processes
+    scheduler: str | None = None   # ... or on the cluster of this scheduler address
 
 
 def _log(cfg: ExperimentConfig, msg: str) -> None:
@@ -99,7 +104,8 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     if not cfg.train and cfg.checkpoint:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
     lat_alignments = cfg.factor if cfg.lat_alignments is None else cfg.lat_alignments
-    strip = min(40, rows_in_every_alignment(ds.sizes["latitude"], cfg.factor, lat_alignments) // 4 * 4)
+    n_rows = rows_in_every_alignment(ds.sizes["latitude"], cfg.factor, lat_alignments)
+    strip = min(40, n_rows // 4 * 4 or n_rows)
     train_times = ds["time"].values[train_idx]
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:
@@ -117,6 +123,16 @@ def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tup
     path = bundle.save(Path(cfg.checkpoint) if cfg.checkpoint else Path(cfg.out) / "downscale.pt",
                        extra={"train_steps": cfg.train_steps, "batch_size": cfg.batch_size})
     return bundle, f"trained {path}"
+
+
+def skip_empty_times(fine, variables, cfg: ExperimentConfig):
+    """`fine` without the times where a variable's field is entirely missing, logging how many."""
+    empty = empty_times(fine, variables)
+    if empty.any():
+        _log(cfg, f"skipped {int(empty.sum())} time(s) whose field is entirely missing: "
+                  f"{', '.join(str(t)[:19] for t in fine['time'].values[empty][:5])}")
+        fine = fine.isel(time=np.flatnonzero(~empty))
+    return fine
 
 
 def _gaps(shape: tuple[int, ...], fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -145,10 +161,12 @@ def run(cfg: ExperimentConfig) -> dict:
     if cfg.reference is None and not cfg.variables:
         variables = tuple(v for v in DEFAULT_VARIABLES if v in fine.data_vars)
         fine = fine[list(variables)]
-    fine, note = trim_to_factor(fine, cfg.factor)
-    if note:
+    fine, notes = fit_to_factor(fine, cfg.factor, cfg.crop, source)
+    for note in notes:
         _log(cfg, f"grid: {note}")
-    check_factor(fine.sizes["latitude"], fine.sizes["longitude"], cfg.factor)
+    check_size(fine, cfg.factor, len(cfg.widths), source)
+    _log(cfg, f"domain: {Domain.of(fine).describe()}")
+    fine = skip_empty_times(fine, variables, cfg)
     n = fine.sizes["time"]
     if not 1 <= cfg.holdout <= n - 3:
         raise ValueError(f"holdout={cfg.holdout} must leave at least 3 of the {n} times for training")
@@ -162,21 +180,27 @@ def run(cfg: ExperimentConfig) -> dict:
     if overlap:
         raise ValueError(f"the checkpoint was trained on held-out times {overlap[:3]}...; evaluate on other times or --train")
     grids: Grids = bundle.grids
+    def coarse_of(x: np.ndarray, fill: bool = True) -> np.ndarray:
+        with np.errstate(all="ignore"):  # the block means over the observed cells
+            return coarsen_observed(x, grids.lat, grids.factor, grids.periodic, fill=fill)
+
     def train_batches(size: int = 4):
         for start in range(0, len(train_idx), size):
             x = load_times(fine, train_idx[start : start + size], variables).astype(np.float64)
-            yield x, grids.up(grids.coarsen(x))
+            yield x, grids.up(coarse_of(x))
 
     stat = StatisticalDownscaler.fit_streaming(train_batches(), [is_precipitation(v, fine[v].attrs) for v in variables])
     truth = load_times(fine, test_idx, variables)
     test_times = fine["time"].values[test_idx]
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "downscale":
-        coarse_t = grids.coarsen(truth.astype(np.float64))
+        coarse_t = coarse_of(truth.astype(np.float64), fill=False)
         score_truth = truth
         k_min = len(grids.lon_c) // 2
         ens = bundle.sample(coarse_t, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device,
-                            times=test_times, conserve=cfg.conserve)
+                            times=test_times, conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps)
+        ens = np.where(np.isnan(truth)[None], np.nan, ens)   # missing in the truth: missing in the output
+        coarse_t = bundle.fill_coarse(coarse_t, cfg.coarse_gaps)
     else:
         miss = _gaps((truth.shape[0], *truth.shape[-2:]), cfg.gap_fraction, rng)
         gappy = np.where(miss[:, None], np.nan, truth)
@@ -189,6 +213,8 @@ def run(cfg: ExperimentConfig) -> dict:
     bil = grids.up(coarse_t, "bilinear").astype(np.float32)
     bic = grids.up(coarse_t, "bicubic").astype(np.float32)
     preds = {"bilinear": bil[None], "bicubic": bic[None], "statistical": stat.predict(bic, cfg.members, rng)}
+    if cfg.mode == "downscale":
+        preds = {k: np.where(np.isnan(truth)[None], np.nan, v) for k, v in preds.items()}
     if cfg.mode == "downscale" and cfg.conserve:  # the same block-mean correction applied to the baseline, for reference
         preds["stat+conserve"] = np.stack([bundle.match_coarse(m, coarse_t) for m in preds["statistical"]]).astype(np.float32)
     preds["sciffusion"] = ens
@@ -218,6 +244,8 @@ def run(cfg: ExperimentConfig) -> dict:
         "model": how, "config": asdict(cfg), "credit": credit, "seconds": round(time.time() - t0, 1),
         "scores": table,
     }
+    if cfg.mode == "downscale" and cfg.members > 1:   # spread stripes along the coarse blocks vs the error's
+        metrics["block_stripes"] = {v: block_stripes(ens[:, :, i], truth[:, i], grids.factor) for i, v in enumerate(variables)}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     _log(cfg, format_table(table))
     _log(cfg, f"wrote {os.fspath(out)}/downscaled.nc, metrics.json, maps.png" + (", spectra.png" if cfg.mode == "downscale" else "")
@@ -226,8 +254,18 @@ def run(cfg: ExperimentConfig) -> dict:
 
 
 def downscale_input(cfg: ExperimentConfig) -> Path:
-    """Downscale every time of a coarse `cfg.input` with a checkpoint; write `out`/downscaled.nc."""
+    """Downscale every time of a coarse `cfg.input` with a checkpoint: into the zarr store `out` when
+    it ends in .zarr (`archive.run_archive`: chunked, resumable, dask), else into `out`/downscaled.nc."""
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
+    if str(cfg.out).rstrip("/").endswith(".zarr"):
+        from sciffusion.plugins.climate.archive import ArchiveConfig, run_archive
+
+        if not ckpt.exists():
+            raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        return run_archive(ArchiveConfig(cfg.input, cfg.out, str(ckpt), members=cfg.members, steps=cfg.steps,
+                                         seed=cfg.seed, conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps,
+                                         time_chunk=cfg.time_chunk, workers=cfg.workers, scheduler=cfg.scheduler,
+                                         progress=not cfg.quiet), log=lambda msg: _log(cfg, msg))
     bundle = Downscaler.load(ckpt)
     coarse_ds = open_fields(cfg.input, list(cfg.variables) or list(bundle.cfg.variables))
     bundle.check_input(coarse_ds, fine=False)

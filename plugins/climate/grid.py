@@ -1,11 +1,15 @@
 """Regular latitude-longitude grids: cell-area weights, area-weighted coarsening, interpolation.
 
-Arrays are (..., lat, lon) with latitude increasing and longitude periodic. Interpolation is
+Arrays are (..., lat, lon) with latitude increasing. Longitude is periodic when the grid spans
+the globe (`is_global_longitude`) and bounded otherwise (a regional domain). Interpolation is
 written as two small matrices, `x_fine = W_lat @ x_coarse @ W_lon^T`, so it is exact about
-coordinates, periodic in longitude, and runs unchanged on numpy arrays or torch tensors.
+coordinates, periodic in longitude only on a global grid, and runs unchanged on numpy arrays or
+torch tensors.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -28,6 +32,21 @@ def lat_weights(lat: np.ndarray) -> np.ndarray:
     lower, upper = cell_bounds(lat)
     w = np.sin(np.deg2rad(upper)) - np.sin(np.deg2rad(lower))
     return w / w.mean()
+
+
+def is_global_longitude(lon: np.ndarray) -> bool:
+    """True when the longitudes close the circle: uniform spacing d (to 1 %) and n d = 360 to
+    within half a cell, so the cell east of the last one is the first one.
+
+    A regional domain (e.g. 235..279 E) is not periodic; its east and west edges never touch."""
+    lon = np.asarray(lon, dtype=np.float64)
+    if lon.size < 2:
+        return False
+    step = np.diff(lon)
+    d = (lon[-1] - lon[0]) / (lon.size - 1)
+    if d <= 0 or np.abs(step - d).max() > 0.01 * d:
+        return False
+    return bool(abs(lon.size * d - 360.0) < 0.5 * d)
 
 
 def check_factor(n_lat: int, n_lon: int, factor: int) -> None:
@@ -99,12 +118,16 @@ def coarsening_matrices(lat: np.ndarray, n_lon: int, factor: int) -> tuple[np.nd
     return a, np.kron(np.eye(n_lon // factor), np.full((1, factor), 1.0 / factor))
 
 
-def block_mean_correction(lat: np.ndarray, lon: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def block_mean_correction(lat: np.ndarray, lon: np.ndarray, factor: int,
+                          periodic: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(M_lat (H, h), M_lon (W, w)) with C(M_lat D M_lon^T) = D for any coarse D: the bicubic field B(E)
     whose block means are D. With C(x) = A x L^T and B(E) = W_lat E W_lon^T, E solves the small
-    separable system (A W_lat) E (L W_lon)^T = D, so M_lat = W_lat (A W_lat)^-1, M_lon = W_lon (L W_lon)^-1."""
+    separable system (A W_lat) E (L W_lon)^T = D, so M_lat = W_lat (A W_lat)^-1, M_lon = W_lon (L W_lon)^-1.
+    `periodic` (default: `is_global_longitude(lon)`) makes B wrap in longitude."""
+    periodic = is_global_longitude(lon) if periodic is None else periodic
     lat_c, lon_c = coarse_coords(lat, lon, factor)
-    w_lat, w_lon = interp_matrix(lat_c, lat, "bicubic"), interp_matrix(lon_c, lon, "bicubic", periodic=360.0)
+    w_lat = interp_matrix(lat_c, lat, "bicubic")
+    w_lon = interp_matrix(lon_c, lon, "bicubic", periodic=360.0 if periodic else None)
     a, l_ = coarsening_matrices(lat, len(lon), factor)
     return w_lat @ np.linalg.inv(a @ w_lat), w_lon @ np.linalg.inv(l_ @ w_lon)
 
@@ -189,13 +212,49 @@ def interp_matrix(src: np.ndarray, dst: np.ndarray, method: str, periodic: float
     return mat
 
 
-def interpolate(x, lat_src, lon_src, lat_dst, lon_dst, method: str = "bicubic"):
-    """Interpolate (..., lat_src, lon_src) to (..., lat_dst, lon_dst), periodic in longitude."""
+def interpolate(x, lat_src, lon_src, lat_dst, lon_dst, method: str = "bicubic", periodic: bool = True):
+    """Interpolate (..., lat_src, lon_src) to (..., lat_dst, lon_dst); periodic in longitude when
+    `periodic` (a global grid), else the edge columns are repeated beyond the domain."""
     w_lat = interp_matrix(lat_src, lat_dst, method)
-    w_lon = interp_matrix(lon_src, lon_dst, method, periodic=360.0)
+    w_lon = interp_matrix(lon_src, lon_dst, method, periodic=360.0 if periodic else None)
     if isinstance(x, torch.Tensor):
         a = torch.as_tensor(w_lat, dtype=x.dtype, device=x.device)
         b = torch.as_tensor(w_lon, dtype=x.dtype, device=x.device)
         return torch.matmul(torch.matmul(a, x), b.T)
     x = np.asarray(x)
     return np.matmul(np.matmul(w_lat.astype(x.dtype), x), w_lon.T.astype(x.dtype))
+
+
+def coarsen_observed(fields: np.ndarray, lat: np.ndarray, factor: int, periodic: bool = True,
+                     fill: bool = True) -> np.ndarray:
+    """NaN-aware area-weighted block mean of (..., H, W); all-missing blocks are filled by neighbours
+    (`fill`) or left NaN."""
+    valid = np.isfinite(fields)
+    num = coarsen(np.where(valid, fields, 0.0), factor, lat)
+    den = coarsen(valid.astype(fields.dtype), factor, lat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coarse = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    return fill_by_neighbours(coarse, periodic=periodic) if fill else coarse
+
+
+def fill_by_neighbours(x: np.ndarray, max_iter: int | None = None, periodic: bool = True) -> np.ndarray:
+    """Replace NaN cells by the mean of their finite 4-neighbours until none is left; longitude
+    wraps round when `periodic` (a global grid), else the edge columns have one neighbour."""
+    x = x.copy()
+    h, w = x.shape[-2:]
+    for _ in range(max_iter or (h + w)):
+        nan = np.isnan(x)
+        if not nan.any():
+            return x
+        pad = np.concatenate([x[..., :1, :] * np.nan, x, x[..., -1:, :] * np.nan], axis=-2)
+        west, east = np.roll(x, 1, -1), np.roll(x, -1, -1)
+        if not periodic:
+            west[..., 0], east[..., -1] = np.nan, np.nan
+        nbrs = np.stack([pad[..., :-2, :], pad[..., 2:, :], west, east])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods stay NaN this round
+            fill = np.nanmean(nbrs, axis=0)
+        x = np.where(nan, fill, x)
+    if np.isnan(x).any():
+        raise ValueError("cannot fill gaps: a whole field is missing")
+    return x

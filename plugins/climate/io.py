@@ -90,11 +90,26 @@ def _check_axis(ds: xr.Dataset, name: str, source: str) -> np.ndarray:
     unique, counts = np.unique(values, return_counts=True)
     if np.any(counts > 1):
         raise ValueError(f"{source}: coordinate '{name}' has duplicated values, e.g. {unique[counts > 1][:3]}")
-    if values.size > 2:
-        d = np.diff(values.astype(np.float64) if name != "time" else values.astype("int64"))
+    if values.size > 1 and name == "time" and values.dtype.kind in "Miuf":
+        if not np.all(np.diff(values.astype("int64") if values.dtype.kind == "M" else values) > 0):
+            raise ValueError(f"{source}: coordinate 'time' is not monotonic increasing (sort the file by time)")
+    elif values.size > 2 and name != "time":
+        d = np.diff(values.astype(np.float64))
         if not (np.all(d > 0) or np.all(d < 0)):
             raise ValueError(f"{source}: coordinate '{name}' is not monotonic")
     return values
+
+
+def _check_not_curvilinear(ds: xr.Dataset, source: str) -> None:
+    """Raise on 2-D latitude/longitude coordinates (a curvilinear or rotated grid)."""
+    for canonical in ("latitude", "longitude"):
+        for alias in COORD_ALIASES[canonical]:
+            for name in ds.coords:
+                if str(name).lower() == alias and ds[name].ndim > 1:
+                    raise ValueError(
+                        f"{source}: coordinate '{name}' is {ds[name].ndim}-D with dims {ds[name].dims}: curvilinear "
+                        "grids are not supported; regrid to a regular latitude-longitude grid (1-D latitude and "
+                        "longitude) first")
 
 
 def normalise_coords(ds: xr.Dataset, lon_convention: str = "0_360", source: str = "dataset") -> xr.Dataset:
@@ -105,6 +120,7 @@ def normalise_coords(ds: xr.Dataset, lon_convention: str = "0_360", source: str 
     """
     if lon_convention not in ("0_360", "-180_180"):
         raise ValueError(f"lon_convention must be '0_360' or '-180_180', got {lon_convention!r}")
+    _check_not_curvilinear(ds, source)
     rename = {}
     for canonical in ("latitude", "longitude", "time"):
         found = _find(ds, canonical)
@@ -205,6 +221,14 @@ def load_times(ds: xr.Dataset, index: Sequence[int] | slice, variables: Sequence
             f"variable '{variables[c]}' is all-NaN at time {sub['time'].values[t]} (index {t} of the selection)"
         )
     return arr
+
+
+def empty_times(ds: xr.Dataset, variables: Sequence[str]) -> np.ndarray:
+    """Boolean (T,): True where the field of any of `variables` is entirely missing (all NaN).
+
+    One dask reduction over the data (chunk by chunk); such times are skipped, not fatal."""
+    flags = [ds[v].isnull().all(dim=("latitude", "longitude")) for v in variables]
+    return np.asarray(xr.concat(flags, dim="variable").any("variable").values, bool)
 
 
 def check_grid(ds: xr.Dataset, latitude: np.ndarray, longitude: np.ndarray, what: str = "checkpoint") -> None:

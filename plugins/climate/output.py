@@ -53,6 +53,14 @@ def ensemble_dataset(
         attrs = dict(template[name].attrs) if name in template else {}
         data[name] = (("realization", "time", "latitude", "longitude"), ensemble[:, :, i].astype(np.float32), attrs)
     out = xr.Dataset(data, coords=coords)
+    out.attrs = global_attrs(template, source, history, extra_attrs)
+    return out
+
+
+def global_attrs(template: xr.Dataset, source: str, history: str | None = None,
+                 extra_attrs: dict | None = None) -> dict:
+    """The input's global attributes with a `history` line prepended, `Conventions`, `source`
+    (ours; the input's after it) and the ERA5 credit where the input is ERA5."""
     attrs = {key: val for key, val in template.attrs.items() if isinstance(val, (str, int, float, np.number))}
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"{stamp}: {history or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}"
@@ -63,8 +71,7 @@ def ensemble_dataset(
     if is_era5(template):
         attrs["credit"] = ERA5_CREDIT
     attrs.update(extra_attrs or {})
-    out.attrs = attrs
-    return out
+    return attrs
 
 
 def is_era5(ds: xr.Dataset) -> bool:

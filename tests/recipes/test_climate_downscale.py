@@ -14,7 +14,7 @@ from recipes.climate_downscale import main
 from sciffusion.plugins.climate.downscale import Downscaler
 from sciffusion.plugins.climate.grid import coarsen, coarsen_dataset
 from sciffusion.plugins.climate.io import open_fields
-from tests.plugins.climate.conftest import make_fine
+from tests.plugins.climate.conftest import make_fine, make_regional
 
 SMALL = ["--train-steps", "3", "--widths", "8,8,8", "--batch-size", "4", "--holdout", "2",
          "--members", "3", "--steps", "2", "--quiet"]
@@ -125,3 +125,60 @@ def test_training_options_reach_the_checkpoint(trained, capsys):
 def test_help_runs_as_a_module():
     res = subprocess.run([sys.executable, "-m", "recipes.climate_downscale", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--reference" in res.stdout and "--mode" in res.stdout
+
+
+def test_a_regional_grid_of_any_size_trains_and_downscales(tmp_path, capsys):
+    ref = tmp_path / "box.nc"
+    make_regional(n_time=8, n_lat=15, n_lon=21).to_netcdf(ref, engine="h5netcdf")
+    out = tmp_path / "out"
+    args = ["--reference", str(ref), "--train", "--factor", "3", "--train-steps", "2", "--widths", "8,8,8", "--batch-size", "4",
+            "--holdout", "2", "--members", "2", "--steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "domain: 15 x 21 cells" in log and "regional: longitude does not close the circle" in log
+    ds = xr.open_dataset(out / "downscaled.nc")
+    assert ds["t2m"].shape == (2, 2, 15, 21) and np.isfinite(ds["t2m"].values).all()
+    ds.close()
+    assert not Downscaler.load(out / "downscale.pt").model.cfg.periodic
+
+
+def test_grid_problems_are_reported_before_training(tmp_path, capsys):
+    ref = tmp_path / "box.nc"
+    make_regional(n_time=8, n_lat=15, n_lon=21).to_netcdf(ref, engine="h5netcdf")
+    base = ["--reference", str(ref), "--train", *SMALL, "--out", str(tmp_path / "x")]
+    assert main([*base, "--factor", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {ref}: factor 4 does not divide the latitude size 15; pass --crop to drop the last 3 "
+                   "latitude cell(s), or choose a factor of 15")
+    assert main([*base[:-1], str(tmp_path / "cropped"), "--factor", "4", "--crop"]) == 0     # 12 x 20 cells
+    capsys.readouterr()
+    assert main([*base, "--factor", "8", "--crop"]) == 2
+    assert "smaller than the network's receptive field: latitude has 8 cells, the model needs at least 16" in capsys.readouterr().err
+    assert main([*base, "--variables", "t2m,z500"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {ref}: variable(s) ['z500'] not found; available variables: ['t2m', 'u10']"
+    assert not (tmp_path / "x" / "train").exists()  # nothing was trained for the failures
+
+
+def test_gappy_regional_data_missing_cells_stay_missing_and_empty_times_are_skipped(tmp_path, capsys):
+    ds = make_regional(n_time=9, n_lat=15, n_lon=21)
+    for v in ("t2m", "u10"):
+        ds[v][:, 2:7, 4:9] = np.nan          # always missing: whole coarse blocks and parts of others
+        ds[v][3] = np.nan                    # a missing time slice
+    ref = tmp_path / "gappy.nc"
+    ds.to_netcdf(ref, engine="h5netcdf")
+    out = tmp_path / "out"
+    assert main(["--reference", str(ref), "--train", "--factor", "3", "--train-steps", "2", "--widths", "8,8,8",
+                 "--batch-size", "4", "--holdout", "2", "--members", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert "skipped 1 time(s) whose field is entirely missing: 2020-01-01T18:00:00" in capsys.readouterr().out
+    got = xr.open_dataset(out / "downscaled.nc")
+    truth = open_fields(ref).isel(time=slice(-2, None))
+    for v in ("t2m", "u10"):
+        gap = np.isnan(truth[v].values)
+        assert gap.sum() == 2 * 25 and np.isnan(got[v].values[:, gap]).all() and np.isfinite(got[v].values[:, ~gap]).all()
+    got.close()
+    scores = json.loads((out / "metrics.json").read_text())["scores"]
+    assert all(np.isfinite(s["crps"]) and np.isfinite(s["spectral_error"]) for v in scores.values() for s in v.values())
+    assert Downscaler.load(out / "downscale.pt").missing[:, 8:13, 4:9].all()   # rows 2..6 of 15, latitude flipped
+    assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--factor", "3", "--coarse-gaps",
+                 "report", *SMALL, "--out", str(tmp_path / "r")]) == 2
+    assert "coarse input: variable 't2m' has 2 missing cells" in capsys.readouterr().err

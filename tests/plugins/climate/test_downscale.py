@@ -36,7 +36,7 @@ def test_intercept_only_statistics_are_the_per_cell_mean_and_std_with_leave_one_
     rng = np.random.default_rng(0)
     r = rng.normal(size=(6, 2, 3, 4))
     f = residual_features(None, np.zeros(3), np.zeros(4), 6)
-    stats = ResidualStats(len(r), *normal_sums(r, f), diurnal=np.array([False, False]))
+    stats = ResidualStats(*normal_sums(r, f), diurnal=np.array([False, False]))
     coef, s = stats.coefficients(0.0)
     np.testing.assert_allclose(coef[:, 0], r.mean(0))
     np.testing.assert_array_equal(coef[:, 1:], 0.0)
@@ -56,7 +56,7 @@ def test_diurnal_fit_matches_per_cell_least_squares_and_its_leave_one_out_refit(
     f = solar_features(times, lat, lon)
     beta = rng.normal(size=(2, 3, 3, 4))
     r = np.einsum("cphw,tphw->tchw", beta, f) + 0.05 * rng.normal(size=(20, 2, 3, 4))
-    stats = ResidualStats(len(r), *normal_sums(r, f), diurnal=np.array([True, False]))
+    stats = ResidualStats(*normal_sums(r, f), diurnal=np.array([True, False]))
     coef, s = stats.coefficients(0.0)
     m_loo, s_loo = stats.leave_one_out(r[7], f[7], 0.0)
     for i in range(3):
@@ -278,7 +278,7 @@ def test_latitude_alignment_b_is_alignment_zero_of_the_rows_b_to_h_minus_factor_
     _, data = build(ds, cfg, list(range(6)))
     assert data.alignments == [Alignment(b, a) for b in range(3) for a in range(2)]
     # alignment 0 keeps the 16 rows (3 strips of 8 on a stride of 4), the others rows b..b+11 (2 strips)
-    assert data.views == [(0, 0), (0, 4), (0, 8), (1, 0), (1, 4), (1, 8)] + [(k, s) for k in range(2, 6) for s in (0, 4)]
+    assert data.views == [(0, 0, 0), (0, 4, 0), (0, 8, 0), (1, 0, 0), (1, 4, 0), (1, 8, 0)] + [(k, s, 0) for k in range(2, 6) for s in (0, 4)]
     assert len(data) == 6 * 14
     # alignment (2, 1): the fields' rows 2..13, rolled west by one cell, with their own blocks and statistics
     rows = ds.isel(latitude=slice(2, 14))
@@ -292,5 +292,46 @@ def test_latitude_alignment_b_is_alignment_zero_of_the_rows_b_to_h_minus_factor_
     np.testing.assert_array_equal(data[4 * 14 + 13][0].numpy(), data.prepared(4, 5)[0][:, 4:12])  # the last item of time 4
     with pytest.raises(ValueError, match="lat_alignments=5 must be between 1 and the factor 4"):
         build(ds, replace(cfg, lat_alignments=5), list(range(6)))
-    with pytest.raises(ValueError, match="strip_height 16 must be a multiple of 4 and at most 12"):
+    with pytest.raises(ValueError, match="strip_height 16 must be between 1 and 12"):
         build(ds, replace(cfg, strip_height=16), list(range(6)))
+
+
+def test_masked_statistics_are_the_per_cell_fit_over_the_observed_times():
+    rng = np.random.default_rng(4)
+    times = np.datetime64("2021-06-01T00") + np.arange(14) * np.timedelta64(5, "h")
+    lat, lon = np.array([-40.0, 10.0, 60.0]), np.array([0.0, 90.0, 200.0, 300.0])
+    f = solar_features(times, lat, lon)
+    r = rng.normal(size=(14, 2, 3, 4))
+    valid = rng.random(r.shape) > 0.3
+    valid[:, :, 0, 0] = False                     # a cell never observed
+    stats = ResidualStats(*normal_sums(np.where(valid, r, np.nan), f, valid), diurnal=np.array([True, False]))
+    coef, s = stats.coefficients(0.0)
+    m_loo, _ = stats.leave_one_out(r[5], f[5], 0.0, valid[5])
+    for i, j in [(1, 2), (2, 3)]:
+        v0, v1 = valid[:, 0, i, j], valid[:, 1, i, j]
+        x = f[v0, :, i, j]
+        want = np.linalg.solve(x.T @ x + v0.sum() * np.diag([0.0, RIDGE, RIDGE]), x.T @ r[v0, 0, i, j])
+        np.testing.assert_allclose(coef[0, :, i, j], want, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(coef[1, 0, i, j], r[v1, 1, i, j].mean(), rtol=1e-10)
+        np.testing.assert_allclose(s[1, i, j], r[v1, 1, i, j].std(ddof=1), rtol=1e-8)
+        keep = v1 & (np.arange(14) != 5)
+        np.testing.assert_allclose(m_loo[1, i, j], r[keep, 1, i, j].mean(), rtol=1e-10)
+    assert np.all(coef[:, :, 0, 0] == 0) and np.all(stats.n[:, 0, 0] == 0)
+    stat = StatisticalDownscaler.fit_streaming([(np.where(valid, r, np.nan), np.zeros_like(r))])
+    np.testing.assert_allclose(stat.mean[1, 1, 2], r[valid[:, 1, 1, 2], 1, 1, 2].mean(), rtol=1e-5)
+    assert np.isnan(stat.mean[:, 0, 0]).all() and np.isnan(stat.predict(np.zeros((1, 2, 3, 4)), 2, rng)[:, :, :, 0, 0]).all()
+
+
+def test_missing_coarse_cells_are_infilled_or_reported(tiny):
+    ds, bundle, _ = tiny
+    coarse = bundle.grids.coarsen(load_times(ds, [6, 7], VARS).astype(np.float64))
+    coarse[1, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="coarse input: variable 'u10' has 1 missing cells \\(first at time index 1\\)"):
+        bundle.sample(coarse, members=1, steps=1, coarse_gaps="report")
+    ens = bundle.sample(coarse, members=2, steps=2, coarse_gaps="infill")
+    assert np.isfinite(ens).all()
+    missing = np.zeros((3, 16, 32), bool)
+    missing[:, :2, :3] = True
+    masked = Downscaler(bundle.cfg, bundle.norm, bundle.grids, bundle.coef, bundle.std, bundle.diurnal, bundle.model, missing)
+    again = masked.sample(coarse, members=2, steps=2)
+    assert np.isnan(again[:, :, missing]).all() and np.isfinite(again[:, :, ~missing]).all()

@@ -16,6 +16,7 @@ from sciffusion.plugins.climate.grid import (
     coarsen_dataset,
     interp_matrix,
     interpolate,
+    is_global_longitude,
     lat_weights,
     match_block_means,
     repeat_blocks,
@@ -158,3 +159,25 @@ def test_scale_to_block_means_conserves_each_block_and_keeps_dry_cells_dry():
     np.testing.assert_allclose(np.nanmax(ratio[:4, :4]), np.nanmin(ratio[:4, :4]))
     np.testing.assert_array_equal(repeat_blocks(np.arange(4.0).reshape(2, 2), 2),
                                   [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+def test_longitude_is_periodic_only_when_the_grid_spans_the_globe():
+    assert is_global_longitude(np.arange(360.0)) and is_global_longitude(np.arange(-180, 180, 2.5))
+    assert is_global_longitude(np.arange(0, 360, 1.25) + 0.625)
+    assert not is_global_longitude(235 + 1.5 * np.arange(21))            # a regional box
+    assert not is_global_longitude(np.arange(359.0))                     # one cell short of the circle
+    assert not is_global_longitude(np.r_[np.arange(0, 180.0), np.arange(181, 361.0)])  # uneven spacing
+
+
+def test_regional_interpolation_and_block_mean_correction_do_not_wrap():
+    lat, lon = 20 + np.arange(15.0), 235 + 1.5 * np.arange(21)
+    lat_c, lon_c = coarse_coords(lat, lon, 3)
+    w = interp_matrix(lon_c, lon, "bicubic")
+    assert np.all(w[0, -2:] == 0) and np.all(w[-1, :2] == 0)               # the west edge sees no east cell
+    ramp = np.broadcast_to(lon_c, (5, 7))
+    np.testing.assert_allclose(interpolate(ramp, lat_c, lon_c, lat, lon, periodic=False)[:, 4:-4],
+                               np.broadcast_to(lon, (15, 21))[:, 4:-4], atol=1e-9)  # linear fields are kept inside
+    m_lat, m_lon = block_mean_correction(lat, lon, 3)                     # non-periodic, detected
+    d = np.random.default_rng(0).normal(size=(5, 7))
+    np.testing.assert_allclose(coarsen(m_lat @ d @ m_lon.T, 3, lat), d, atol=1e-10)
+    assert not np.allclose(block_mean_correction(lat, lon, 3, periodic=True)[1], m_lon)

@@ -81,3 +81,23 @@ def test_zonal_spectrum_of_a_wave():
     k, p = zonal_spectrum(field, lat)
     assert k[np.argmax(p)] == 5 and p[5] == pytest.approx(2.0)  # amplitude a has power a^2 / 2
     assert spectral_error(field, field, lat, 0) == 0.0
+
+
+def test_block_stripes_flag_spread_stripes_that_the_truth_does_not_have():
+    from sciffusion.plugins.climate.metrics import block_stripes, block_wavenumber_ratio
+
+    rng = np.random.default_rng(0)
+    rows = np.arange(48)
+    striped = np.where(rows % 4 < 2, 2.0, 0.5)[:, None] * np.ones((48, 64))   # std by row within 4-row blocks
+    draws = lambda std: rng.normal(size=(9, 40, 48, 64)) * std  # noqa: E731
+    calibrated = draws(striped)           # truth and 8 members exchangeable: the error has the same stripes
+    artefact = draws(striped)
+    artefact[0] = draws(np.ones((48, 64)))[0]   # the truth without stripes
+    good, bad = block_stripes(calibrated[1:], calibrated[0], 4), block_stripes(artefact[1:], artefact[0], 4)
+    assert good["spread"] > 100 and good["error"] > 100 and good["mismatch"] < 0.1
+    # the error (xbar - y)^2 keeps a striped var/K from the ensemble mean: ratios [1.59, 1.59, 0.15, 0.15]
+    assert bad["spread"] > 100 and bad["error"] < bad["spread"] / 20 and 0.75 < bad["mismatch"] < 0.95
+    assert 1.7 < good["spread_amplitude"] < 1.82   # variance profile (4, 4, 1/4, 1/4) / 2.125: ptp 1.76
+    flat = block_stripes(draws(np.ones((48, 64)))[1:], draws(np.ones((48, 64)))[0], 4)
+    assert flat["spread"] < 10 and flat["mismatch"] < 0.1
+    assert block_wavenumber_ratio(np.tile([1.0, 0.0, 0.0, 0.0], 12), 4) > 1e6
