@@ -37,6 +37,8 @@ from sciffusion.core.schedules import Schedule
 __all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "register_sampler", "sample"]
 
 HEUN_MAX_RATIO = 4.0
+PRIOR_MEAN_MIN_SIGMA_TILDE = 20.0  # default starts at least this noisy get the prior's mean alpha E[x_0]
+LOWER_ORDER_FINAL_BELOW = 15  # UniPC lowers its order over the last steps of grids shorter than this
 
 class Prediction:
     """The model's output at `(x_t, t)`; `x0` and `eps` are derived on first use, so a step pays only for
@@ -91,6 +93,7 @@ class Interval:
     lambda_t: float  # log(alpha_t / sigma_t)
     lambda_s: float
     eta: float = 0.0
+    count: int = 0  # number of steps in the whole grid (for lower-order final steps)
 
 
 def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interval]:
@@ -106,7 +109,7 @@ def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interv
                 alpha_t=float(alpha[i]), sigma_t=float(sigma[i]),
                 alpha_s=float(alpha[i + 1]), sigma_s=float(sigma[i + 1]),
                 alpha_ts=float(a_ts[i]), var_ts=float(var_ts[i]),
-                lambda_t=float(half_lam[i]), lambda_s=float(half_lam[i + 1]), eta=eta,
+                lambda_t=float(half_lam[i]), lambda_s=float(half_lam[i + 1]), eta=eta, count=len(t),
             )
         )
     return out
@@ -171,6 +174,87 @@ def dpmpp_2m_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: 
     return (x * (iv.sigma_s / iv.sigma_t)).add_(d, alpha=-iv.alpha_s * math.expm1(-h)), (x0, h)
 
 
+@dataclass(frozen=True)
+class MultistepState:
+    """What a UniPC step hands to the next: the chain point `x` it started from, its interval, the order it
+    used, and the latest data predictions `x0_hat` with their `lambda'` (oldest first)."""
+
+    x: Tensor
+    iv: Interval
+    order: int
+    history: tuple[tuple[Tensor, float], ...]
+
+
+def _unipc_weights(h: float, rks: list[float], variant: str) -> tuple[float, float, list[float]]:
+    """`(e^{-h} - 1, B(h), b)` of UniPC in data prediction (Zhao et al. 2023, eq. 7-8): `b_i = i! phi_{i+1}(-h)
+    / B(h)` with `phi_1(-h) = (e^{-h} - 1) / (-h) - 1`, `phi_{k+1} = phi_k / (-h) - 1 / (k + 1)!`, and
+    `B(h) = -h` (`bh1`) or `e^{-h} - 1` (`bh2`). `rks` are the ratios `(lambda'_k - lambda'_0) / h` of the
+    points used (the target, ratio 1, last)."""
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    h_phi_k, factorial, b = h_phi_1 / hh - 1.0, 1.0, []
+    for i in range(1, len(rks) + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    return h_phi_1, b_h, b
+
+
+def _unipc_update(x: Tensor, iv: Interval, target: tuple[float, float, float], x0: Tensor,
+                  older: list[tuple[Tensor, float]], new: Tensor | None, variant: str) -> Tensor:
+    """One UniPC update from `x` at `iv.t` (prediction `x0`) to the point `target = (lambda', alpha, sigma)`:
+    `x_s = sigma_s / sigma_t x - alpha_s (e^{-h} - 1) x0 - alpha_s B(h) sum_k a_k D_k`, `D_k = (x0_k - x0) / r_k`.
+
+    Predictor (`new is None`): the `D_k` of the `older` predictions (newest first), weights from `R a = b`,
+    `R_ik = r_k^i` (`a = 1/2` at order 2). Corrector (`new` = the prediction at the target point): adds
+    `D = new - x0` at `r = 1`, and `a = 1/2` alone is the trapezoidal rule.
+    """
+    lam_s, alpha_s, sigma_s = target
+    h = lam_s - iv.lambda_t
+    rks = [(lam - iv.lambda_t) / h for _, lam in older] + [1.0]
+    h_phi_1, b_h, b = _unipc_weights(h, rks, variant)
+    out = (x * (sigma_s / iv.sigma_t)).add_(x0, alpha=-alpha_s * h_phi_1)
+    diffs = [(xk - x0) / r for (xk, _), r in zip(older, rks, strict=False)]
+    if new is not None:
+        diffs.append(new - x0)
+    n = len(diffs)
+    if n == 1:
+        rhos = [0.5]
+    elif n > 1:
+        r_mat = torch.tensor([[r**i for r in rks[:n]] for i in range(n)], dtype=torch.float64)
+        rhos = torch.linalg.solve(r_mat, torch.tensor(b[:n], dtype=torch.float64)).tolist()
+    for rho, d in zip(rhos if n else [], diffs, strict=True):
+        out.add_(d, alpha=-alpha_s * b_h * rho)
+    return out
+
+
+def unipc_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn, order: int = 2,
+               variant: str = "bh2") -> tuple[Tensor, Any]:
+    """UniPC (Zhao et al. 2023) in data prediction: correct the point just reached with the evaluation made
+    there (UniC, no extra evaluation), then predict the next one (UniP) from up to `order` predictions;
+    first-order on the first step and on the last (to `sigma = 0`), and on grids of fewer than
+    `LOWER_ORDER_FINAL_BELOW` steps order `<= count - index` near the end (large steps near `sigma = 0` are
+    where extrapolating old predictions costs most). Order `p` with the corrector converges at order `p + 1`.
+    """
+    x0 = denoise(x, iv.t).x0
+    history: tuple[tuple[Tensor, float], ...] = ()
+    if state is not None:
+        older = list(reversed(state.history[:-1]))[: state.order - 1]
+        here = (iv.lambda_t, iv.alpha_t, iv.sigma_t)
+        x = _unipc_update(state.x, state.iv, here, state.history[-1][0], older, x0, variant)
+        history = state.history
+    history = (*history, (x0, iv.lambda_t))[-order:]
+    if iv.sigma_s == 0.0:
+        return x0 * iv.alpha_s, None
+    this_order = min(order, len(history))
+    if iv.count < LOWER_ORDER_FINAL_BELOW:
+        this_order = min(this_order, iv.count - iv.index)
+    older = list(reversed(history[:-1]))[: this_order - 1]
+    x_s = _unipc_update(x, iv, (iv.lambda_s, iv.alpha_s, iv.sigma_s), x0, older, None, variant)
+    return x_s, MultistepState(x, iv, this_order, history)
+
+
 StepFn = Callable[[Denoise, Tensor, Interval, Any, NoiseFn], tuple[Tensor, Any]]
 
 
@@ -189,6 +273,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "euler_maruyama": SamplerSpec(euler_maruyama_step, "uniform", True),
     "heun": SamplerSpec(heun_step, "log_snr", False),
     "dpmpp_2m": SamplerSpec(dpmpp_2m_step, "log_snr", False),
+    "unipc": SamplerSpec(unipc_step, "angle", False),
+    "unipc_3": SamplerSpec(functools.partial(unipc_step, order=3), "angle", False),
+    "unipc_bh1": SamplerSpec(functools.partial(unipc_step, variant="bh1"), "angle", False),
 }
 
 
@@ -258,6 +345,27 @@ def _make_denoise(
     return denoise
 
 
+def _shift_to_prior_mean(denoise: Denoise, x: Tensor, iv: Interval) -> tuple[Tensor, Denoise]:
+    """Start from `x + alpha x0_hat(x)` instead of `x ~ N(0, (alpha^2 + sigma^2) I)` at a high noise level.
+
+    The marginal there has mean `alpha E[x_0]`, and `x0_hat = E[x_0 | x]` is almost flat in `x` (its Jacobian is
+    `alpha Cov[x_0 | x] / sigma^2`), so `alpha x0_hat(x)` is that mean; an error `e` of an `eps` network moves it
+    by only `sigma e`. The first step reuses this evaluation (with `x0_hat` held), so it costs nothing.
+    """
+    pred = denoise(x, iv.t)
+    shifted = x.add(pred.x0, alpha=iv.alpha_t)
+    held = Prediction(pred.x0, shifted, iv.alpha_t, iv.sigma_t, "x0")
+    pending = [True]
+
+    def denoise_once_held(x_arg: Tensor, t_value: float) -> Prediction:
+        if pending[0] and x_arg is shifted and t_value == iv.t:
+            pending[0] = False
+            return held
+        return denoise(x_arg, t_value)
+
+    return shifted, denoise_once_held
+
+
 def default_t_max(process: DiffusionProcess) -> float:
     """Where sampling starts by default: `t = 1`, except for `eps` and `score` models on a schedule whose
     `sigma~(1) = sigma / alpha` exceeds `SIGMA_TILDE_MAX` (80): they start where `sigma~ = 80`.
@@ -283,7 +391,7 @@ def sample(
     model: Callable,
     process: DiffusionProcess,
     shape: tuple[int, ...],
-    method: str = "dpmpp_2m",
+    method: str = "unipc",
     steps: int = 20,
     *,
     generator: torch.Generator | None = None,
@@ -371,6 +479,9 @@ def sample(
     coefficients = {iv.t: (iv.alpha_t, iv.sigma_t) for iv in intervals}
     coefficients.update({iv.s: (iv.alpha_s, iv.sigma_s) for iv in intervals})
     denoise = _make_denoise(model, process, cond, guidance, null_cond, coefficients)
+    first = intervals[0]
+    if x_init is None and known is None and first.sigma_t > PRIOR_MEAN_MIN_SIGMA_TILDE * first.alpha_t:
+        x, denoise = _shift_to_prior_mean(denoise, x, first)
     sums = []  # one reduction per step; NaN and inf propagate through a sum, and nothing waits on the host
     state = None
     for iv in tqdm(intervals, desc=f"sampling ({method})", disable=not progress, leave=False):
