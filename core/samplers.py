@@ -9,9 +9,10 @@ carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t =
 |---|---|---|
 | `ddpm` | `x_s ~ N((x_t - sigma_{t|s}^2 / sigma_t eps) / alpha_{t|s}, sigma_{t|s}^2 sigma_s^2 / sigma_t^2)` (Ho et al. 2020) | weak 1 |
 | `ddim` | `x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`, `c^2 = eta^2 sigma_{t|s}^2 sigma_s^2 / sigma_t^2` (Song et al. 2021) | 1 |
-| `euler_maruyama` | reverse VP SDE, drift and diffusion integrated over the step: mean as `ddpm`, variance `sigma_{t|s}^2` | weak 1 |
+| `ddpm_beta` | DDPM with the larger variance (Ho et al.'s `sigma^2 = beta`): mean as `ddpm`, variance `sigma_{t|s}^2`; `euler_maruyama` is an older name for it | weak 1 |
 | `heun` | probability-flow ODE `dx~/dsigma~ = eps` by Heun's method (Karras et al. 2022) | 2 |
 | `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
+| `unipc`, `unipc_3`, `unipc_bh1` | UniPC (Zhao et al. 2023): multistep predictor in `lambda'` on data predictions, corrected with the next evaluation; order 2 (3) with `B(h) = e^{-h} - 1` (`bh1`: `-h`) | 3 (4) |
 
 `heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` (4) in one step (the
 first step of a uniform grid on a clipped cosine schedule, where `sigma~` drops from 2e4), and on the
@@ -126,8 +127,9 @@ def ddpm_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: Nois
     return mean.add_(noise(), alpha=std), state
 
 
-def euler_maruyama_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
-    """Reverse-SDE step `x_s = (x_t + sigma_{t|s}^2 score) / alpha_{t|s} + sigma_{t|s} z`, `score = -eps / sigma_t`."""
+def ddpm_beta_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
+    """DDPM step with variance `beta = sigma_{t|s}^2`: `x_s = (x_t + sigma_{t|s}^2 score) / alpha_{t|s} + sigma_{t|s} z`,
+    `score = -eps / sigma_t` (the reverse SDE's exponential-integrator step, not its Euler-Maruyama step)."""
     pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
         return pred.x0, state
@@ -270,7 +272,8 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(ddpm_step, "uniform", True),
     "ddim": SamplerSpec(ddim_step, "uniform", False),
-    "euler_maruyama": SamplerSpec(euler_maruyama_step, "uniform", True),
+    "ddpm_beta": SamplerSpec(ddpm_beta_step, "uniform", True),
+    "euler_maruyama": SamplerSpec(ddpm_beta_step, "uniform", True),  # the older name of ddpm_beta
     "heun": SamplerSpec(heun_step, "log_snr", False),
     "dpmpp_2m": SamplerSpec(dpmpp_2m_step, "log_snr", False),
     "unipc": SamplerSpec(unipc_step, "angle", False),

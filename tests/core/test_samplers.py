@@ -7,7 +7,7 @@ from sciffusion.core import DiffusionProcess, GaussianMixture, available_sampler
 from sciffusion.core.inpainting import smc_inpaint
 from tests.core.conftest import gaussian_2d, gaussian_16d, gaussian_exact_ode
 
-BUDGET = {"ddpm": 200, "euler_maruyama": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20, "unipc": 10, "unipc_3": 10}
+BUDGET = {"ddpm": 200, "ddpm_beta": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20, "unipc": 10, "unipc_3": 10}
 
 
 def _std_error(x: torch.Tensor, gm: GaussianMixture) -> float:
@@ -144,7 +144,7 @@ def test_default_start_gets_the_prior_mean_for_free():
     assert torch.allclose(((plain - gm.means[0]) / gm.stds[0] - x_init).mean(0), -gm.means[0] / 80, atol=0.01)
 
 
-@pytest.mark.parametrize("method", ["ddpm", "euler_maruyama"])
+@pytest.mark.parametrize("method", ["ddpm", "ddpm_beta"])
 def test_stochastic_samplers_weak_order_one(method):
     gm = GaussianMixture.gaussian(torch.tensor([0.5]), torch.tensor([1.5]))
     proc = DiffusionProcess("cosine", "eps")
@@ -172,6 +172,12 @@ def test_default_start_tolerates_eps_errors_of_a_trained_network(method):
     assert z.mean(0).abs().max() < 0.15 and (z.std(0) - 1).abs().max() < 0.1
     from_one = sample(trained, proc, (4000, 2), method, 20, t_max=1.0, **kw)
     assert ((from_one - gm.means[0]) / gm.stds[0]).mean(0).abs().max() > 1.0  # why the default moved
+
+
+def test_euler_maruyama_is_the_older_name_of_ddpm_beta():
+    from sciffusion.core.samplers import SAMPLERS
+
+    assert SAMPLERS["euler_maruyama"].step is SAMPLERS["ddpm_beta"].step
 
 
 def test_seeded_runs_repeat_and_ddim_is_deterministic():
@@ -268,7 +274,7 @@ def test_smc_inpainting_reproduces_the_exact_conditional():
 
 def test_bad_inputs_are_reported():
     proc = DiffusionProcess("cosine", "eps")
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; known samplers: ddim, ddpm, dpmpp_2m, euler_maruyama, heun, unipc, unipc_3, unipc_bh1"):
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; known samplers: ddim, ddpm, ddpm_beta, dpmpp_2m, euler_maruyama, heun, unipc, unipc_3, unipc_bh1"):
         sample(lambda x, t: x, proc, (2, 2), "euler", progress=False)
     with pytest.raises(ValueError, match=r"the model returned \(2, 3\); it must return a tensor of x_t's shape \(2, 2\)"):
         sample(lambda x, t: torch.zeros(2, 3), proc, (2, 2), "ddim", 3, progress=False)
