@@ -418,10 +418,12 @@ def sample(
     """Draw samples of shape `shape` by integrating the reverse process from `t_max` down to `t_min`.
 
     - `model(x_t, t, cond=None)` returns the process's prediction type, of `x_t`'s shape; `t` is `(B,)`.
-    - `grid`: a named spacing (`uniform`, `log_snr`, `karras`; default: the sampler's own) or an explicit
+    - `method` (default `unipc`, on its `angle` grid): a registered sampler, see `available_samplers()`.
+    - `grid`: a named spacing (`angle`, `uniform`, `log_snr`, `karras`; default: the sampler's own) or an explicit
       strictly decreasing tensor of times, which then overrides `steps`, `t_max` and `t_min`.
     - `t_max` (default `default_t_max(process)`): where the chain starts.
-    - `x_init` (default `N(0, (alpha^2 + sigma^2) I)` at `t_max`) starts the chain.
+    - `x_init` (default `N(0, (alpha^2 + sigma^2) I)` at `t_max`, moved to the prior's mean `alpha x0_hat` by
+      the first evaluation when `sigma / alpha > 20` there and nothing is inpainted) starts the chain.
     - Inpainting: `known` values where `mask` is 1 are imposed at every step as draws of
       `q(x_s | x_0 = known)` (replacement); `resample > 1` re-noises each step `q(x_t | x_s)` and repeats it
       (RePaint, Lugmayr et al. 2022), which moves the unknown part toward the exact conditional.
