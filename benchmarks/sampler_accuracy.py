@@ -40,13 +40,18 @@ from benchmarks import _common as C
 from sciffusion.core import DiffusionProcess, GaussianMixture, get_schedule, sample
 
 NFES = (5, 10, 20, 50, 100, 1000)
-CORE = ("ddpm", "ddim", "euler_maruyama", "heun", "dpmpp_2m", "heun_uniform", "dpmpp_2m_uniform")
-# `<method>_uniform`: the core sampler on the uniform-in-t grid instead of its default log-SNR grid
-CORE_DEFAULTS = CORE[:5]
-DIFFUSERS = ("diffusers_ddpm", "diffusers_ddim", "diffusers_dpmpp_2m", "diffusers_euler", "diffusers_heun")
+CORE = ("default", "ddpm", "ddim", "euler_maruyama", "heun", "dpmpp_2m", "unipc", "heun_uniform",
+        "dpmpp_2m_uniform")
+# `default`: `sample()` without `method=` or `grid=` (what a new user gets);
+# `<method>_uniform`: the core sampler on the uniform-in-t grid instead of its default grid
+DIFFUSERS = ("diffusers_ddpm", "diffusers_ddim", "diffusers_dpmpp_2m", "diffusers_unipc", "diffusers_euler",
+             "diffusers_heun")
 MONAI = ("monai_ddpm", "monai_ddim")
+MULTISTEP = ("diffusers_unipc", "diffusers_dpmpp_2m")
 # Which peers do the same job as each core sampler (for the matched-pair ratios).
 MATCH = {
+    "default": DIFFUSERS + MONAI,
+    "unipc": ("diffusers_unipc",),
     "ddpm": ("diffusers_ddpm", "monai_ddpm"),
     "ddim": ("diffusers_ddim", "diffusers_euler", "monai_ddim"),  # DDIM is Euler on dx~/dsigma~ = eps
     "euler_maruyama": ("diffusers_ddpm", "monai_ddpm"),  # first-order stochastic
@@ -56,6 +61,7 @@ MATCH = {
     "dpmpp_2m_uniform": ("diffusers_dpmpp_2m",),
 }
 T_TRAIN = 1000
+SEEDS, SEEDED_UP_TO = 3, 20  # few-step budgets, where the contenders are close, average three seeds
 
 
 # ----- data ----------------------------------------------------------------------------------------
@@ -199,14 +205,16 @@ def peer_scheduler(name: str, schedule_name: str, steps: int):
     import diffusers
 
     betas = get_schedule(schedule_name).betas(T_TRAIN).numpy().astype(np.float32)
-    common = dict(num_train_timesteps=T_TRAIN, trained_betas=betas, prediction_type="epsilon",
-                  timestep_spacing="trailing")
+    own = dict(num_train_timesteps=T_TRAIN, trained_betas=betas, prediction_type="epsilon")
+    common = dict(own, timestep_spacing="trailing")
     if name == "diffusers_ddpm":
         sch = diffusers.DDPMScheduler(clip_sample=False, **common)
     elif name == "diffusers_ddim":
         sch = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **common)
     elif name == "diffusers_dpmpp_2m":
-        sch = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+        sch = diffusers.DPMSolverMultistepScheduler(**own)  # its defaults: dpmsolver++, order 2, linspace
+    elif name == "diffusers_unipc":
+        sch = diffusers.UniPCMultistepScheduler(**own)  # its defaults: bh2, order 2, corrector, linspace
     elif name == "diffusers_euler":
         sch = diffusers.EulerDiscreteScheduler(**common)
     elif name == "diffusers_heun":
@@ -244,9 +252,14 @@ def run_peer(
     return x
 
 
-def _core_method(name: str) -> tuple[str, str | None]:
-    """`(method, grid)` of a core contender name (`dpmpp_2m_uniform` -> `("dpmpp_2m", "uniform")`)."""
-    return (name[: -len("_uniform")], "uniform") if name.endswith("_uniform") else (name, None)
+def _core_method(name: str) -> dict:
+    """`sample` keywords of a core contender name (`dpmpp_2m_uniform` -> method `dpmpp_2m`, grid `uniform`;
+    `default` -> none)."""
+    if name == "default":
+        return {}
+    if name.endswith("_uniform"):
+        return {"method": name[: -len("_uniform")], "grid": "uniform"}
+    return {"method": name}
 
 
 def _core_calls(name: str, schedule_name: str, steps: int) -> int:
@@ -257,9 +270,8 @@ def _core_calls(name: str, schedule_name: str, steps: int) -> int:
         counter.calls += 1
         return torch.zeros_like(x)
 
-    method, grid = _core_method(name)
-    sample(model, DiffusionProcess(schedule_name, prediction="eps"), (1, 1), method=method, steps=steps,
-           grid=grid, progress=False)
+    sample(model, DiffusionProcess(schedule_name, prediction="eps"), (1, 1), steps=steps, progress=False,
+           **_core_method(name))
     return counter.calls
 
 
@@ -290,9 +302,8 @@ def run_one(
     steps = steps_for(method, nfe, schedule_name)
     if method in CORE:
         proc = DiffusionProcess(schedule_name, prediction="eps")
-        core_method, grid = _core_method(method)
-        x = sample(core_model(data, proc, counter), proc, (n, data.dim), method=core_method, steps=steps,
-                   grid=grid, generator=g, progress=False)
+        x = sample(core_model(data, proc, counter), proc, (n, data.dim), steps=steps, generator=g,
+                   progress=False, **_core_method(method))
         return x, counter.calls
 
     def eps_fn(x: Tensor, k: float) -> Tensor:
@@ -311,6 +322,7 @@ class Config:
     schedule: str
     n: int
     nfes: tuple[int, ...]
+    seeds: int = 1  # sampling seeds averaged at budgets up to SEEDED_UP_TO evaluations
 
     @property
     def label(self) -> str:
@@ -323,26 +335,32 @@ def configs(quick: bool, full: bool) -> list[Config]:
         return [Config(2, "cosine", 200, (5,))]
     big = NFES if full else NFES[:-1]
     return [
-        Config(2, "cosine", 2000, NFES),
-        Config(2, "linear", 2000, NFES),
-        Config(64, "cosine", 500, big),
-        Config(64, "linear", 500, big),
+        Config(2, "cosine", 2000, NFES, SEEDS),
+        Config(2, "linear", 2000, NFES, SEEDS),
+        Config(64, "cosine", 500, big, SEEDS),
+        Config(64, "linear", 500, big, SEEDS),
     ]
 
 
 def measure(cfg: Config, methods: tuple[str, ...], seed: int = 0) -> tuple[Judge, dict]:
-    """`results[method][nfe] = (sw2, mmd, evaluations, seconds)` for one configuration."""
+    """`results[method][nfe] = (sw2, mmd, evaluations, seconds)` for one configuration; SW2 and MMD are means
+    over `cfg.seeds` sampling seeds (every contender gets the same starting noise per seed) at budgets up to
+    `SEEDED_UP_TO`, one seed above."""
     data = mixture(cfg.dim, seed)
     judge = Judge.build(data, cfg.n, n_dirs=64 if cfg.dim == 2 else 256, seed=seed + 1)
     table = DiscreteTable(cfg.schedule)
     results: dict[str, dict[int, tuple[float, float, int, float]]] = {m: {} for m in methods}
     for nfe in cfg.nfes:
+        seeds = range(seed + 2, seed + 2 + (cfg.seeds if nfe <= SEEDED_UP_TO else 1))
         for m in methods:
             t0 = time.perf_counter()
-            x, calls = run_one(m, data, cfg.schedule, table, nfe, cfg.n, seed + 2)
+            scores = []
+            for s in seeds:
+                x, calls = run_one(m, data, cfg.schedule, table, nfe, cfg.n, s)
+                scores.append(judge(x))
             secs = time.perf_counter() - t0
-            sw, mm = judge(x)
-            results[m][nfe] = (sw, mm, calls, secs)
+            results[m][nfe] = (float(np.mean([v[0] for v in scores])), float(np.mean([v[1] for v in scores])),
+                               calls, secs)
     return judge, results
 
 
@@ -362,27 +380,33 @@ def summarise(all_results: list[tuple[Config, Judge, dict]]) -> tuple[str, list[
     rows, losses = [], []
     for cfg, judge, res in all_results:
         for nfe in cfg.nfes:
-            default_best = min(CORE_DEFAULTS, key=lambda m: res[m][nfe][0])
             core_best = min(CORE, key=lambda m: res[m][nfe][0])
             peer_best = min(peers, key=lambda m: res[m][nfe][0])
-            d, c, p = res[default_best][nfe], res[core_best][nfe], res[peer_best][nfe]
-            floor = _at_floor(c[0], judge.floor_sw2) and _at_floor(p[0], judge.floor_sw2)
-            rows.append([cfg.label, nfe, f"{default_best} {C.fmt(d[0])}", f"{core_best} {C.fmt(c[0])}",
-                         f"{peer_best} {C.fmt(p[0])}", _ratio(d[0], p[0]),
-                         _ratio(c[0], p[0]) + (" (floor)" if floor else ""), _ratio(c[1], p[1]),
-                         C.fmt(judge.floor_sw2)])
-            if d[0] > 1.1 * p[0] and not (_at_floor(d[0], judge.floor_sw2) and floor):
-                losses.append(f"{cfg.label}, {nfe} evaluations: best core sampler on its default grid, "
-                              f"{default_best}, SW2 {C.fmt(d[0])} > {peer_best} {C.fmt(p[0])}")
+            multi_best = min(MULTISTEP, key=lambda m: res[m][nfe][0])
+            d, c, p = res["default"][nfe], res[core_best][nfe], res[peer_best][nfe]
+            ms = res[multi_best][nfe]
+            floor = _at_floor(d[0], judge.floor_sw2) and _at_floor(p[0], judge.floor_sw2)
+            n_seeds = cfg.seeds if nfe <= SEEDED_UP_TO else 1
+            rows.append([cfg.label, nfe, n_seeds, C.fmt(d[0]), f"{core_best} {C.fmt(c[0])}",
+                         f"{peer_best} {C.fmt(p[0])}", _ratio(d[0], p[0]) + (" (floor)" if floor else ""),
+                         _ratio(d[1], p[1]), f"{multi_best} {C.fmt(ms[0])}", _ratio(d[0], ms[0]),
+                         _ratio(c[0], p[0]), C.fmt(judge.floor_sw2)])
+            if d[0] > p[0] and not floor:
+                losses.append(f"{cfg.label}, {nfe} evaluations: the default `sample()`, SW2 {C.fmt(d[0])} > "
+                              f"{peer_best} {C.fmt(p[0])}")
     summary = (
-        "Best core sampler against the best peer (diffusers or MONAI) at each budget of network "
-        "evaluations; ratio = core error / peer error (below 1: the core is more accurate). "
-        "\"core default\" uses each sampler's default grid; \"core any\" also counts `heun` and "
-        "`dpmpp_2m` on `grid=\"uniform\"`. SW2 = sliced Wasserstein-2, MMD = biased Gaussian-kernel MMD, "
-        "floor = mean SW2 between two true samples of the same size (Monte Carlo noise floor); "
-        "\"(floor)\": both within 1.5x of it, the ratio is noise. One seed per cell.\n\n"
-        + C.table(["data, schedule", "evaluations", "core default (SW2)", "core any (SW2)", "best peer (SW2)",
-                   "SW2 ratio default", "SW2 ratio any", "MMD ratio any", "SW2 floor"], rows)
+        "The core's default `sample(model, process, shape, steps=N)` (no `method=`, no `grid=`: UniPC on the "
+        "`angle` grid) against the best peer (diffusers or MONAI, UniPC and DPM-Solver++ with their own "
+        "defaults) at each budget of network evaluations; ratio = core error / peer error (below 1: the core "
+        "is more accurate). \"best multistep peer\": the better of diffusers' UniPC and DPM-Solver++ alone "
+        "(deterministic, like the default). \"best core\" is the best of every core sampler and grid here. SW2 = sliced "
+        "Wasserstein-2, MMD = biased Gaussian-kernel MMD, both means over the seeds (sampling noise; the same "
+        "starting noise for every contender per seed); floor = mean SW2 between two true samples of the same "
+        "size (Monte Carlo noise floor); \"(floor)\": both within 1.5x of it, the ratio is noise.\n\n"
+        + C.table(["data, schedule", "evaluations", "seeds", "core default (SW2)", "best core (SW2)",
+                   "best peer (SW2)", "SW2 ratio default", "MMD ratio default", "best multistep peer (SW2)",
+                   "SW2 ratio default / multistep", "SW2 ratio best core",
+                   "SW2 floor"], rows)
     )
     sections: list[tuple[str, str]] = []
     pair_rows = []
@@ -490,30 +514,30 @@ def main(argv: list[str] | None = None) -> str:
 
 NOTES = """Why, and how to read the numbers:
 
-- All contenders call the same exact denoiser; only the integrators and their time grids differ. One
-  seed per cell: at the noise floor the ordering is chance. Deterministic samplers started from the same
-  noise converge to the same point set, so their common limit is one draw of the floor (it can sit above
+- All contenders call the same exact denoiser; only the integrators and their time grids differ. Budgets up
+  to 20 evaluations average three sampling seeds (the same starting noise for every contender per seed),
+  larger budgets use one; at the noise floor the ordering is chance. Deterministic samplers started from the
+  same noise converge to the same point set, so their common limit is one draw of the floor (it can sit above
   the floor's mean).
-- The core's second-order samplers lose at 5-20 evaluations on their default grid, not in their steps:
-  `heun` and `dpmpp_2m` default to a grid uniform in log-SNR over `sigma / alpha` in [0.002, 80]
-  (`core.grids`), which spends most of a small budget on noise levels far below the data's own scale (the
-  mixture components have std 0.25 in 2-D), and leaves few steps where the modes separate. The same steps on
-  `grid="uniform"` (`*_uniform` rows) match or beat diffusers' DPM-Solver++ and Heun, whose timesteps are
-  uniform in the discrete `k`.
-- The core's `heun` takes a step first-order when `sigma / alpha` falls more than tenfold in it
-  (`HEUN_MAX_RATIO`), so on the log-SNR grid with few steps it spends one evaluation per step (5 steps for a
-  budget of 10 on cosine) and is then DDIM; just under the threshold (linear schedule, 5 steps, a ratio of
-  9.4 per step) its second-order steps are inaccurate and the error jumps (non-monotone in the budget).
+- The default `sample()` is UniPC (order-2 predictor, corrector reusing the next evaluation, `B(h) =
+  e^{-h} - 1`, lower-order final steps below 15 steps) on the `angle` grid: equal steps in
+  `atan(sigma / alpha)^(1/1.2)`. With power 1 that grid is the cosine schedule's uniform-in-`t` grid, which
+  is why diffusers' UniPC (timesteps uniform in `k`) does well on cosine; on the linear schedule uniform `k`
+  ends with a jump from `sigma / alpha = 0.72` (5 steps) to 0, and the angle grid ends at 0.3. The power 1.2
+  moves steps toward small noise, where the modes sharpen.
+- `eps` models start at `sigma / alpha = 80` (`core.samplers.default_t_max`; at `t = 1` on the clipped cosine
+  schedule an `eps` error is multiplied by 2e4), the peers at timestep 999 (2e4 on cosine, 150 on linear). The
+  first evaluation also moves the start to the prior's mean `alpha x0_hat`, so the later start costs no prior
+  mismatch; the first step reuses that evaluation.
+- `heun` and `dpmpp_2m` keep their log-SNR grid over `sigma / alpha` in [0.002, 80], which spends a small
+  budget on noise levels far below the data's scale: on `grid="uniform"` (`*_uniform` rows) they match
+  diffusers' DPM-Solver++ and Heun. `euler_maruyama` is the older name of `ddpm_beta` (DDPM with variance
+  beta).
 - diffusers' `HeunDiscreteScheduler` takes a second-order first step from `sigma / alpha` = 2e4 on the
-  clipped cosine schedule and blows up (SW2 in the hundreds) until about 100 evaluations; the core avoids
-  this by design (DESIGN.md section 3).
+  clipped cosine schedule and blows up (SW2 in the hundreds) until about 100 evaluations.
 - MONAI's `DDPMScheduler.step` always steps from `k` to `k - 1` whatever `set_timesteps` chose, so with fewer
-  than 1000 steps it leaves most of the noise in; its numbers below 1000 evaluations show that, not a fault
-  of the harness. MONAI's `DDIMScheduler` steps by `1000 // N` while its timesteps are spaced by
-  `999 / (N - 1)` (for N = 5 it steps from 999 to 799, then continues from 749), which mis-states the noise
-  level at every step; it still does well at 5 evaluations in 64-D.
-- The core's `eps` samplers start at `sigma / alpha = 80` (`core.samplers.default_t_max`), the peers at
-  timestep 999 (`sigma / alpha` about 2e4 on the clipped cosine schedule, 150 on linear).
+  than 1000 steps it leaves most of the noise in. MONAI's `DDIMScheduler` steps by `1000 // N` while its
+  timesteps are spaced by `999 / (N - 1)`, which mis-states the noise level at every step.
 - Heun spends two evaluations per step except on first-order steps; its budget is matched to at most the
   stated count (the actual counts are in brackets in the detailed tables and on the plot's x axis).
 """

@@ -36,6 +36,7 @@ GROUPS = {
     "ddim": ("core_ddim", "diffusers_ddim", "monai_ddim", "minimal_ddim", "fused_ddim"),
     "ddpm": ("core_ddpm", "diffusers_ddpm", "monai_ddpm", "minimal_ddpm"),
     "dpmpp_2m": ("core_dpmpp_2m", "diffusers_dpmpp_2m"),
+    "unipc": ("core_unipc", "diffusers_unipc"),  # the core's default sampler
 }
 LIBRARY_PEERS = ("diffusers", "monai")
 

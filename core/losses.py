@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.elbo import ELBOTerms, elbo
+from sciffusion.core.elbo import ELBOTerms, elbo, vdm_elbo
 from sciffusion.core.process import DiffusionProcess, expand
 
-__all__ = ["WEIGHTINGS", "ELBOTerms", "denoising_loss", "elbo", "loss_weight"]
+__all__ = ["WEIGHTINGS", "ELBOTerms", "denoising_loss", "elbo", "loss_weight", "vdm_elbo"]
 
 WEIGHTINGS = ("uniform", "min_snr")
 

@@ -26,9 +26,10 @@ from torch import Tensor
 from sciffusion.core import rng
 
 TWO_PI = 2.0 * math.pi
-# Small-t (wrapped) / large-t (Fourier) switch of the circle heat kernel; both are exact to ~1e-30 there.
+# Small-t (wrapped) / large-t (Fourier) switch of the circle heat kernel. Neglected terms, relative to the
+# kernel: images |m| >= 2 below t = 0.6, e^{-2 pi^2 / t} < e^{-32}; |m| >= 4 below t = 1.5, e^{-12 pi^2 / t};
+# frequencies k > 6 from t = 1.5, e^{-49 t} < e^{-73}.
 _CIRCLE_T_SWITCH = 1.5
-_CIRCLE_T_NO_IMAGES = 0.05
 _CIRCLE_IMAGES = 3
 _CIRCLE_FREQS = 6
 # Sphere: Gegenbauer series for t >= this, Varadhan parametrix below it.
@@ -181,15 +182,14 @@ def circle_log_heat_kernel_1d(delta: Tensor, t: float) -> tuple[Tensor, Tensor]:
     ``p_t(delta) = 1 + 2 sum_k e^{-k^2 t} cos(k delta)    (Fourier, used for t >= 1.5)
                  = 2 pi sum_m N(delta + 2 pi m; 0, 2t)   (wrapped Gaussian, used for t < 1.5)``
 
-    density w.r.t. ``d delta / 2 pi``; both truncations are exact to ~1e-30 in their ranges.
+    density w.r.t. ``d delta / 2 pi``. The wrapped sum keeps the images ``m = -1, 0, 1`` at every small ``t``:
+    near the antipode ``|d| -> pi`` the image ``m = -sign(d)`` is as large as ``m = 0`` (dropping it costs
+    ``log 2`` in ``log p_t`` and ``~pi / (2t)`` in the score). Neglected terms are below ``e^{-32}`` relative.
     """
     d = torch.remainder(delta + math.pi, TWO_PI) - math.pi
-    if t < _CIRCLE_T_NO_IMAGES:
-        # Images only matter where the kernel is below e^{-pi^2/(4t)} < e^{-49} of its peak.
-        return -d * d / (4 * t) + (math.log(TWO_PI) - 0.5 * math.log(4 * math.pi * t)), -d / (2 * t)
     if t < _CIRCLE_T_SWITCH:
         # |d| <= pi, so the m = 0 image dominates: log-sum-exp relative to it, without a new axis.
-        images = 1 if t < 0.6 else _CIRCLE_IMAGES  # neglected images are below e^{-40} either way
+        images = 1 if t < 0.6 else _CIRCLE_IMAGES
         e0 = -d * d / (4 * t)
         rest = torch.zeros_like(d)
         drest = torch.zeros_like(d)

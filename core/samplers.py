@@ -9,9 +9,10 @@ carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t =
 |---|---|---|
 | `ddpm` | `x_s ~ N((x_t - sigma_{t|s}^2 / sigma_t eps) / alpha_{t|s}, sigma_{t|s}^2 sigma_s^2 / sigma_t^2)` (Ho et al. 2020) | weak 1 |
 | `ddim` | `x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`, `c^2 = eta^2 sigma_{t|s}^2 sigma_s^2 / sigma_t^2` (Song et al. 2021) | 1 |
-| `euler_maruyama` | reverse VP SDE, drift and diffusion integrated over the step: mean as `ddpm`, variance `sigma_{t|s}^2` | weak 1 |
+| `ddpm_beta` | DDPM with the larger variance (Ho et al.'s `sigma^2 = beta`): mean as `ddpm`, variance `sigma_{t|s}^2`; `euler_maruyama` is an older name for it | weak 1 |
 | `heun` | probability-flow ODE `dx~/dsigma~ = eps` by Heun's method (Karras et al. 2022) | 2 |
 | `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
+| `unipc`, `unipc_3`, `unipc_bh1` | UniPC (Zhao et al. 2023): multistep predictor in `lambda'` on data predictions, corrected with the next evaluation; order 2 (3) with `B(h) = e^{-h} - 1` (`bh1`: `-h`) | 3 (4) |
 
 `heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` (4) in one step (the
 first step of a uniform grid on a clipped cosine schedule, where `sigma~` drops from 2e4), and on the
@@ -37,6 +38,8 @@ from sciffusion.core.schedules import Schedule
 __all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "register_sampler", "sample"]
 
 HEUN_MAX_RATIO = 4.0
+PRIOR_MEAN_MIN_SIGMA_TILDE = 20.0  # default starts at least this noisy get the prior's mean alpha E[x_0]
+LOWER_ORDER_FINAL_BELOW = 15  # UniPC lowers its order over the last steps of grids shorter than this
 
 class Prediction:
     """The model's output at `(x_t, t)`; `x0` and `eps` are derived on first use, so a step pays only for
@@ -91,6 +94,7 @@ class Interval:
     lambda_t: float  # log(alpha_t / sigma_t)
     lambda_s: float
     eta: float = 0.0
+    count: int = 0  # number of steps in the whole grid (for lower-order final steps)
 
 
 def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interval]:
@@ -106,7 +110,7 @@ def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interv
                 alpha_t=float(alpha[i]), sigma_t=float(sigma[i]),
                 alpha_s=float(alpha[i + 1]), sigma_s=float(sigma[i + 1]),
                 alpha_ts=float(a_ts[i]), var_ts=float(var_ts[i]),
-                lambda_t=float(half_lam[i]), lambda_s=float(half_lam[i + 1]), eta=eta,
+                lambda_t=float(half_lam[i]), lambda_s=float(half_lam[i + 1]), eta=eta, count=len(t),
             )
         )
     return out
@@ -123,8 +127,9 @@ def ddpm_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: Nois
     return mean.add_(noise(), alpha=std), state
 
 
-def euler_maruyama_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
-    """Reverse-SDE step `x_s = (x_t + sigma_{t|s}^2 score) / alpha_{t|s} + sigma_{t|s} z`, `score = -eps / sigma_t`."""
+def ddpm_beta_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
+    """DDPM step with variance `beta = sigma_{t|s}^2`: `x_s = (x_t + sigma_{t|s}^2 score) / alpha_{t|s} + sigma_{t|s} z`,
+    `score = -eps / sigma_t` (the reverse SDE's exponential-integrator step, not its Euler-Maruyama step)."""
     pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
         return pred.x0, state
@@ -171,6 +176,87 @@ def dpmpp_2m_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: 
     return (x * (iv.sigma_s / iv.sigma_t)).add_(d, alpha=-iv.alpha_s * math.expm1(-h)), (x0, h)
 
 
+@dataclass(frozen=True)
+class MultistepState:
+    """What a UniPC step hands to the next: the chain point `x` it started from, its interval, the order it
+    used, and the latest data predictions `x0_hat` with their `lambda'` (oldest first)."""
+
+    x: Tensor
+    iv: Interval
+    order: int
+    history: tuple[tuple[Tensor, float], ...]
+
+
+def _unipc_weights(h: float, rks: list[float], variant: str) -> tuple[float, float, list[float]]:
+    """`(e^{-h} - 1, B(h), b)` of UniPC in data prediction (Zhao et al. 2023, eq. 7-8): `b_i = i! phi_{i+1}(-h)
+    / B(h)` with `phi_1(-h) = (e^{-h} - 1) / (-h) - 1`, `phi_{k+1} = phi_k / (-h) - 1 / (k + 1)!`, and
+    `B(h) = -h` (`bh1`) or `e^{-h} - 1` (`bh2`). `rks` are the ratios `(lambda'_k - lambda'_0) / h` of the
+    points used (the target, ratio 1, last)."""
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    h_phi_k, factorial, b = h_phi_1 / hh - 1.0, 1.0, []
+    for i in range(1, len(rks) + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    return h_phi_1, b_h, b
+
+
+def _unipc_update(x: Tensor, iv: Interval, target: tuple[float, float, float], x0: Tensor,
+                  older: list[tuple[Tensor, float]], new: Tensor | None, variant: str) -> Tensor:
+    """One UniPC update from `x` at `iv.t` (prediction `x0`) to the point `target = (lambda', alpha, sigma)`:
+    `x_s = sigma_s / sigma_t x - alpha_s (e^{-h} - 1) x0 - alpha_s B(h) sum_k a_k D_k`, `D_k = (x0_k - x0) / r_k`.
+
+    Predictor (`new is None`): the `D_k` of the `older` predictions (newest first), weights from `R a = b`,
+    `R_ik = r_k^i` (`a = 1/2` at order 2). Corrector (`new` = the prediction at the target point): adds
+    `D = new - x0` at `r = 1`, and `a = 1/2` alone is the trapezoidal rule.
+    """
+    lam_s, alpha_s, sigma_s = target
+    h = lam_s - iv.lambda_t
+    rks = [(lam - iv.lambda_t) / h for _, lam in older] + [1.0]
+    h_phi_1, b_h, b = _unipc_weights(h, rks, variant)
+    out = (x * (sigma_s / iv.sigma_t)).add_(x0, alpha=-alpha_s * h_phi_1)
+    diffs = [(xk - x0) / r for (xk, _), r in zip(older, rks, strict=False)]
+    if new is not None:
+        diffs.append(new - x0)
+    n = len(diffs)
+    if n == 1:
+        rhos = [0.5]
+    elif n > 1:
+        r_mat = torch.tensor([[r**i for r in rks[:n]] for i in range(n)], dtype=torch.float64)
+        rhos = torch.linalg.solve(r_mat, torch.tensor(b[:n], dtype=torch.float64)).tolist()
+    for rho, d in zip(rhos if n else [], diffs, strict=True):
+        out.add_(d, alpha=-alpha_s * b_h * rho)
+    return out
+
+
+def unipc_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn, order: int = 2,
+               variant: str = "bh2") -> tuple[Tensor, Any]:
+    """UniPC (Zhao et al. 2023) in data prediction: correct the point just reached with the evaluation made
+    there (UniC, no extra evaluation), then predict the next one (UniP) from up to `order` predictions;
+    first-order on the first step and on the last (to `sigma = 0`), and on grids of fewer than
+    `LOWER_ORDER_FINAL_BELOW` steps order `<= count - index` near the end (large steps near `sigma = 0` are
+    where extrapolating old predictions costs most). Order `p` with the corrector converges at order `p + 1`.
+    """
+    x0 = denoise(x, iv.t).x0
+    history: tuple[tuple[Tensor, float], ...] = ()
+    if state is not None:
+        older = list(reversed(state.history[:-1]))[: state.order - 1]
+        here = (iv.lambda_t, iv.alpha_t, iv.sigma_t)
+        x = _unipc_update(state.x, state.iv, here, state.history[-1][0], older, x0, variant)
+        history = state.history
+    history = (*history, (x0, iv.lambda_t))[-order:]
+    if iv.sigma_s == 0.0:
+        return x0 * iv.alpha_s, None
+    this_order = min(order, len(history))
+    if iv.count < LOWER_ORDER_FINAL_BELOW:
+        this_order = min(this_order, iv.count - iv.index)
+    older = list(reversed(history[:-1]))[: this_order - 1]
+    x_s = _unipc_update(x, iv, (iv.lambda_s, iv.alpha_s, iv.sigma_s), x0, older, None, variant)
+    return x_s, MultistepState(x, iv, this_order, history)
+
+
 StepFn = Callable[[Denoise, Tensor, Interval, Any, NoiseFn], tuple[Tensor, Any]]
 
 
@@ -186,9 +272,13 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(ddpm_step, "uniform", True),
     "ddim": SamplerSpec(ddim_step, "uniform", False),
-    "euler_maruyama": SamplerSpec(euler_maruyama_step, "uniform", True),
+    "ddpm_beta": SamplerSpec(ddpm_beta_step, "uniform", True),
+    "euler_maruyama": SamplerSpec(ddpm_beta_step, "uniform", True),  # the older name of ddpm_beta
     "heun": SamplerSpec(heun_step, "log_snr", False),
     "dpmpp_2m": SamplerSpec(dpmpp_2m_step, "log_snr", False),
+    "unipc": SamplerSpec(unipc_step, "angle", False),
+    "unipc_3": SamplerSpec(functools.partial(unipc_step, order=3), "angle", False),
+    "unipc_bh1": SamplerSpec(functools.partial(unipc_step, variant="bh1"), "angle", False),
 }
 
 
@@ -258,6 +348,27 @@ def _make_denoise(
     return denoise
 
 
+def _shift_to_prior_mean(denoise: Denoise, x: Tensor, iv: Interval) -> tuple[Tensor, Denoise]:
+    """Start from `x + alpha x0_hat(x)` instead of `x ~ N(0, (alpha^2 + sigma^2) I)` at a high noise level.
+
+    The marginal there has mean `alpha E[x_0]`, and `x0_hat = E[x_0 | x]` is almost flat in `x` (its Jacobian is
+    `alpha Cov[x_0 | x] / sigma^2`), so `alpha x0_hat(x)` is that mean; an error `e` of an `eps` network moves it
+    by only `sigma e`. The first step reuses this evaluation (with `x0_hat` held), so it costs nothing.
+    """
+    pred = denoise(x, iv.t)
+    shifted = x.add(pred.x0, alpha=iv.alpha_t)
+    held = Prediction(pred.x0, shifted, iv.alpha_t, iv.sigma_t, "x0")
+    pending = [True]
+
+    def denoise_once_held(x_arg: Tensor, t_value: float) -> Prediction:
+        if pending[0] and x_arg is shifted and t_value == iv.t:
+            pending[0] = False
+            return held
+        return denoise(x_arg, t_value)
+
+    return shifted, denoise_once_held
+
+
 def default_t_max(process: DiffusionProcess) -> float:
     """Where sampling starts by default: `t = 1`, except for `eps` and `score` models on a schedule whose
     `sigma~(1) = sigma / alpha` exceeds `SIGMA_TILDE_MAX` (80): they start where `sigma~ = 80`.
@@ -283,7 +394,7 @@ def sample(
     model: Callable,
     process: DiffusionProcess,
     shape: tuple[int, ...],
-    method: str = "dpmpp_2m",
+    method: str = "unipc",
     steps: int = 20,
     *,
     generator: torch.Generator | None = None,
@@ -307,10 +418,12 @@ def sample(
     """Draw samples of shape `shape` by integrating the reverse process from `t_max` down to `t_min`.
 
     - `model(x_t, t, cond=None)` returns the process's prediction type, of `x_t`'s shape; `t` is `(B,)`.
-    - `grid`: a named spacing (`uniform`, `log_snr`, `karras`; default: the sampler's own) or an explicit
+    - `method` (default `unipc`, on its `angle` grid): a registered sampler, see `available_samplers()`.
+    - `grid`: a named spacing (`angle`, `uniform`, `log_snr`, `karras`; default: the sampler's own) or an explicit
       strictly decreasing tensor of times, which then overrides `steps`, `t_max` and `t_min`.
     - `t_max` (default `default_t_max(process)`): where the chain starts.
-    - `x_init` (default `N(0, (alpha^2 + sigma^2) I)` at `t_max`) starts the chain.
+    - `x_init` (default `N(0, (alpha^2 + sigma^2) I)` at `t_max`, moved to the prior's mean `alpha x0_hat` by
+      the first evaluation when `sigma / alpha > 20` there and nothing is inpainted) starts the chain.
     - Inpainting: `known` values where `mask` is 1 are imposed at every step as draws of
       `q(x_s | x_0 = known)` (replacement); `resample > 1` re-noises each step `q(x_t | x_s)` and repeats it
       (RePaint, Lugmayr et al. 2022), which moves the unknown part toward the exact conditional.
@@ -371,6 +484,9 @@ def sample(
     coefficients = {iv.t: (iv.alpha_t, iv.sigma_t) for iv in intervals}
     coefficients.update({iv.s: (iv.alpha_s, iv.sigma_s) for iv in intervals})
     denoise = _make_denoise(model, process, cond, guidance, null_cond, coefficients)
+    first = intervals[0]
+    if x_init is None and known is None and first.sigma_t > PRIOR_MEAN_MIN_SIGMA_TILDE * first.alpha_t:
+        x, denoise = _shift_to_prior_mean(denoise, x, first)
     sums = []  # one reduction per step; NaN and inf propagate through a sum, and nothing waits on the host
     state = None
     for iv in tqdm(intervals, desc=f"sampling ({method})", disable=not progress, leave=False):

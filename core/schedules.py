@@ -12,6 +12,7 @@ Schedules live in a registry: `get_schedule(name)` builds one, `register_schedul
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ __all__ = [
     "Schedule",
     "available_schedules",
     "cosine_schedule",
+    "ddpm_table_schedule",
     "get_schedule",
     "linear_schedule",
     "quadratic_schedule",
@@ -191,11 +193,50 @@ def sigmoid_schedule(start: float = -3.0, end: float = 3.0, tau: float = 1.0, mi
     return Schedule("sigmoid", log_snr, (("start", start), ("end", end), ("tau", tau), ("min_alpha", min_alpha)))
 
 
+def _ddpm_betas(kind: str, beta_start: float, beta_end: float, num_steps: int) -> Tensor:
+    """The betas of a discrete DDPM table (float64): `linear` from `beta_start` to `beta_end` (Ho et al. 2020);
+    `squaredcos_cap_v2`: `beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999)`,
+    `abar(u) = cos^2((u + 0.008) / 1.008 pi/2)` (Nichol & Dhariwal 2021)."""
+    if kind == "linear":
+        return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    abar = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.clamp(1 - abar[1:] / abar[:-1], max=0.999)
+
+
+def ddpm_table_schedule(kind: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                        num_steps: int = 1000) -> Schedule:
+    """A discrete DDPM table as a continuous schedule: timestep `k` (0-based, `k < T`) is `t = (k + 1) / T`, so
+    `alphabar((k + 1) / T) = prod_{j <= k} (1 - beta_j)` exactly (`alphabar(0) = 1`), and `log alphabar` is
+    linear in `t` between the grid points (constant beta within each step).
+
+    A model trained on the table with timestep `k` sees `k = T t - 1`; diffusers' and MONAI's timesteps `k`
+    are the core's grid `t = (k + 1) / T` (then `t = 0`).
+    """
+    if kind not in ("linear", "squaredcos_cap_v2"):
+        raise ValueError(f"unknown DDPM beta table {kind!r}; known: linear, squaredcos_cap_v2")
+    betas = _ddpm_betas(kind, beta_start, beta_end, _check_steps(num_steps))
+    log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
+
+    def log_snr(t: Tensor) -> Tensor:
+        pos = torch.clamp(t, 0.0, 1.0) * num_steps
+        i = torch.clamp(pos.floor().long(), max=num_steps - 1)
+        frac = pos - i
+        la = log_abar[i] + frac * (log_abar[i + 1] - log_abar[i])
+        return _log_snr_from_log_alphabar(la)
+
+    name = "ddpm_linear" if kind == "linear" else "ddpm_squaredcos_cap_v2"
+    params = (("beta_start", beta_start), ("beta_end", beta_end), ("num_steps", num_steps))
+    return Schedule(name, log_snr, params if kind == "linear" else (("num_steps", num_steps),))
+
+
 _REGISTRY: dict[str, Callable[..., Schedule]] = {
     "linear": linear_schedule,
     "cosine": cosine_schedule,
     "quadratic": quadratic_schedule,
     "sigmoid": sigmoid_schedule,
+    "ddpm_linear": functools.partial(ddpm_table_schedule, "linear"),
+    "ddpm_squaredcos_cap_v2": lambda num_steps=1000: ddpm_table_schedule("squaredcos_cap_v2", num_steps=num_steps),
 }
 
 

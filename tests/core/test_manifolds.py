@@ -366,3 +366,49 @@ def test_pf_ode_log_likelihood_heat_and_ou():
         pf_ode_log_likelihood(sc, Sphere(2), torch.tensor([[0.0, 0.0, 1.0]], dtype=F64), 0.1, 1.0)
     with pytest.raises(ValueError, match="drift must be one of"):
         pf_ode_log_likelihood(sc, Euclidean(1), xs, 0.1, 1.0, drift="vp")
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.01, 0.04, 0.1, 0.5, 1.0])
+def test_circle_heat_kernel_near_the_antipode_matches_a_long_image_sum(t):
+    """log p_t and its derivative against 201 images in float64 (near |d| = pi two images are equal)."""
+    d = torch.tensor([0.0, 1.0, 3.0, 3.1, 3.14, math.pi - 1e-6, -3.13, -math.pi + 1e-4], dtype=torch.float64)
+    m = torch.arange(-100, 101, dtype=torch.float64)
+    u = d[:, None] + 2 * math.pi * m
+    e = -u * u / (4 * t)
+    ref = torch.logsumexp(e, 1) + math.log(2 * math.pi) - 0.5 * math.log(4 * math.pi * t)
+    w = torch.softmax(e, 1)
+    dref = -(w * u).sum(1) / (2 * t)
+    lk, dl = circle_log_heat_kernel_1d(d, t)
+    assert torch.allclose(lk, ref, rtol=0, atol=1e-9), (lk - ref).abs().max()
+    assert torch.allclose(dl, dref, rtol=1e-9, atol=1e-9), (dl - dref).abs().max()
+
+
+@pytest.mark.parametrize("t", [3e-3, 6e-3, 9e-3])
+def test_sphere_small_t_fallback_against_a_high_precision_series(t):
+    """The parametrix used below t = 1e-2 on S^2, against the Legendre series summed in exact-enough arithmetic
+    (digits for the e^{-pi^2 / (4t)} cancellation),
+    including near the antipode (theta -> pi), where the parametrix has no image terms: log p is within 2t up to
+    theta = 2.5, within 0.1 + 2t at theta = 3.1, and off by 0.12-0.14 at 1e-3 from the antipode (the kernel is
+    below e^{-270} of its peak there at these t); the score is within 5 % up to theta = 2.5."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = int(math.pi**2 / (4 * t) / math.log(10)) + 40
+    thetas = [0.0, 0.5, 1.5, 2.5, 3.0, 3.1, math.pi - 1e-3]
+    c = torch.tensor([math.cos(th) for th in thetas], dtype=torch.float64)
+    lp, dlp = sphere_log_parametrix(c, t, 2)
+    lmax = int(math.pi / (2 * t)) + 60  # l^2 t > pi^2 / (4t): the tail is below the smallest value
+    for i, th in enumerate(thetas):
+        x = mpmath.cos(mpmath.mpf(th))
+        p, dp, p_prev, p_cur = mpmath.mpf(1), mpmath.mpf(0), mpmath.mpf(1), x  # P_0, P_1
+        for k in range(1, lmax):
+            w = (2 * k + 1) * mpmath.exp(-k * (k + 1) * mpmath.mpf(t))  # weights exact to all digits
+            p += w * p_cur
+            if th > 0:  # P_k' = k (x P_k - P_{k-1}) / (x^2 - 1)
+                dp += w * k * (x * p_cur - p_prev) / (x * x - 1)
+            p_prev, p_cur = p_cur, ((2 * k + 1) * x * p_cur - k * p_prev) / (k + 1)
+        err = abs(float(lp[i]) - float(mpmath.log(p)))
+        if th <= 2.5:
+            assert err < 2 * t, (t, th, err)
+            if th > 0:
+                assert abs(float(dlp[i]) - float(dp / p)) < 0.05 * abs(float(dp / p)) + 1e-6, (t, th)
+        else:
+            assert err < (0.1 if th < 3.12 else 0.15) + 2 * t, (t, th, err)

@@ -7,7 +7,7 @@ from sciffusion.core import DiffusionProcess, GaussianMixture, available_sampler
 from sciffusion.core.inpainting import smc_inpaint
 from tests.core.conftest import gaussian_2d, gaussian_16d, gaussian_exact_ode
 
-BUDGET = {"ddpm": 200, "euler_maruyama": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20}
+BUDGET = {"ddpm": 200, "ddpm_beta": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20, "unipc": 10, "unipc_3": 10}
 
 
 def _std_error(x: torch.Tensor, gm: GaussianMixture) -> float:
@@ -78,7 +78,73 @@ def test_ode_samplers_converge_at_their_order(method, order):
     assert abs(observed - order) < 0.3, (errs, observed)
 
 
-@pytest.mark.parametrize("method", ["ddpm", "euler_maruyama"])
+@pytest.mark.parametrize("method,order", [("unipc", 3.0), ("unipc_bh1", 3.0), ("unipc_3", 3.5)])
+def test_unipc_converges_one_order_above_its_predictor(method, order):
+    """UniP-p with the UniC corrector is of order p + 1 (the order-3 variant's low-order start-up steps still
+    show at these step counts: 3.4 observed)."""
+    gm = gaussian_2d()
+    proc = DiffusionProcess("cosine", "eps")
+    t_max, t_min = 0.9, 0.05
+    tt = torch.tensor([t_max], dtype=torch.float64)
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_init = proc.alpha(tt) * gm.means[0] + torch.sqrt(proc.alpha(tt) ** 2 * gm.stds[0] ** 2 + proc.sigma(tt) ** 2) * z
+    exact = gaussian_exact_ode(gm, proc, x_init, t_max, t_min)
+    errs = []
+    for steps in (32, 64, 128):
+        x = sample(gm.denoiser(proc), proc, x_init.shape, method, steps, x_init=x_init, t_max=t_max,
+                   t_min=t_min, grid="uniform", progress=False, dtype=torch.float64)
+        errs.append((x - exact).abs().max().item())
+    observed = math.log2(errs[1] / errs[2])
+    assert abs(observed - order) < 0.35, (errs, observed)
+
+
+def test_unipc_matches_diffusers_on_the_same_grid():
+    """The core's UniPC reproduces diffusers' UniPCMultistepScheduler (bh2, order 2, lower-order final steps)
+    step for step on diffusers' own timesteps of the same discrete process."""
+    diffusers = pytest.importorskip("diffusers")
+    import numpy as np
+
+    gm = GaussianMixture(torch.ones(3), torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]]), torch.full((3, 2), 0.3))
+    proc = DiffusionProcess("linear", "eps")
+    abar = proc.schedule.alphas_cumprod(1000)
+    sch = diffusers.UniPCMultistepScheduler(num_train_timesteps=1000, trained_betas=proc.schedule.betas(1000).numpy())
+    sch.set_timesteps(6)
+    x_init = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_init.clone()
+    for k in sch.timesteps:
+        t = torch.full((500,), (float(k) + 1) / 1000, dtype=torch.float64)  # abar_k of diffusers = abar(t)
+        x = sch.step(gm.denoiser(proc)(x, t), k, x).prev_sample
+    grid = torch.tensor([(float(k) + 1) / 1000 for k in sch.timesteps] + [0.0], dtype=torch.float64)
+    ours = sample(gm.denoiser(proc), proc, x_init.shape, "unipc", grid=grid, x_init=x_init, progress=False,
+                  dtype=torch.float64)
+    assert float(abar[0]) == 1.0 and np.isfinite(ours.numpy()).all()
+    assert torch.allclose(ours, x, atol=1e-5), (ours - x).abs().max()
+
+
+def test_default_start_gets_the_prior_mean_for_free():
+    """Started at sigma / alpha = 80, the chain is moved to the prior's mean alpha E[x_0] with the first
+    evaluation, which the first step reuses: an off-centre Gaussian comes out centred, same evaluation count."""
+    gm = GaussianMixture.gaussian(torch.tensor([6.0, -4.0]), torch.tensor([0.3, 0.3]))
+    proc = DiffusionProcess("cosine", "eps")
+    calls = []
+
+    def model(x, t, cond=None):
+        calls.append(1)
+        return gm.denoiser(proc)(x, t)
+
+    x = sample(model, proc, (4000, 2), "unipc", 10, generator=torch.Generator().manual_seed(0), progress=False,
+               dtype=torch.float64)
+    assert len(calls) == 10
+    # the exact flow of a Gaussian keeps the standardised point: x_0 = m + s z with z the starting noise
+    x_init = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = ((x - gm.means[0]) / gm.stds[0] - x_init).mean(0)
+    assert shift.abs().max() < 0.005, shift
+    plain = sample(gm.denoiser(proc), proc, (4000, 2), "unipc", 10, x_init=x_init, progress=False, dtype=torch.float64)
+    # without it: off by the prior's mean alpha m, carried to t = 0 as -(s / 80) m, that is -m / 80 in z
+    assert torch.allclose(((plain - gm.means[0]) / gm.stds[0] - x_init).mean(0), -gm.means[0] / 80, atol=0.01)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddpm_beta"])
 def test_stochastic_samplers_weak_order_one(method):
     gm = GaussianMixture.gaussian(torch.tensor([0.5]), torch.tensor([1.5]))
     proc = DiffusionProcess("cosine", "eps")
@@ -91,7 +157,7 @@ def test_stochastic_samplers_weak_order_one(method):
     assert errs[1] < errs[0] / 2.5, errs
 
 
-@pytest.mark.parametrize("method", ["ddim", "heun", "dpmpp_2m"])
+@pytest.mark.parametrize("method", ["ddim", "heun", "dpmpp_2m", "unipc"])
 def test_default_start_tolerates_eps_errors_of_a_trained_network(method):
     gm = gaussian_2d()
     proc = DiffusionProcess("cosine", "eps")
@@ -106,6 +172,12 @@ def test_default_start_tolerates_eps_errors_of_a_trained_network(method):
     assert z.mean(0).abs().max() < 0.15 and (z.std(0) - 1).abs().max() < 0.1
     from_one = sample(trained, proc, (4000, 2), method, 20, t_max=1.0, **kw)
     assert ((from_one - gm.means[0]) / gm.stds[0]).mean(0).abs().max() > 1.0  # why the default moved
+
+
+def test_euler_maruyama_is_the_older_name_of_ddpm_beta():
+    from sciffusion.core.samplers import SAMPLERS
+
+    assert SAMPLERS["euler_maruyama"].step is SAMPLERS["ddpm_beta"].step
 
 
 def test_seeded_runs_repeat_and_ddim_is_deterministic():
@@ -202,7 +274,7 @@ def test_smc_inpainting_reproduces_the_exact_conditional():
 
 def test_bad_inputs_are_reported():
     proc = DiffusionProcess("cosine", "eps")
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; known samplers: ddim, ddpm, dpmpp_2m, euler_maruyama, heun"):
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; known samplers: ddim, ddpm, ddpm_beta, dpmpp_2m, euler_maruyama, heun, unipc, unipc_3, unipc_bh1"):
         sample(lambda x, t: x, proc, (2, 2), "euler", progress=False)
     with pytest.raises(ValueError, match=r"the model returned \(2, 3\); it must return a tensor of x_t's shape \(2, 2\)"):
         sample(lambda x, t: torch.zeros(2, 3), proc, (2, 2), "ddim", 3, progress=False)

@@ -83,3 +83,47 @@ def test_registry_and_json_round_trip():
 def test_bad_step_count():
     with pytest.raises(ValueError, match="positive integer"):
         get_schedule("linear").betas(0)
+
+
+@pytest.mark.parametrize("name,beta_schedule", [("ddpm_linear", "linear"), ("ddpm_squaredcos_cap_v2", "squaredcos_cap_v2")])
+def test_discrete_ddpm_tables_are_diffusers_tables(name, beta_schedule):
+    """`alphabar((k + 1) / 1000)` is diffusers' `alphas_cumprod[k]` (which diffusers keeps in float32)."""
+    diffusers = pytest.importorskip("diffusers")
+    sch = get_schedule(name)
+    t = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    ref = diffusers.DDIMScheduler(beta_schedule=beta_schedule).alphas_cumprod.double()
+    assert torch.allclose(sch.alpha(t) ** 2, ref, rtol=2e-6, atol=1e-12)
+    assert float(sch.alpha(torch.zeros(1, dtype=torch.float64))[0]) == 1.0
+    # between grid points log alphabar is linear in t (constant beta within a step)
+    mid = torch.tensor([0.2495], dtype=torch.float64)
+    log_abar = torch.log(sch.alpha(torch.tensor([0.249, 0.2495, 0.250], dtype=torch.float64)) ** 2)
+    assert float(log_abar[1]) == pytest.approx(float(0.5 * (log_abar[0] + log_abar[2])), rel=1e-12)
+    assert get_schedule(**sch.to_dict()).log_snr(mid).item() == sch.log_snr(mid).item()
+
+
+@pytest.mark.parametrize("name,beta_schedule", [("ddpm_linear", "linear"), ("ddpm_squaredcos_cap_v2", "squaredcos_cap_v2")])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_core_ddim_reproduces_diffusers_ddim_on_a_ddpm_table(name, beta_schedule, steps):
+    """A model trained on the discrete table (here a fixed random MLP of `(x, k)`) sampled by the core's DDIM on
+    diffusers' own timesteps (`t = (k + 1) / 1000`, then `t = 0`) gives diffusers' DDIM output."""
+    diffusers = pytest.importorskip("diffusers")
+    from sciffusion.core import DiffusionProcess, sample
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.SiLU(), torch.nn.Linear(64, 3))
+
+    def eps_model(x, k):  # what a diffusers-trained network sees: the integer timestep k
+        kk = torch.as_tensor(k, dtype=x.dtype).expand(x.shape[0], 1)
+        return 0.5 * net(torch.cat([x, kk / 1000], 1))
+
+    sch = diffusers.DDIMScheduler(beta_schedule=beta_schedule, clip_sample=False)
+    sch.set_timesteps(steps)
+    x_init = torch.randn(256, 3, generator=torch.Generator().manual_seed(1))
+    x = x_init.clone()
+    with torch.no_grad():
+        for k in sch.timesteps:
+            x = sch.step(eps_model(x, float(k)), k, x).prev_sample
+        grid = torch.tensor([(float(k) + 1) / 1000 for k in sch.timesteps] + [0.0], dtype=torch.float64)
+        ours = sample(lambda x, t, c=None: eps_model(x, t[:1] * 1000 - 1), DiffusionProcess(name, "eps"), x_init.shape,
+                      "ddim", grid=grid, x_init=x_init, progress=False)
+    assert torch.allclose(ours, x, rtol=1e-4, atol=1e-4), (ours - x).abs().max()
