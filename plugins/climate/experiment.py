@@ -20,6 +20,7 @@ import torch
 from sciffusion.core.checkpoint import atomic_write_text
 from sciffusion.plugins.climate import figures, output
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.distribution import distribution_scores, training_fields
 from sciffusion.plugins.climate.downscale import (
     DownscaleConfig,
     Downscaler,
@@ -217,6 +218,7 @@ def run(cfg: ExperimentConfig) -> dict:
         "held_out_times": [str(t) for t in fine["time"].values[test_idx]],
         "model": how, "config": asdict(cfg), "credit": credit, "seconds": round(time.time() - t0, 1),
         "scores": table,
+        "distribution": distribution_scores(truth, preds, training_fields(fine, train_idx, variables), grids.lat, variables),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     _log(cfg, format_table(table))
