@@ -200,3 +200,17 @@ def test_cuda_matches_cpu_with_a_generator_on_either_device():
     assert gpu == pytest.approx(cpu, rel=1e-9, abs=1e-12)
     on_gpu = sample_quality(real.cuda(), fake, bootstrap=20, generator=torch.Generator("cuda").manual_seed(2))
     assert on_gpu["precision"] == cpu["precision"] and "precision_low" in on_gpu
+
+
+def test_frechet_interval_matches_the_spread_over_fresh_draws():
+    g = torch.Generator().manual_seed(11)
+    shift = torch.tensor([0.3, 0.0, 0.0, 0.0], dtype=F64)
+
+    def draw():
+        return torch.randn(400, 4, generator=g, dtype=F64), torch.randn(400, 4, generator=g, dtype=F64) + shift
+
+    fresh = torch.tensor([frechet_distance(*draw()) for _ in range(60)])
+    s = sample_quality(*draw(), bootstrap=200)
+    width = s["frechet_distance_high"] - s["frechet_distance_low"]
+    assert s["frechet_distance_low"] <= s["frechet_distance"] <= s["frechet_distance_high"]
+    assert 0.5 < width / (2 * 1.96 * float(fresh.std())) < 2.0
