@@ -11,11 +11,11 @@ vector in one of two spaces a climate scientist reads directly:
   singular vectors of the area-weighted training anomalies (at most `n_eofs`, and fewer than the
   training times). The large-scale patterns and their amplitudes, in the variable's units.
 
-Real set: the true fields at the held-out times; generated set: every member at every held-out time.
-`sciffusion.core.sample_quality` then gives precision (share of generated fields inside the k-NN
-manifold of the true ones), recall (share of true fields inside the generated manifold), density and
-coverage, with k lowered to (held-out times - 1) when there are few held-out times. The training
-times' true fields scored the same way are the floor row `training times`. Cells that are NaN in any
+Real set: the true fields at the T held-out times; a generated set: one member at every held-out time
+(T fields; scores averaged over the members). `sciffusion.core.sample_quality` then gives precision
+(share of generated fields inside the k-NN manifold of the true ones), recall (share of true fields
+inside the generated manifold), density and coverage, with k lowered to T - 1 when T is small. Blocks
+of T consecutive training times scored the same way are the floor row `training times`. Cells that are NaN in any
 field are left out of both feature spaces.
 """
 
@@ -66,6 +66,16 @@ def _knn_scores(real: np.ndarray, fake: np.ndarray, k_pr: int, k_dc: int) -> dic
     return precision_recall(r, f, k_pr) | density_coverage(r, f, k_dc)
 
 
+def _mean_scores(real: np.ndarray, fakes: Sequence[np.ndarray], k_pr: int, k_dc: int) -> dict[str, float]:
+    """Scores averaged over several generated sets of the real set's size, with their spread (`_sd`)."""
+    runs = [_knn_scores(real, f, k_pr, k_dc) for f in fakes]
+    out: dict[str, float] = {}
+    for name in runs[0]:
+        v = np.array([r[name] for r in runs])
+        out[name], out[f"{name}_sd"] = float(v.mean()), float(v.std())
+    return out
+
+
 def _common_finite(*sets: np.ndarray) -> np.ndarray:
     """(lat, lon) mask of the cells finite in every field of every set `(..., lat, lon)`."""
     ok = np.ones(sets[0].shape[-2:], bool)
@@ -79,23 +89,33 @@ def variable_scores(
     n_eofs: int = 8, k_pr: int = 3, k_dc: int = 5,
 ) -> dict:
     """Scores of one variable: `truth (T, lat, lon)` held-out fields, `generated[name] (K, T, lat, lon)`
-    ensembles, `train (N, lat, lon)` training fields. Returns `{space: {name: scores}}` plus the EOF
-    variance fraction, with the training times as the row `training times`."""
+    ensembles, `train (N, lat, lon)` training fields.
+
+    A generated set is one member at every held-out time (T fields, like the truth): the members of one
+    time share their coarse input, so pooling them would shrink every k-NN ball to the ensemble spread.
+    Scores are averaged over the K members (`_sd`: their spread); the row `training times` averages over
+    the N // T blocks of T consecutive training times. Returns `{space: {name: scores}}`, k and the EOF
+    variance fraction.
+    """
     lat = np.asarray(lat, dtype=np.float64)
-    sets = {name: g.reshape(-1, *g.shape[-2:]) for name, g in generated.items()}
-    cells = _common_finite(truth, train, *sets.values())
+    t = truth.shape[0]
+    sets = {name: list(g) for name, g in generated.items()}
+    sets["training times"] = [train[i : i + t] for i in range(0, train.shape[0] - t + 1, t)]
+    if not sets["training times"]:
+        del sets["training times"]
+    cells = _common_finite(truth, train, *generated.values())
     rows = cells.all(1) & (np.abs(lat) <= LAT_BAND)
-    sets["training times"] = train
-    smallest = min(truth.shape[0], *(f.shape[0] for f in sets.values()))
-    kp, kd = min(k_pr, smallest - 1), min(k_dc, smallest - 1)
+    kp, kd = min(k_pr, t - 1), min(k_dc, t - 1)
     out: dict = {"k_precision_recall": kp, "k_density_coverage": kd}
     if rows.any():
         real = spectrum_features(truth, lat, rows)
-        out["zonal_spectrum"] = {n: _knn_scores(real, spectrum_features(f, lat, rows), kp, kd) for n, f in sets.items()}
+        out["zonal_spectrum"] = {
+            n: _mean_scores(real, [spectrum_features(f, lat, rows) for f in fs], kp, kd) for n, fs in sets.items()
+        }
     if cells.any():
         basis = EOFBasis(train, lat, cells, n_eofs)
         real = basis.coefficients(truth)
-        out["eof"] = {n: _knn_scores(real, basis.coefficients(f), kp, kd) for n, f in sets.items()}
+        out["eof"] = {n: _mean_scores(real, [basis.coefficients(f) for f in fs], kp, kd) for n, fs in sets.items()}
         out["eof_modes"], out["eof_variance_explained"] = basis.modes.shape[1], basis.explained
     return out
 

@@ -34,6 +34,8 @@ def scores():
         "same law": _fields(4 * 8, rng).reshape(4, 8, 36, 72),
         "smoothed": _smooth(_fields(4 * 8, rng)).reshape(4, 8, 36, 72),
         "collapsed": np.broadcast_to(train.mean(0), (4, 8, 36, 72)) + 0.01 * rng.normal(size=(4, 8, 36, 72)),
+        # members of one time nearly equal (a sharp conditional ensemble), times drawn from the law
+        "sharp": _fields(8, rng)[None] + 0.01 * rng.normal(size=(4, 8, 36, 72)),
     }
     return variable_scores(truth, gen, train, LAT)
 
@@ -43,6 +45,12 @@ def test_matching_fields_score_like_the_training_times(scores):
         s, floor = scores[space]["same law"], scores[space]["training times"]
         assert s["recall"] >= 0.75 and s["precision"] >= 0.75 and floor["recall"] >= 0.75, (space, s, floor)
     assert scores["k_precision_recall"] == 3 and scores["k_density_coverage"] == 5
+
+
+def test_a_sharp_ensemble_is_scored_member_by_member(scores):
+    # pooled, its k-NN balls would shrink to the tiny member spread and recall would read 0
+    for space in ("zonal_spectrum", "eof"):
+        assert scores[space]["sharp"]["recall"] >= 0.75 and scores[space]["sharp"]["recall_sd"] < 0.1, space
 
 
 def test_smoothed_fields_leave_the_spectral_manifold(scores):
