@@ -12,8 +12,9 @@ motion on the torus, as in the paper's 2-D experiments. Methods:
 * ``dks``: DKS under OU on ``R^2`` (standardised data, no box).
 
 Outputs under ``--out``: ``samples.npy`` (data units), ``figure.png``, ``metrics.json`` (held-out
-log-likelihood in nats per point, in box units and in data units, and MMD^2 to held-out data) and
-``config.json``. Under a minute on a CPU core.
+log-likelihood in nats per point, in box units and in data units, MMD^2 to held-out data, and
+precision/recall (k = 3), density/coverage (k = 5) of the samples against held-out data in data units,
+with the training data against held-out data as the floor) and ``config.json``. Under a minute on a CPU core.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sciffusion.core import density_coverage, precision_recall
 from sciffusion.core.kernels import KernelSmoothingScore
 from sciffusion.core.manifolds import Torus
 from sciffusion.core.oism import SpectralOISM
@@ -98,6 +100,13 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.2, 0.5, 1.0, 2.0)) -> f
     return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
 
 
+def coverage_scores(samples: torch.Tensor, reference: torch.Tensor, suffix: str = "") -> dict[str, float]:
+    """Precision and recall (k = 3), density and coverage (k = 5) of ``samples`` against ``reference``,
+    on raw 2-D coordinates (``sciffusion.core.sample_quality``); keys get ``suffix`` appended."""
+    scores = precision_recall(reference, samples) | density_coverage(reference, samples)
+    return {f"{k}{suffix}": v for k, v in scores.items()}
+
+
 # ---------------------------------------------------------------- run
 @dataclass(frozen=True)
 class KernelSmoothingConfig:
@@ -157,6 +166,8 @@ def run(cfg: KernelSmoothingConfig, out: Path, quiet: bool = False) -> dict:
         metrics.update(t_min=cfg.t_min, degree=cfg.degree, heldout_ll_box=ll_box, heldout_ll_data=box_to_data_ll(ll_box))
     metrics["mmd2_heldout"] = mmd2(samples[:1000], test[:1000])
     metrics["mmd2_train_vs_heldout"] = mmd2(train[:1000], test[:1000])  # the noise floor
+    metrics.update(coverage_scores(samples[:1000], test[:1000], "_heldout"))
+    metrics.update(coverage_scores(train[: len(samples[:1000])], test[:1000], "_train_vs_heldout"))
     metrics["seconds"] = round(time.time() - t0, 2)
 
     _write_atomic(out / "samples.npy", lambda p: np.save(open(p, "wb"), samples.numpy()))

@@ -14,7 +14,9 @@ The three toys (2spirals, 8gaussians, pinwheel) are mapped into the box ``[0, 2 
 * RDKS: the heat-kernel smoother with its leave-one-out bandwidth,
 
 and report the held-out log-likelihood (nats per point, density on the box) beside the published
-numbers of Shen & Oates (v2 rebuttal, ``kernel_estimators.md`` section 4). The network sees
+numbers of Shen & Oates (v2 rebuttal, ``kernel_estimators.md`` section 4), and, for mode coverage,
+precision / recall (k = 3) and coverage (k = 5) of each method's samples against the held-out points
+in data units (``sciffusion.core.sample_quality``; the training points against them are the floor). The network sees
 ``(cos x, sin x)`` and a time embedding, as in the paper. Score-based likelihoods are those of
 ``rho_{t_min}`` by the probability-flow ODE with the exact divergence; RDKS's is the closed-form KDE.
 The paper's box scaling, ``t_min`` and network are unknown, so compare orderings more than digits.
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from recipes.kernel_smoothing import DATASETS, from_box, to_box, toy_data  # noqa: E402
+from recipes.kernel_smoothing import DATASETS, coverage_scores, from_box, to_box, toy_data  # noqa: E402
 from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
 from sciffusion.core.manifolds import Torus  # noqa: E402
 from sciffusion.core.oism import SpectralOISM  # noqa: E402
@@ -153,6 +155,9 @@ def run_dataset(name: str, fast: bool = False, seed: int = 0) -> tuple[dict, dic
     res["RDKS"] = float(rdks.log_prob(test).mean())
     smp["RDKS"] = from_box(rdks.sample(500, steps=steps, generator=g))
     res["RDKS bandwidth"] = rdks.bandwidth
+    ref = from_box(test[:500])
+    res["sample_quality"] = {key: coverage_scores(x[: len(ref)], ref) for key, x in smp.items()}
+    res["sample_quality"]["training data"] = coverage_scores(from_box(train[: len(ref)]), ref)
     res["seconds"] = round(time.time() - t0, 1)
     return res, smp, from_box(train[:500])
 
@@ -182,8 +187,20 @@ def _table(results: dict, out: Path) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print("held-out log-likelihood, nats per point on the box; published in parentheses\n" + text)
-    (out / "toy2d_table.md").write_text(text + "\n")
+    cover = _coverage_table(results)
+    print("\nprecision / recall / coverage of 500 samples against held-out points (data units)\n" + cover)
+    (out / "toy2d_table.md").write_text(text + "\n\n" + cover + "\n")
     (out / "toy2d_results.json").write_text(json.dumps(results, indent=2))
+
+
+def _coverage_table(results: dict) -> str:
+    cols = (*METHODS, "training data")
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, res in results.items():
+        q = res["sample_quality"]
+        cells = [f"{q[m]['precision']:.2f} / {q[m]['recall']:.2f} / {q[m]['coverage']:.2f}" for m in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _figure(samples: dict, path: Path) -> None:

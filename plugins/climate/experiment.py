@@ -20,6 +20,7 @@ import torch
 from sciffusion.core.checkpoint import atomic_write_text
 from sciffusion.plugins.climate import figures, output
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
+from sciffusion.plugins.climate.distribution import distribution_scores, training_fields
 from sciffusion.plugins.climate.domain import Domain, check_size, fit_to_factor
 from sciffusion.plugins.climate.downscale import (
     DownscaleConfig,
@@ -243,6 +244,7 @@ def run(cfg: ExperimentConfig) -> dict:
         "held_out_times": [str(t) for t in fine["time"].values[test_idx]],
         "model": how, "config": asdict(cfg), "credit": credit, "seconds": round(time.time() - t0, 1),
         "scores": table,
+        "distribution": distribution_scores(truth, preds, training_fields(fine, train_idx, variables), grids.lat, variables),
     }
     if cfg.mode == "downscale" and cfg.members > 1:   # spread stripes along the coarse blocks vs the error's
         metrics["block_stripes"] = {v: block_stripes(ens[:, :, i], truth[:, i], grids.factor) for i, v in enumerate(variables)}

@@ -23,7 +23,12 @@ def test_toy2d_periodic_fast(tmp_path):
     assert all(-6 < r[k] < 0 for k in ("OISM(L)+NN", "NN (pre-trained)", "NN-only"))
     assert (tmp_path / "toy2d_samples.png").read_bytes()[:8] == PNG
     table = (tmp_path / "toy2d_table.md").read_text()
-    assert "(-1.576)" in table and "pinwheel" in table
+    assert "(-1.576)" in table and "pinwheel" in table and "training data" in table
+    q = r["sample_quality"]
+    assert set(q) == {*r, "training data"} - {"RDKS bandwidth", "seconds", "sample_quality"}
+    # the 24-function basis smears mass between the arms: its samples are the least precise
+    assert q["OISM(L)"]["precision"] < min(q["OISM(H)"]["precision"], q["RDKS"]["precision"]) - 0.1
+    assert q["training data"]["recall"] > 0.8 and q["RDKS"]["coverage"] > 0.7
 
 
 def test_rdks_manifolds_fast(tmp_path):

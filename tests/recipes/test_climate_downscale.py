@@ -44,6 +44,8 @@ def test_downscale_writes_outputs_and_scores_held_out_times(trained):
         assert set(rows) == {"bilinear", "bicubic", "statistical", "stat+conserve", "sciffusion"}
         for s in rows.values():
             assert np.isfinite(s["rmse"]) and np.isfinite(s["crps"])
+    dist = metrics["distribution"]["t2m"]   # k-NN scores of member fields vs true fields
+    assert set(dist["eof"]) == set(dist["zonal_spectrum"]) == {*rows, "training times"}
     # a deterministic baseline's fair CRPS is its MAE, which is below its RMSE
     assert rows["bicubic"]["crps"] <= rows["bicubic"]["rmse"]
     ds = xr.open_dataset(out / "downscaled.nc")

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.kernel_smoothing import DATASETS, from_box, main, mmd2, to_box, toy_data
+from recipes.kernel_smoothing import (
+    DATASETS,
+    coverage_scores,
+    from_box,
+    main,
+    mmd2,
+    to_box,
+    toy_data,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +35,8 @@ def test_recipe_writes_outputs(tmp_path, method):
     assert np.load(tmp_path / "samples.npy").shape == (200, 2)
     assert math.isfinite(saved["heldout_ll_data"]) and -6 < saved["heldout_ll_data"] < 0
     assert saved["mmd2_heldout"] < 0.1  # samples resemble held-out data
+    for name in ("precision", "recall", "density", "coverage"):
+        assert 0.3 < saved[f"{name}_heldout"] < 1.5 and 0.8 < saved[f"{name}_train_vs_heldout"] < 1.2, name
     assert json.loads((tmp_path / "config.json").read_text())["method"] == method
 
 
@@ -47,6 +57,16 @@ def test_toy_data_box_maps_and_mmd():
     assert abs(mmd2(x, y)) < 0.01 < mmd2(x, toy_data("8gaussians", 400, g))
     with pytest.raises(ValueError, match="dataset must be one of"):
         toy_data("moons", 5)
+
+
+def test_coverage_scores_see_a_missing_arm():
+    g = torch.Generator().manual_seed(1)
+    ref, same = toy_data("8gaussians", 800, g), toy_data("8gaussians", 800, g)
+    angle = torch.atan2(same[:, 1], same[:, 0])
+    half = same[angle > 0]          # samples from the upper four of the eight modes only
+    a, b = coverage_scores(same, ref, "_x"), coverage_scores(half, ref)
+    assert set(a) == {"precision_x", "recall_x", "density_x", "coverage_x"}
+    assert b["recall"] < 0.55 and b["coverage"] < 0.55 and b["precision"] > a["precision_x"] - 0.05
 
 
 def test_cli_module_entry_and_bad_arguments(tmp_path):
