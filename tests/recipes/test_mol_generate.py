@@ -16,7 +16,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mol")
     smi = root / "train.smi"
     smi.write_text(SMILES)
-    rc = main(["--train", "--data", str(smi), "--train-steps", "3", "--hidden", "16", "--layers", "2",
+    rc = main(["--model", "egnn", "--train", "--data", str(smi), "--train-steps", "3", "--hidden", "16", "--layers", "2",
                "--max-atoms", "12", "--batch-size", "4", "--out", str(root / "run"), "--quiet"])
     return root, rc
 
@@ -25,7 +25,7 @@ def test_train_then_generate_writes_every_file(tiny_run, capsys):
     root, rc = tiny_run
     assert rc == 0 and (root / "run" / "model.pt").exists()
     out = root / "gen"
-    rc = main(["--n", "5", "--steps", "4", "--checkpoint", str(root / "run" / "model.pt"),
+    rc = main(["--model", "egnn", "--n", "5", "--steps", "4", "--checkpoint", str(root / "run" / "model.pt"),
                "--out", str(out), "--seed", "1"])
     assert rc == 0
     for name in ("molecules.sdf", "smiles.txt", "grid.png", "metrics.json", "config.json"):
@@ -43,7 +43,7 @@ def test_train_then_generate_writes_every_file(tiny_run, capsys):
 
 def test_bad_smiles_is_reported_and_strict_mode_stops(tiny_run, capsys):
     root, _ = tiny_run
-    rc = main(["--train", "--data", str(root / "train.smi"), "--strict", "--train-steps", "1",
+    rc = main(["--model", "egnn", "--train", "--data", str(root / "train.smi"), "--strict", "--train-steps", "1",
                "--out", str(root / "strict"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "train.smi:11" in err and "cannot parse" in err
@@ -68,7 +68,7 @@ def test_shipped_checkpoint_is_small_and_samples():
 def test_warm_start_continues_from_the_given_weights(tiny_run, capsys):
     root, _ = tiny_run
     first = load_model(root / "run" / "model.pt")
-    rc = main(["--train", "--data", str(root / "train.smi"), "--init", str(root / "run" / "model.pt"),
+    rc = main(["--model", "egnn", "--train", "--data", str(root / "train.smi"), "--init", str(root / "run" / "model.pt"),
                "--train-steps", "2", "--lr", "1e-9", "--batch-size", "4", "--max-atoms", "12",
                "--out", str(root / "warm"), "--quiet"])
     assert rc == 0
@@ -76,6 +76,6 @@ def test_warm_start_continues_from_the_given_weights(tiny_run, capsys):
     assert warm.cfg == first.cfg  # the --init model's architecture, not the defaults (96 x 5)
     for (name, a), b in zip(first.state_dict().items(), warm.state_dict().values()):
         assert (a - b).abs().max() < 1e-4, name  # a negligible lr: still the first model's weights
-    rc = main(["--train", "--data", str(root / "train.smi"), "--init", str(root / "run" / "model.pt"),
+    rc = main(["--model", "egnn", "--train", "--data", str(root / "train.smi"), "--init", str(root / "run" / "model.pt"),
                "--train-steps", "1", "--max-atoms", "29", "--batch-size", "4", "--out", str(root / "warm2"), "--quiet"])
     assert rc == 0  # the data (<= 12 atoms) fits the model's 12
