@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=100, help="number of molecules to sample (default 100)")
     p.add_argument("--checkpoint", default=None, help="model .pt (default: the shipped QM9 model)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: graph 100, egnn 200)")
-    p.add_argument("--property", default=None, help="graph model: condition on this property (e.g. logp)")
+    p.add_argument("--property", default=None,
+                   help="graph model: condition on this property (e.g. logp); with --train, the properties "
+                        "to learn (comma-separated, 'none' for an unconditional model; default logp)")
     p.add_argument("--target", type=float, default=None, help="graph model: target value of --property")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="graph model: classifier-free guidance weight w (0: plain conditional)")
@@ -66,7 +68,25 @@ def _say(args, *msg) -> None:
         print(*msg, flush=True)
 
 
+def _score_graph(args) -> int:
+    from sciffusion.plugins.molecules.graph_pipeline import (
+        DEFAULT_GRAPH_CHECKPOINT,
+        format_graph_table,
+        graph_training_smiles,
+        score_file,
+    )
+
+    metrics = score_file(args.score, graph_training_smiles(args.checkpoint or DEFAULT_GRAPH_CHECKPOINT))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"file": str(args.score), **metrics}, indent=2))
+    print(format_graph_table({Path(args.score).name: metrics}))
+    return 0
+
+
 def _score(args) -> int:
+    if args.model == "graph":
+        return _score_graph(args)
     from sciffusion.plugins.molecules.generate import format_table, training_smiles
     from sciffusion.plugins.molecules.metrics import score_sdf
 
@@ -82,12 +102,13 @@ def _train_graph(args) -> int:
     from sciffusion.plugins.molecules.graph_model import TransformerConfig
     from sciffusion.plugins.molecules.graph_pipeline import train_graph_model
 
+    props = ("logp",) if args.property is None else tuple(p for p in args.property.split(",") if p != "none")
     heads = max(1, args.hidden // 16)
     net = TransformerConfig(layers=args.layers, dx=args.hidden, de=args.edge_hidden, dy=64, heads=heads,
                             ff_x=2 * args.hidden, ff_e=2 * args.edge_hidden, ff_y=128)
     train_graph_model(args.data, args.out, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                       net=net, seed=args.seed, device=args.device, progress=not args.quiet,
-                      max_atoms=args.max_atoms or 9, log=lambda m: print(m, file=sys.stderr))
+                      max_atoms=args.max_atoms or 9, properties=props, log=lambda m: print(m, file=sys.stderr))
     _say(args, f"model written to {Path(args.out) / 'model.pt'}")
     return 0
 

@@ -36,15 +36,18 @@ from .graph_diffusion import GraphDiffusion, GraphDiffusionConfig, train_graph
 from .graph_model import TransformerConfig
 
 
-def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0) -> tuple[dict[str, list], SkipReport]:
+def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0,
+                    properties: Sequence[str] = ("logp",)) -> tuple[dict[str, list], SkipReport]:
     """'qm9' (the standard seeded 80/10/10 random split) or a SMILES file (same split; a file of
     fewer than 10 molecules trains and tests on all of them). Skipped records are counted by reason."""
     if source.lower() == "qm9":
-        from .graph_data import load_qm9_graphs
+        from .graph_data import QM9_PROPERTIES, load_qm9_graphs
 
+        if tuple(properties) not in (QM9_PROPERTIES, ()):
+            raise MolInputError(f"QM9 graphs carry the properties {list(QM9_PROPERTIES)}, not {list(properties)}")
         _, report = load_qm9_graphs()
         return qm9_graph_split(seed), report
-    data, report = read_smiles_file(source, max_atoms=max_atoms)
+    data, report = read_smiles_file(source, max_atoms=max_atoms, properties=tuple(properties))
     if not data:
         raise MolInputError(f"{source}: no usable molecules ({report.total} skipped)")
     if len(data) < 10:
@@ -56,17 +59,22 @@ def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0) -> tuple[dic
 def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batch_size: int = 128,
                       lr: float = 3e-4, net: TransformerConfig | None = None, seed: int = 0,
                       checkpoint_every: int = 200, device: str | None = None, progress: bool = True,
-                      max_atoms: int = 9, log=print) -> GraphDiffusion:
+                      max_atoms: int = 9, properties: Sequence[str] = ("logp",), log=print) -> GraphDiffusion:
     """Train a graph model on `source` with core's Trainer (constant rate after a warm-up, EMA
-    0.999); resumes from the newest checkpoint in `out_dir`. Returns the EMA model."""
+    0.999), conditioned on `properties` (() for an unconditional model); resumes from the newest
+    checkpoint in `out_dir`. Returns the EMA model."""
     from sciffusion.core.training import TrainConfig
 
-    splits, report = load_graph_data(source, max_atoms, seed)
+    unknown = [p for p in properties if p not in PROPERTIES]
+    if unknown:
+        raise MolInputError(f"unknown property {unknown[0]!r}; known: {', '.join(sorted(PROPERTIES))}")
+    splits, report = load_graph_data(source, max_atoms, seed, properties)
     for line in report.lines():
         log(line)
     train = splits["train"]
     log(f"training on {len(train)} graphs ({source}, split seed {seed})")
-    model = GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, net=net or TransformerConfig()))
+    model = GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, properties=tuple(properties),
+                                                net=net or TransformerConfig()))
     cfg = TrainConfig(steps=steps, batch_size=min(batch_size, len(train)), lr=lr, lr_schedule="constant",
                       warmup_steps=min(300, steps // 10), ema_decay=0.999, checkpoint_every=checkpoint_every,
                       keep_last=3, log_every=20, seed=seed, out_dir=str(out_dir), device=device)
@@ -302,3 +310,28 @@ def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int =
     cfg = {**(config or {}), "checkpoint": str(ckpt), "model": model.cfg.to_dict(), "training": card.get("training")}
     write_graph_outputs(gen, out_dir, cfg, table)
     return gen, table
+
+
+def score_file(path: str | Path, train_smiles: Sequence[str] | None = None) -> dict:
+    """Graph metrics (`molecule_metrics`) of a file's molecules with their bonds as written:
+    .sdf/.sd/.mol records are sanitised as read (an unreadable record counts as invalid); any
+    other file is one SMILES per line (an unparsable SMILES counts as invalid)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    path = Path(path)
+    if not path.exists():
+        raise MolInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MolInputError(f"{path}: empty file, no molecules")
+    if path.suffix.lower() in (".sdf", ".sd", ".mol"):
+        mols = [sanitized(Chem.RemoveHs(m, sanitize=False)) if m is not None else None
+                for m in Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)]
+    else:
+        lines = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if lines and lines[0].lower() == "smiles":
+            lines = lines[1:]
+        mols = [Chem.MolFromSmiles(s) for s in lines]
+    if not mols:
+        raise MolInputError(f"{path}: empty file, no molecules")
+    return molecule_metrics(mols, train_smiles)
