@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first bad input record")
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=None, help="default: graph 128, egnn 64")
-    p.add_argument("--lr", type=float, default=None, help="default: graph 3e-4, egnn 5e-4")
+    p.add_argument("--lr", type=float, default=None, help="default 5e-4")
     p.add_argument("--max-atoms", type=int, default=None, help="default: graph 9 (heavy atoms), egnn 29")
     p.add_argument("--type-mode", default="continuous", choices=["continuous", "categorical"])
     p.add_argument("--prediction", default="x0", choices=["x0", "eps"])
@@ -116,7 +116,7 @@ def _train_graph(args) -> int:
 def _train(args) -> int:
     graph = args.model == "graph"
     args.batch_size = args.batch_size or (128 if graph else 64)
-    args.lr = args.lr or (3e-4 if graph else 5e-4)
+    args.lr = args.lr or 5e-4
     if graph:
         return _train_graph(args)
     from sciffusion.core.training import TrainConfig

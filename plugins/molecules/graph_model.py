@@ -6,11 +6,13 @@ features y (B, dy_in) and a node mask (B, N). Every layer maps (X, E, y) to new 
     Q, K, V = X W_Q, X W_K, X W_V                     (per head h, dim d)
     S_ij^h  = <Q_i^h, K_j^h> / sqrt(d)                (one score per head)
     S_ij   <- S_ij * (1 + E_ij W_mul) + E_ij W_add    (FiLM of the edges into the attention)
-    E'_ij   = FiLM_y(S_ij) W_E                        (new edge features come from the scores)
+    E'_ij   = FiLM_y(S_ij) W_E + (X_i W_a) * (X_j W_b) (new edge features: the scores and the atom pair)
     a_ij    = softmax_j(S_ij) over real nodes j;   X'_i = FiLM_y(sum_j a_ij^h V_j^h) W_X
 
-(DiGress keeps one score per feature, a (B, N, N, dx) tensor; scores per head make the edge
-stream H / dx times cheaper, which is what lets the model train and sample on a CPU.)
+(DiGress keeps one score per feature, a (B, N, N, dx) tensor, which also carries the atom pair
+into the edges; here the scores are per head, H / dx times cheaper, and the atom pair reaches the
+edges through the product term at the edge width, which is what lets the model train and sample
+on a CPU.)
     y'      = y W_y + PNA(X) + PNA(E)                 (mean, min, max, std pooling over real nodes/edges)
 
 followed by residuals, layer norms and feed-forward blocks. Every per-node and per-edge map is
@@ -116,6 +118,7 @@ class XEyLayer(nn.Module):
         self.ye_film = nn.Linear(dy, 2 * h)
         self.yx_film = nn.Linear(dy, 2 * dx)
         self.e_out = nn.Linear(h, de)
+        self.x_pair = nn.Linear(dx, 2 * de)        # node pairs into the edges: (X_i W_a) * (X_j W_b)
         self.x_out = nn.Linear(dx, dx)
         self.y_y = nn.Linear(dy, dy)
         self.x_y = nn.Linear(4 * dx, dy)
@@ -138,7 +141,8 @@ class XEyLayer(nn.Module):
         e_mul, e_add = self.e_film(E).chunk(2, -1)
         S = S * (e_mul + 1) + e_add
         y_mul, y_add = self.ye_film(y)[:, None, None, :].chunk(2, -1)
-        newE = self.e_out(y_add + (y_mul + 1) * S) * em
+        pa, pb = self.x_pair(X).chunk(2, -1)
+        newE = (self.e_out(y_add + (y_mul + 1) * S) + pa[:, :, None, :] * pb[:, None, :, :]) * em
         att = torch.softmax(S.masked_fill(~pair[..., None], -1e9), dim=2)       # over j
         wv = torch.einsum("bijh,bjhd->bihd", att, v).reshape(B, N, dx)
         x_mul, x_add = self.yx_film(y)[:, None, :].chunk(2, -1)

@@ -61,7 +61,7 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
                       checkpoint_every: int = 200, device: str | None = None, progress: bool = True,
                       max_atoms: int = 9, properties: Sequence[str] = ("logp",), log=print) -> GraphDiffusion:
     """Train a graph model on `source` with core's Trainer (constant rate after a warm-up, EMA
-    0.999), conditioned on `properties` (() for an unconditional model); resumes from the newest
+    0.998), conditioned on `properties` (() for an unconditional model); resumes from the newest
     checkpoint in `out_dir`. Returns the EMA model."""
     from sciffusion.core.training import TrainConfig
 
@@ -76,7 +76,7 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
     model = GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, properties=tuple(properties),
                                                 net=net or TransformerConfig()))
     cfg = TrainConfig(steps=steps, batch_size=min(batch_size, len(train)), lr=lr, lr_schedule="constant",
-                      warmup_steps=min(300, steps // 10), ema_decay=0.999, checkpoint_every=checkpoint_every,
+                      warmup_steps=min(300, steps // 10), ema_decay=0.998, checkpoint_every=checkpoint_every,
                       keep_last=3, log_every=20, seed=seed, out_dir=str(out_dir), device=device)
     return train_graph(model, train, cfg, progress=progress)
 
