@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=None, help="graph model: target value of --property")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="graph model: classifier-free guidance weight w (0: plain conditional)")
+    p.add_argument("--final", default="argmax", choices=["argmax", "sample"],
+                   help="graph model: last step returns the most probable clean graph (default) or a draw")
     p.add_argument("--size", type=int, default=None, help="graph model: heavy atoms per molecule (default: "
                    "drawn from the training histogram)")
     p.add_argument("--method", default="ddpm", help="core sampler: ddpm, ddim, euler_maruyama, heun, dpmpp_2m")
@@ -161,7 +163,7 @@ def _generate_graph(args) -> int:
     _say(args, f"sampling {args.n} molecules with the graph model ({steps} steps)")
     gen, table = generate_to_dir(args.checkpoint, args.out, args.n, steps, args.seed, args.size, args.property,
                                  args.target, args.guidance, args.device, progress=not args.quiet,
-                                 config={"args": vars(args)})
+                                 config={"args": vars(args)}, final=args.final)
     _say(args, table)
     _say(args, f"{len(gen.graphs)} molecules in {gen.seconds:.1f} s ({gen.throughput:.1f} molecules/s); "
                f"files in {args.out}")

@@ -208,8 +208,14 @@ class GraphDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, sizes: Tensor, steps: int = 100, generator: torch.Generator | None = None,
                targets: dict[str, float] | None = None, guidance: float = 0.0,
-               progress: bool = False) -> DenseGraphs:
-        """Ancestral sampling of len(sizes) graphs on the grid t_i = i / steps, i = steps .. 1."""
+               progress: bool = False, final: str = "argmax") -> DenseGraphs:
+        """Ancestral sampling of len(sizes) graphs on the grid t_i = i / steps, i = steps .. 1.
+
+        final="sample" draws the last step like the others; final="argmax" returns the most
+        probable clean graph argmax p_hat(x_0 | x_{t_1}) instead (the discrete counterpart of
+        returning the denoised mean at the end of Gaussian sampling)."""
+        if final not in ("sample", "argmax"):
+            raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         dev = self.node_marginal.device
@@ -228,6 +234,10 @@ class GraphDiffusion(nn.Module):
             t = torch.full((B,), i / steps, dtype=torch.float64, device=dev)
             s = torch.full((B,), (i - 1) / steps, dtype=torch.float64, device=dev)
             lx, le = self._logits(x["X"], x["E"], t, mask, cond, given, guidance)
+            if i == 1 and final == "argmax":
+                x = {"X": torch.where(mask, lx.argmax(-1), x["X"]),
+                     "E": torch.where(masks["E"] & ~torch.eye(N, dtype=torch.bool, device=dev), le.argmax(-1), x["E"])}
+                break
             x = proc.step(x, {"X": lx, "E": le}, s, t, masks, generator)
         return DenseGraphs(x["X"], x["E"], mask, torch.zeros(B, 0))
 

@@ -102,9 +102,9 @@ class GraphGeneration:
 
 def sample_graphs(model: GraphDiffusion, n: int, steps: int = 100, seed: int = 0, size: int | None = None,
                   targets: dict[str, float] | None = None, guidance: float = 0.0, batch_size: int = 512,
-                  progress: bool = False) -> tuple[list, float]:
+                  progress: bool = False, final: str = "argmax") -> tuple[list, float]:
     """n graphs in batches of mixed sizes (drawn from the training histogram, or all `size`);
-    returns ([(atom types, bonds)], seconds of sampling)."""
+    returns ([(atom types, bonds)], seconds of sampling). `final`: see `GraphDiffusion.sample`."""
     if n < 1:
         raise MolInputError(f"--n must be a positive number of molecules, got {n}")
     if guidance and not model.cfg.properties:
@@ -118,7 +118,7 @@ def sample_graphs(model: GraphDiffusion, n: int, steps: int = 100, seed: int = 0
     for start in tqdm(range(0, n, batch_size), disable=not progress or n <= batch_size, desc="batches"):
         t0 = time.perf_counter()
         out = model.sample(sizes[start: start + batch_size], steps, gen, targets, guidance,
-                           progress=progress and n <= batch_size)
+                           progress=progress and n <= batch_size, final=final)
         seconds += time.perf_counter() - t0
         graphs.extend(dense_to_graphs(out.X, out.E, out.mask))
     return graphs, seconds
@@ -158,13 +158,14 @@ def property_mae(mols: Sequence, name: str, target: float) -> float | None:
 
 def generate_graphs(model: GraphDiffusion, n: int = 100, steps: int = 100, seed: int = 0, size: int | None = None,
                     targets: dict[str, float] | None = None, guidance: float = 0.0,
-                    train_smiles: Sequence[str] | None = None, progress: bool = False) -> GraphGeneration:
+                    train_smiles: Sequence[str] | None = None, progress: bool = False,
+                    final: str = "argmax") -> GraphGeneration:
     """Sample, convert (graph -> RDKit Mol -> SMILES) and score n molecules; with `targets`, also
     the MAE of each targeted property over the valid molecules."""
     from rdkit import RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    graphs, seconds = sample_graphs(model, n, steps, seed, size, targets, guidance, progress=progress)
+    graphs, seconds = sample_graphs(model, n, steps, seed, size, targets, guidance, progress=progress, final=final)
     raw = [graph_to_mol(t, b, model.cfg.atom_types) for t, b in graphs]
     mols = [sanitized(m) for m in raw]
     metrics = molecule_metrics(mols, train_smiles)
@@ -304,7 +305,7 @@ def graph_training_smiles(path: str | Path) -> list[str] | None:
 def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int = 100, steps: int = 100,
                     seed: int = 0, size: int | None = None, prop: str | None = None, target: float | None = None,
                     guidance: float = 0.0, device: str = "cpu", progress: bool = False,
-                    config: dict | None = None) -> tuple[GraphGeneration, str]:
+                    config: dict | None = None, final: str = "argmax") -> tuple[GraphGeneration, str]:
     """Load a graph checkpoint (default: the shipped QM9 model), sample n molecules (optionally
     toward prop = target with guidance), write the output files and return (generation, table)."""
     from .graph_diffusion import load_graph_model
@@ -321,7 +322,8 @@ def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int =
     if guidance and not model.cfg.properties:
         raise MolInputError(f"{ckpt} is an unconditional model: --guidance needs a model trained with properties")
     model.cond_tensors(targets, 1)  # an unknown property fails here, before sampling
-    gen = generate_graphs(model, n, steps, seed, size, targets, guidance, graph_training_smiles(ckpt), progress)
+    gen = generate_graphs(model, n, steps, seed, size, targets, guidance, graph_training_smiles(ckpt), progress,
+                          final)
     card = graph_card(ckpt)
     rows = {"sciffusion graph (this run)": gen.metrics, **card.get("reference_rows", {})}
     table = format_graph_table(rows)

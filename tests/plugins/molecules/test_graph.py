@@ -109,8 +109,8 @@ def test_sampling_any_step_count_and_mixed_sizes(tmp_path):
     model, _ = _model()
     g = torch.Generator().manual_seed(0)
     sizes = torch.tensor([1, 4, 9, 2])
-    for steps in (1, 7):
-        out = model.sample(sizes, steps=steps, generator=g)
+    for steps, final in ((1, "argmax"), (7, "argmax"), (7, "sample")):
+        out = model.sample(sizes, steps=steps, generator=g, final=final)
         assert torch.equal(out.mask.sum(1), sizes)
         assert torch.equal(out.E, out.E.transpose(1, 2)) and (out.E[~out.mask[:, :, None].expand_as(out.E)] == 0).all()
     same = [model.sample(sizes, steps=3, generator=torch.Generator().manual_seed(5)).E for _ in range(2)]
