@@ -122,8 +122,13 @@ def test_graph_train_generate_and_score(graph_runs, capsys):
     valid = [r for r in records if r.GetProp("valid") == "1"]
     assert sum(r.GetProp("valid") == "1" for r in records) == round(6 * metrics["sciffusion"]["validity"])
     assert all(r.GetConformer().Is3D() for r in valid if r.GetProp("conformer_3d") == "1")
-    assert main(["--score", str(out / "smiles.txt"), "--out", str(root / "score"), "--quiet"]) == 0
-    assert json.loads((root / "score" / "metrics.json").read_text())["validity"] == 1.0
+    assert main(["--score", str(out / "molecules.sdf"), "--out", str(root / "score"), "--quiet"]) == 0
+    scored = json.loads((root / "score" / "metrics.json").read_text())
+    assert scored["n_molecules"] == 6 and scored["validity"] == metrics["sciffusion"]["validity"]
+    (root / "mixed.smi").write_text("CCO\nC1CC\nc1ccccc1\n")
+    assert main(["--score", str(root / "mixed.smi"), "--out", str(root / "score2"), "--quiet"]) == 0
+    scored = json.loads((root / "score2" / "metrics.json").read_text())
+    assert scored["n_molecules"] == 3 and abs(scored["validity"] - 2 / 3) < 1e-9
 
 
 @pytest.mark.parametrize("argv, message", [
