@@ -19,15 +19,33 @@ per step, reconstruction -log p_hat(x_0 | x_{t_min}).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from sciffusion.core.schedules import Schedule, get_schedule
 
-__all__ = ["TRANSITIONS", "CategoricalProcess"]
+__all__ = ["TRANSITIONS", "CategoricalELBO", "CategoricalProcess", "JointCategoricalProcess", "draw_categorical"]
 
 TRANSITIONS = ("uniform", "marginal")
 _TINY = 1e-30
+
+
+def _per_example(coef: Tensor, like: Tensor) -> Tensor:
+    """A per-example coefficient (B,) reshaped to (B, 1, ..., 1) to broadcast against `like`."""
+    return coef.to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One class per row of a (..., K) probability table (rows need not be normalised), by
+    inverse CDF: x = #{k : F_k < u}, u ~ U(0, 1). Returns (...) long."""
+    u = torch.rand(*probs.shape[:-1], 1, generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else probs.device).to(probs.device)
+    cdf = probs.double().cumsum(-1)
+    cdf = cdf / cdf[..., -1:].clamp_min(_TINY)
+    return torch.searchsorted(cdf.contiguous(), u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 class CategoricalProcess:
@@ -84,33 +102,30 @@ class CategoricalProcess:
 
     # ----- forward process --------------------------------------------------------------------
     def q_probs(self, x0_probs: Tensor, t: Tensor) -> Tensor:
-        """q(x_t | x_0) for a (B, K) distribution over x_0: abar_t p + (1 - abar_t) m."""
-        a = self.abar(t)[:, None].to(x0_probs.device)
+        """q(x_t | x_0) for a (B, ..., K) distribution over x_0: abar_t p + (1 - abar_t) m."""
+        a = _per_example(self.abar(t), x0_probs)
         return a * x0_probs.double() + (1 - a) * self.m.to(x0_probs.device)
 
     def sample_xt(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Draw x_t ~ q(x_t | x_0) for class indices x0 (B,); returns (B,) long."""
+        """Draw x_t ~ q(x_t | x_0) for class indices x0 (B, ...); returns x0's shape, long."""
         onehot = torch.nn.functional.one_hot(x0, self.num_classes).double()
         return self._draw(self.q_probs(onehot, t), generator)
 
     def _draw(self, probs: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Inverse-CDF draw of one class per row, from a (B, K) probability table."""
-        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)
-        cdf = probs.double().cumsum(1)
-        cdf = cdf / cdf[:, -1:]
-        return torch.searchsorted(cdf, u).flatten().clamp(max=self.num_classes - 1)
+        """Inverse-CDF draw of one class per row, from a (B, ..., K) probability table."""
+        return draw_categorical(probs, generator)
 
     # ----- posterior and reverse step ---------------------------------------------------------
     def posterior_from_x0_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """p(x_s | x_t) ∝ Q_{t|s}[x_s, x_t] * (x0_probs Qbar_s)[x_s]; exact q(x_s | x_t, x_0) when
-        x0_probs is one-hot. Shapes: x_t (B,), x0_probs (B, K) -> (B, K) float64."""
-        a_ts = self.keep(s, t)[:, None].to(x_t.device)
-        m = self.m.to(x_t.device)
+        x0_probs is one-hot. Shapes: x_t (B, ...), x0_probs (B, ..., K) -> (B, ..., K) float64."""
         onehot_t = torch.nn.functional.one_hot(x_t, self.num_classes).double()
-        like = a_ts * onehot_t + (1 - a_ts) * m[x_t][:, None]          # Q_{t|s}[j, x_t] over j
+        a_ts = _per_example(self.keep(s, t), onehot_t)
+        m = self.m.to(x_t.device)
+        like = a_ts * onehot_t + (1 - a_ts) * m[x_t][..., None]        # Q_{t|s}[j, x_t] over j
         prior_s = self.q_probs(x0_probs, s)                            # sum_k p0_k Qbar_s[k, j]
         post = like * prior_s
-        return post / post.sum(1, keepdim=True).clamp_min(_TINY)
+        return post / post.sum(-1, keepdim=True).clamp_min(_TINY)
 
     def posterior(self, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """q(x_s | x_t, x_0) for class indices x0, x_t (B,), (B, K) float64."""
@@ -119,7 +134,7 @@ class CategoricalProcess:
     def step(self, x_t: Tensor, x0_logits: Tensor, s: Tensor, t: Tensor,
              generator: torch.Generator | None = None) -> Tensor:
         """One reverse draw x_s ~ p(x_s | x_t) from the model's logits of x_0, (B,) long."""
-        p0 = torch.softmax(x0_logits.double(), dim=1)
+        p0 = torch.softmax(x0_logits.double(), dim=-1)
         return self._draw(self.posterior_from_x0_probs(x_t, p0, s, t), generator)
 
     # ----- ELBO terms (nats per element) ------------------------------------------------------
@@ -131,15 +146,152 @@ class CategoricalProcess:
     def kl_prior(self, x0: Tensor) -> Tensor:
         """KL(q(x_1 | x_0) || m), (B,) nats."""
         t1 = torch.ones(x0.shape[0], dtype=torch.float64, device=x0.device)
-        q1 = self.q_probs(torch.nn.functional.one_hot(x0, self.num_classes).double(), t1)
+        q1 = self.q_probs(torch.nn.functional.one_hot(x0, self.num_classes).double(), t1)  # (B, ..., K)
         return self._kl(q1, self.m.to(x0.device).expand_as(q1))
 
     def kl_step(self, x0: Tensor, x_t: Tensor, x0_logits: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """KL(q(x_s | x_t, x_0) || p(x_s | x_t)), (B,) nats: the diffusion term of one step."""
         q = self.posterior(x0, x_t, s, t)
-        p = self.posterior_from_x0_probs(x_t, torch.softmax(x0_logits.double(), 1), s, t)
+        p = self.posterior_from_x0_probs(x_t, torch.softmax(x0_logits.double(), -1), s, t)
         return self._kl(q, p)
 
     def reconstruction_nll(self, x0: Tensor, x0_logits: Tensor) -> Tensor:
         """-log p_hat(x_0 | x_{t_min}) from the logits at the first time, (B,) nats."""
-        return torch.nn.functional.cross_entropy(x0_logits.double(), x0, reduction="none")
+        return -torch.log_softmax(x0_logits.double(), -1).gather(-1, x0[..., None])[..., 0]
+
+
+# ----------------------------------------------------------------------------- several fields
+@dataclass(frozen=True)
+class CategoricalELBO:
+    """Terms of the negative ELBO of several categorical fields, each `{field: (B,)}` in nats per example."""
+
+    prior: dict[str, Tensor]
+    diffusion: dict[str, Tensor]
+    reconstruction: dict[str, Tensor]
+
+    @property
+    def total(self) -> Tensor:
+        """Sum of every term of every field: an upper bound on `-log p(x_0)` in nats per example."""
+        return sum(sum(d.values()) for d in (self.prior, self.diffusion, self.reconstruction))
+
+    def labelled(self) -> dict[str, Tensor]:
+        """`{"prior/<field>": ..., "diffusion/<field>": ..., "reconstruction/<field>": ..., "total": ...}`."""
+        out = {f"{k}/{f}": v for k in ("prior", "diffusion", "reconstruction")
+               for f, v in getattr(self, k).items()}
+        out["total"] = self.total
+        return out
+
+
+class JointCategoricalProcess:
+    """Independent categorical processes on several fields of one example, on a shared time t.
+
+    Each field `f` is a tensor of class indices of shape (B, ...) with its own `CategoricalProcess`
+    (number of classes and stationary distribution m_f). A field named in `symmetric` has shape
+    (B, n, n) and holds an undirected relation (edge types): only its strict upper triangle
+    i < j is a random variable; forward and reverse draws are made there and mirrored, and the
+    diagonal keeps its given value. A boolean `mask` per field (B, ...) marks the real elements
+    (padding is left untouched and left out of every term). The joint forward kernel is the
+    product over fields and elements, so the posterior, the KL terms and the ELBO are sums of
+    the per-element ones:  KL(q || p) = sum_f sum_{e in mask_f} KL(q_{f,e} || p_{f,e}).
+    """
+
+    def __init__(self, fields: dict[str, CategoricalProcess], symmetric: tuple[str, ...] | list[str] = ()) -> None:
+        if not fields:
+            raise ValueError("JointCategoricalProcess needs at least one field")
+        unknown = sorted(set(symmetric) - set(fields))
+        if unknown:
+            raise ValueError(f"symmetric fields {unknown} are not among the fields {sorted(fields)}")
+        self.fields = dict(fields)
+        self.symmetric = frozenset(symmetric)
+
+    def element_mask(self, name: str, x: Tensor, mask: dict[str, Tensor] | None) -> Tensor:
+        """The elements of field `name` that are random variables: `mask` (all if None), and
+        for a symmetric field only i < j."""
+        m = torch.ones_like(x, dtype=torch.bool) if mask is None or name not in mask else mask[name].bool()
+        if name in self.symmetric:
+            n = x.shape[-1]
+            m = m & torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+        return m
+
+    def _finish(self, name: str, new: Tensor, old: Tensor, mask: dict[str, Tensor] | None) -> Tensor:
+        """Mirror a symmetric field's upper triangle; keep `old` outside the random elements."""
+        if name in self.symmetric:
+            n = new.shape[-1]
+            upper = torch.ones(n, n, dtype=torch.bool, device=new.device).triu(1)
+            new = torch.where(upper, new, new.transpose(-1, -2))
+            keep = ~(self.element_mask(name, new, mask) | self.element_mask(name, new, mask).transpose(-1, -2))
+        else:
+            keep = ~self.element_mask(name, new, mask)
+        return torch.where(keep, old, new)
+
+    # ----- forward ----------------------------------------------------------------------------
+    def sample_xt(self, x0: dict[str, Tensor], t: Tensor, mask: dict[str, Tensor] | None = None,
+                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """x_t ~ q(x_t | x_0) for every field (symmetric ones mirrored, padding kept)."""
+        return {f: self._finish(f, p.sample_xt(x0[f], t, generator), x0[f], mask) for f, p in self.fields.items()}
+
+    def sample_prior(self, like: dict[str, Tensor], mask: dict[str, Tensor] | None = None,
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """x_1 ~ m for every element (the limit of q(x_1 | x_0)); `like` gives shapes and padding values."""
+        out = {}
+        for f, p in self.fields.items():
+            probs = p.m.to(like[f].device).expand(*like[f].shape, p.num_classes)
+            out[f] = self._finish(f, draw_categorical(probs, generator), like[f], mask)
+        return out
+
+    # ----- reverse ----------------------------------------------------------------------------
+    def step(self, x_t: dict[str, Tensor], logits: dict[str, Tensor], s: Tensor, t: Tensor,
+             mask: dict[str, Tensor] | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One reverse draw x_s ~ p(x_s | x_t) per field, from the model's x_0 logits (B, ..., K)."""
+        out = {}
+        for f, p in self.fields.items():
+            post = p.posterior_from_x0_probs(x_t[f], torch.softmax(logits[f].double(), -1), s, t)
+            out[f] = self._finish(f, draw_categorical(post, generator), x_t[f], mask)
+        return out
+
+    # ----- ELBO terms, nats per example ---------------------------------------------------------
+    def _sum(self, name: str, per_element: Tensor, x: Tensor, mask: dict[str, Tensor] | None) -> Tensor:
+        m = self.element_mask(name, x, mask)
+        return (per_element * m).flatten(1).sum(1)
+
+    def kl_prior(self, x0: dict[str, Tensor], mask: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """{field: sum over elements of KL(q(x_1 | x_0) || m)}, (B,) nats."""
+        return {f: self._sum(f, p.kl_prior(x0[f]), x0[f], mask) for f, p in self.fields.items()}
+
+    def kl_step(self, x0: dict[str, Tensor], x_t: dict[str, Tensor], logits: dict[str, Tensor], s: Tensor,
+                t: Tensor, mask: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """{field: sum over elements of KL(q(x_s | x_t, x_0) || p(x_s | x_t))}, (B,) nats."""
+        return {f: self._sum(f, p.kl_step(x0[f], x_t[f], logits[f], s, t), x0[f], mask)
+                for f, p in self.fields.items()}
+
+    def reconstruction_nll(self, x0: dict[str, Tensor], logits: dict[str, Tensor],
+                           mask: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """{field: -sum over elements of log p_hat(x_0 | x_{t_1})}, (B,) nats."""
+        return {f: self._sum(f, p.reconstruction_nll(x0[f], logits[f]), x0[f], mask)
+                for f, p in self.fields.items()}
+
+    def elbo(self, denoise: Callable[[dict[str, Tensor], Tensor], dict[str, Tensor]], x0: dict[str, Tensor],
+             num_steps: int = 500, mask: dict[str, Tensor] | None = None,
+             generator: torch.Generator | None = None) -> CategoricalELBO:
+        """Negative ELBO on the grid t_i = i / T (nats per example), with one x_{t_i} ~ q(. | x_0) per step:
+
+            -log p(x_0) <= KL(q(x_1|x_0) || m) + sum_{i=2}^T KL(q(x_{i-1}|x_i,x_0) || p(x_{i-1}|x_i))
+                           - log p_hat(x_0 | x_{t_1}).
+
+        `denoise(x_t, t)` returns the x_0 logits of every field; t is (B,) float64.
+        """
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        b = next(iter(x0.values())).shape[0]
+        dev = next(iter(x0.values())).device
+        diffusion = {f: torch.zeros(b, dtype=torch.float64, device=dev) for f in self.fields}
+        for i in range(2, num_steps + 1):
+            t = torch.full((b,), i / num_steps, dtype=torch.float64, device=dev)
+            s = torch.full((b,), (i - 1) / num_steps, dtype=torch.float64, device=dev)
+            x_t = self.sample_xt(x0, t, mask, generator)
+            for f, v in self.kl_step(x0, x_t, denoise(x_t, t), s, t, mask).items():
+                diffusion[f] += v
+        t1 = torch.full((b,), 1 / num_steps, dtype=torch.float64, device=dev)
+        x1 = self.sample_xt(x0, t1, mask, generator)
+        recon = self.reconstruction_nll(x0, denoise(x1, t1), mask)
+        return CategoricalELBO(self.kl_prior(x0, mask), diffusion, recon)

@@ -34,6 +34,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> MolDiffu
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     blob = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(blob, dict) and blob.get("kind") == "graph":
+        raise ValueError(f"{path} is a graph-diffusion checkpoint, not an EGNN model: use --model graph")
     if not isinstance(blob, dict) or "config" not in blob or "state" not in blob:
         raise ValueError(f"{path} is not a molecules checkpoint (expected keys 'config' and 'state')")
     model = MolDiffusion(MolDiffusionConfig.from_dict(blob["config"]))
