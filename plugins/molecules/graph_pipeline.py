@@ -234,6 +234,8 @@ def write_graph_outputs(gen: GraphGeneration, out_dir: str | Path, config: dict,
     files["grid"] = write_grid(gen.mols, out / "grid.png")
     metrics = {"sciffusion": gen.metrics, "sampling_seconds": gen.seconds,
                "molecules_per_second": gen.throughput, "conformers_3d": n_3d}
+    if "distribution" in gen.extra:
+        metrics["distribution"] = gen.extra["distribution"]
     files["metrics"] = out / "metrics.json"
     atomic_write_text(files["metrics"], json.dumps(metrics, indent=2))
     files["config"] = out / "config.json"
@@ -305,9 +307,14 @@ def graph_training_smiles(path: str | Path) -> list[str] | None:
 def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int = 100, steps: int = 100,
                     seed: int = 0, size: int | None = None, prop: str | None = None, target: float | None = None,
                     guidance: float = 0.0, device: str = "cpu", progress: bool = False,
-                    config: dict | None = None, final: str = "argmax") -> tuple[GraphGeneration, str]:
+                    config: dict | None = None, final: str = "argmax",
+                    reference: str = "none") -> tuple[GraphGeneration, str]:
     """Load a graph checkpoint (default: the shipped QM9 model), sample n molecules (optionally
-    toward prop = target with guidance), write the output files and return (generation, table)."""
+    toward prop = target with guidance), write the output files and return (generation, table).
+
+    `reference` ("qm9", a SMILES file, or "none") adds FCD and precision/recall/density/coverage of the
+    valid molecules to metrics.json (`distribution.reference_scores`; "qm9" is the test split of all of
+    QM9 with split seed 0, and its train-split floor)."""
     from .graph_diffusion import load_graph_model
 
     if n < 1:
@@ -324,6 +331,10 @@ def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int =
     model.cond_tensors(targets, 1)  # an unknown property fails here, before sampling
     gen = generate_graphs(model, n, steps, seed, size, targets, guidance, graph_training_smiles(ckpt), progress,
                           final)
+    if reference != "none":
+        from .distribution import reference_scores
+
+        gen.extra["distribution"] = reference_scores([sm for sm in gen.smiles if sm], reference, None, device)
     card = graph_card(ckpt)
     rows = {"sciffusion graph (this run)": gen.metrics, **card.get("reference_rows", {})}
     table = format_graph_table(rows)

@@ -155,3 +155,16 @@ def test_guidance_on_unconditional_and_wrong_kind_are_refused(graph_runs, capsys
     assert rc == 2 and "graph-diffusion checkpoint" in capsys.readouterr().err
     rc = main(["--checkpoint", str(DEFAULT_CHECKPOINT), "--out", str(tmp_path)])  # the EGNN file
     assert rc == 2 and "not a graph-diffusion checkpoint" in capsys.readouterr().err
+
+
+def test_graph_route_scores_the_generated_set_against_a_reference_file(tmp_path):
+    from pathlib import Path
+
+    nci = Path(__import__("rdkit").__file__).parent / "Data" / "NCI" / "first_5K.smi"
+    ref = tmp_path / "ref.smi"
+    ref.write_text("\n".join(nci.read_text().splitlines()[:60]) + "\n")
+    out = tmp_path / "graph"
+    assert main(["--n", "40", "--steps", "40", "--reference", str(ref), "--out", str(out), "--quiet"]) == 0
+    dist = json.loads((out / "metrics.json").read_text())["distribution"]
+    assert dist["reference"] == str(ref) and dist["n_generated"] >= 6
+    assert dist["fcd"] > 0 and 0 <= dist["precision"] <= 1 and 0 <= dist["coverage"] <= 1
