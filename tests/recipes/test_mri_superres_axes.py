@@ -117,3 +117,23 @@ def test_adapt_fine_tunes_on_the_scan(tmp_path, ckpt114):
     vol = Volume(lr, np.diag([1.0, 1.0, 4.0, 1.0]), None, "scan")
     run = super_resolve_volume(vol, model, samples=1, steps=1, adapt=2)
     assert run.settings["adapt_steps"] == 2 and run.result.mean.shape == (40, 40, 64)
+
+
+def test_recipe_training_flags_reach_the_trainer(tmp_path, monkeypatch, ckpt114):
+    import sciffusion.plugins.mri.train as T
+
+    seen = {}
+
+    def fake_train_on_mni(scale, run_dir, **kw):
+        seen.update(kw, scale=scale, run_dir=run_dir)
+        save_checkpoint(SRDenoiser(tiny_config(scale)), kw["export"])
+
+    monkeypatch.setattr(T, "train_on_mni", fake_train_on_mni)
+    export = tmp_path / "m.pt"
+    iso = _save(tmp_path / "thick.nii.gz", phantom((16, 16, 6)), (1.0, 1.0, 4.0))
+    assert main(["--train", "--blind", "--synth", "0.3", "--scale", "1,1,4", "--train-steps", "7", "--init", str(ckpt114),
+                 "--train-dir", str(tmp_path / "run"), "--export", str(export), "--input", str(iso), "--steps", "1",
+                 "--samples", "1", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert seen["family"].p_synth == 0.3 and seen["steps"] == 7 and seen["init"] == str(ckpt114)
+    assert seen["run_dir"] == tmp_path / "run" and seen["scale"] == (1, 1, 4)
+    assert main(["--train", "--synth", "0.3", "--out", str(tmp_path / "o"), "--quiet"]) == 2
