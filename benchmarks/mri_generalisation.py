@@ -8,7 +8,7 @@ are super-resolved separately (`infer.super_resolve`) and scored inside the head
 crop (PSNR, SSIM; `metrics`). Reported per cell: the mean over the crops for trilinear, cubic
 B-spline and sciffusion, sciffusion minus cubic, and Spearman(std, |error|). `--mni` adds the MNI152
 held-out slab at 2x with the same sampler settings (the no-regression check). `--quick` runs a tiny
-random model on two 32^3 MNI crops (checks the harness; the numbers mean nothing).
+random model on one 32^3 MNI crop (checks the harness; the numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def load_inputs(args):
         hr = mni_volume(2).data[16:64, 24:72, 16:64]
         models = {s: SRDenoiser(SRConfig(scale=s, channels=(8, 16), patch=p, norm_num_groups=8)).eval()
                   for s, p in (((2, 2, 2), (8, 8, 8)), ((1, 1, 4), (16, 16, 4))) if s in args.scales}
-        return hr, ((0, 0, 0), (16, 16, 16)), 32, models, "MNI152 2 mm, two 32^3 crops, random tiny models"
+        return hr, ((8, 8, 8),), 32, models, "MNI152 2 mm, one 32^3 crop, random tiny models"
     from sciffusion.plugins.mri.colin27 import load_colin27
 
     hr = load_colin27().data
