@@ -1,10 +1,11 @@
 """Scan-specific adaptation (SMORE-style self-supervision) for thick-slice scans.
 
-A scan with thick slices along one axis (factor `f`) is high-resolution in-plane. Permuting an
-in-plane axis into the model's thick-slice position gives volumes whose thick-slice axis is truly
-high-resolution; degrading it by `f` (slice profiles drawn from `blind.BlindFamily`, no added noise:
-the scan's own noise is in the data) makes training pairs with this scan's contrast, noise and
-anatomy. `adapt_model` fine-tunes a copy of the model on them for `steps` steps with the core
+A scan with thick slices along one axis (factor `f`) is high-resolution in-plane. The scan is first
+interpolated (cubic B-spline) by `f` along its thick axis, so that every axis has the target
+spacing; permuting an in-plane axis into the model's thick-slice position then gives volumes whose
+thick-slice axis is truly high-resolution, with the anatomy at its true proportions. Degrading that
+axis by `f` (slice profiles drawn from `blind.BlindFamily`, no added noise: the scan's own noise is
+in the data) makes training pairs with this scan's contrast, noise and anatomy. `adapt_model` fine-tunes a copy of the model on them for `steps` steps with the core
 denoising loss
 
     L = E_{t, eps} || f_theta(alpha_t x_0 + sigma_t eps, t, cond) - v ||^2
@@ -40,12 +41,17 @@ def thick_axis(scale: tuple[int, int, int]) -> int:
 
 
 def inplane_volumes(lr: np.ndarray, scale: tuple[int, int, int]) -> list[np.ndarray]:
-    """The scan with each in-plane axis moved into the thick-slice position (the others keep their order).
+    """The scan, interpolated to the target spacing along its thick axis (`u = cubic_f(lr)`), with
+    each in-plane axis moved into the thick-slice position (the others keep their order).
 
-    For `scale = (1, 1, f)` and `lr` of axes `(x, y, z)`: `[lr as (y, z, x), lr as (x, z, y)]`; the
-    last axis of each is high-resolution and becomes the training target's reduced axis.
+    For `scale = (1, 1, f)` and `lr` of axes `(x, y, z)`: `[u as (y, z', x), u as (x, z', y)]` with
+    `z'` the `f`-times finer thick axis; the last axis of each is high-resolution and becomes the
+    training target's reduced axis.
     """
+    from sciffusion.plugins.mri.degrade import upsample
+
     a = thick_axis(scale)
+    lr = upsample(lr, scale, 3)
     out = []
     for b in (i for i in range(3) if i != a):
         order = [i for i in range(3) if i != b]

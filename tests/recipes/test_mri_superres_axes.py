@@ -106,17 +106,21 @@ def test_adapt_fine_tunes_on_the_scan(tmp_path, ckpt114):
     from sciffusion.plugins.mri.adapt import adapt_model, inplane_volumes
 
     model = load_checkpoint(ckpt114)
-    lr = phantom((40, 40, 16))
+    from sciffusion.plugins.mri.degrade import upsample
+
+    lr = phantom((40, 40, 8))
     vols = inplane_volumes(lr, (1, 1, 4))
-    assert [v.shape for v in vols] == [(40, 16, 40), (40, 16, 40)]
-    np.testing.assert_array_equal(vols[0][:, 3, :], lr[:, :, 3].T)  # (y, z, x): slice z=3 is the x-y image
+    assert [v.shape for v in vols] == [(40, 32, 40), (40, 32, 40)]  # thick axis interpolated to 1 mm
+    up = upsample(lr, (1, 1, 4), 3)
+    np.testing.assert_array_equal(vols[0][:, 13, :], up[:, :, 13].T)  # (y, z', x): plane z'=13 is an x-y image
+    np.testing.assert_array_equal(vols[1][:, 13, :], up[:, :, 13])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     adapted = adapt_model(model, lr, steps=2, batch_size=1)
     assert any(not torch.equal(before[k], v) for k, v in adapted.state_dict().items())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
     vol = Volume(lr, np.diag([1.0, 1.0, 4.0, 1.0]), None, "scan")
     run = super_resolve_volume(vol, model, samples=1, steps=1, adapt=2)
-    assert run.settings["adapt_steps"] == 2 and run.result.mean.shape == (40, 40, 64)
+    assert run.settings["adapt_steps"] == 2 and run.result.mean.shape == (40, 40, 32)
 
 
 def test_recipe_training_flags_reach_the_trainer(tmp_path, monkeypatch, ckpt114):
