@@ -13,6 +13,7 @@ random model on one 32^3 MNI crop (checks the harness; the numbers mean nothing)
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], si
     return out
 
 
-def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int, adapt=None) -> list[dict]:
-    """One row per cell: the metrics averaged over the crops."""
+def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int, adapt=None,
+              log: Path | None = None) -> list[dict]:
+    """One row per cell: the metrics averaged over the crops (each row also appended to `log`, JSON lines,
+    so that an interrupted run keeps the cells it finished)."""
     from sciffusion.plugins.mri.degrade import crop_to_multiple
 
     hr = crop_to_multiple(hr, model.config.scale)
@@ -73,6 +76,9 @@ def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int,
                 row[f"{m}_{q}"] = float(np.mean([p[m][q] for p in per]))
         row["spearman"] = float(np.mean([p["spearman"] for p in per]))
         rows.append(row)
+        if log is not None:
+            with open(log, "a") as fh:
+                fh.write(json.dumps({"scale": list(model.config.scale), **row}) + "\n")
         print(f"  {row['profile']:<20} {row['noise']:<14} cubic {row['cubic_psnr']:.2f} "
               f"sciffusion {row['sciffusion_psnr']:.2f}", flush=True)
     return rows
@@ -195,7 +201,10 @@ def main(argv: list[str] | None = None) -> str:
         s = "x".join(map(str, scale))
         print(f"scale {s}", flush=True)
         t0 = time.process_time()
-        rows = run_scale(model, hr, crops, size, args.samples, args.steps)
+        log = None if args.no_write else Path(args.out) / f"{args.name}.jsonl"
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+        rows = run_scale(model, hr, crops, size, args.samples, args.steps, log=log)
         tab, checks[s] = scale_table(rows)
         sections.append((f"{s}", tab + f"\n\n{time.process_time() - t0:.0f} s CPU for this scale."))
     if args.mni and (2, 2, 2) in models and not args.quick:
