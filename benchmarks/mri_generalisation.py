@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> str:
         s = "x".join(map(str, scale))
         print(f"scale {s}", flush=True)
         t0 = time.process_time()
-        log = None if args.no_write else Path(args.out) / f"{args.name}.jsonl"
+        log = None if args.no_write or args.quick else Path(args.out) / f"{args.name}.jsonl"
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
         rows = run_scale(model, hr, crops, size, args.samples, args.steps, log=log)
