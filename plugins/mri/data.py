@@ -66,6 +66,47 @@ def training_region(shape: tuple[int, ...], axis: int = HOLDOUT_AXIS, holdout: t
     return allowed
 
 
+def pick_corner(rng: np.random.Generator, mask: np.ndarray, region: np.ndarray, size: tuple[int, ...],
+                align: tuple[int, ...], min_foreground: float, tries: int = 50) -> tuple[int, ...]:
+    """A random corner (multiple of `align`) of a `size` block inside `region` that is at least
+    `min_foreground` head (else the most-foreground one of `tries` draws)."""
+    best, best_fg = None, -1.0
+    for _ in range(tries):
+        c = tuple(int(rng.integers(0, (n - p) // fi + 1)) * fi for n, p, fi in zip(mask.shape, size, align))
+        sl = tuple(slice(ci, ci + p) for ci, p in zip(c, size))
+        if not region[sl].all():
+            continue
+        fg = float(mask[sl].mean())
+        if fg >= min_foreground:
+            return c
+        if fg > best_fg:
+            best, best_fg = c, fg
+    if best is None:
+        raise ValueError("no patch fits inside the allowed training region")
+    return best
+
+
+def swappable_planes(config: SRConfig) -> list[tuple[int, int]]:
+    """Axis pairs a 90-degree rotation may mix: same patch size and factor."""
+    same = [a for a in range(3) if (config.patch[a], config.scale[a]) == (config.patch[0], config.scale[0])]
+    if len(same) < 2:
+        same = [a for a in range(3) if (config.patch[a], config.scale[a]) == (config.patch[1], config.scale[1])]
+    return [(a, b) for a in same for b in same if a < b]
+
+
+def flip_rotate(pair: torch.Tensor, planes: list[tuple[int, int]], rng: np.random.Generator) -> torch.Tensor:
+    """Random flips of every axis and a random 90-degree rotation in one of `planes` (MONAI), on `(C, X, Y, Z)`."""
+    from monai.transforms import Flip, Rotate90
+
+    flips = [a for a in range(3) if rng.random() < 0.5]
+    if flips:
+        pair = Flip(spatial_axis=flips)(pair)
+    if planes and rng.random() < 0.5:
+        plane = planes[int(rng.integers(len(planes)))]
+        pair = Rotate90(k=int(rng.integers(1, 4)), spatial_axes=plane)(pair)
+    return pair.as_tensor() if hasattr(pair, "as_tensor") else pair
+
+
 class PatchDataset(Dataset):
     """Random aligned patches of training pairs, with flips and 90-degree rotations.
 
@@ -89,31 +130,14 @@ class PatchDataset(Dataset):
                 raise ValueError(f"pair {k}: volume {pair.hr.shape} smaller than the patch {self.hr_patch}")
             res = (pair.hr - pair.cubic) / config.residual_scale
             self.items.append((torch.from_numpy(res), torch.from_numpy(pair.cubic), pair.mask, region))
-        swappable = [a for a in range(3)
-                     if (config.patch[a], config.scale[a]) == (config.patch[0], config.scale[0])]
-        self.planes = [(a, b) for a in swappable for b in swappable if a < b]
+        self.planes = swappable_planes(config)
 
     def __len__(self) -> int:
         return self.length
 
     def _corner(self, rng: np.random.Generator, k: int) -> tuple[int, ...]:
         _, _, mask, region = self.items[k]
-        f = self.config.scale
-        best, best_fg = None, -1.0
-        for _ in range(50):
-            c = tuple(int(rng.integers(0, (n - p) // fi + 1)) * fi
-                      for n, p, fi in zip(mask.shape, self.hr_patch, f))
-            sl = tuple(slice(ci, ci + p) for ci, p in zip(c, self.hr_patch))
-            if not region[sl].all():
-                continue
-            fg = float(mask[sl].mean())
-            if fg >= self.min_foreground:
-                return c
-            if fg > best_fg:
-                best, best_fg = c, fg
-        if best is None:
-            raise ValueError("PatchDataset: no patch fits inside the allowed training region")
-        return best
+        return pick_corner(rng, mask, region, self.hr_patch, self.config.scale, self.min_foreground)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, int(i)))
@@ -123,15 +147,7 @@ class PatchDataset(Dataset):
         sl = tuple(slice(ci, ci + p) for ci, p in zip(c, self.hr_patch))
         pair = torch.stack([res[sl], cub[sl]])  # (2, X, Y, Z): channel 0 residual, 1 cubic
         if self.augment:
-            from monai.transforms import Flip, Rotate90
-
-            flips = [a for a in range(3) if rng.random() < 0.5]
-            if flips:
-                pair = Flip(spatial_axis=flips)(pair)
-            if self.planes and rng.random() < 0.5:
-                plane = self.planes[int(rng.integers(len(self.planes)))]
-                pair = Rotate90(k=int(rng.integers(1, 4)), spatial_axes=plane)(pair)
-            pair = pair.as_tensor() if hasattr(pair, "as_tensor") else pair
+            pair = flip_rotate(pair, self.planes, rng)
         pair = space_to_depth(pair[:, None].contiguous(), self.config.scale)  # (2, F, x, y, z)
         return pair[0].contiguous(), pair[1].contiguous()
 
@@ -149,3 +165,69 @@ def heldout_crop(shape: tuple[int, int, int], axis: int = HOLDOUT_AXIS, holdout:
     sl[axis] = slice(guard, guard + holdout[1] - holdout[0])
     region[tuple(sl)] = True
     return tuple(crop), region
+
+
+class BlindPatchDataset(Dataset):
+    """Patches whose degradation is drawn per item from a `blind.BlindFamily` (see `blind.py`).
+
+    `volumes` are high-resolution arrays; each is normalised by the percentiles of its default
+    degradation (as `make_pair`). `maps` (optional, one `(C, X, Y, Z)` array per volume) are tissue
+    probability maps for synthetic contrasts. Item `i` is a pure function of `(seed, i)`.
+    Returns `(x_0, cond)` as `PatchDataset`.
+    """
+
+    def __init__(self, volumes: list[np.ndarray], config: SRConfig, family, regions: list[np.ndarray] | None = None,
+                 maps: list[np.ndarray] | None = None, length: int = 100_000, seed: int = 0,
+                 min_foreground: float = 0.25) -> None:
+        from sciffusion.plugins.mri.degrade import signal_level
+
+        self.config, self.family, self.length, self.seed = config, family, length, seed
+        self.min_foreground = min_foreground
+        self.hr_patch = tuple(p * f for p, f in zip(config.patch, config.scale))
+        self.margin = tuple(4 * f for f in config.scale)
+        self.block = tuple(p + 2 * m for p, m in zip(self.hr_patch, self.margin))
+        self.items = []
+        for k, v in enumerate(volumes):
+            v = crop_to_multiple(np.asarray(v, np.float32), config.scale)
+            hr = PercentileScaler.fit(degrade(v, config.scale, config.fwhm), config.lower_percentile,
+                                      config.upper_percentile)(v)
+            if any(n < b for n, b in zip(hr.shape, self.block)):
+                raise ValueError(f"volume {k}: {hr.shape} smaller than the block {self.block}")
+            region = regions[k] if regions is not None else np.ones(hr.shape, bool)
+            m = None if maps is None else np.asarray(maps[k], np.float32)[(slice(None), *(slice(0, n) for n in hr.shape))]
+            self.items.append((hr, foreground_mask(hr), region[tuple(slice(0, n) for n in hr.shape)], m,
+                               signal_level(hr)))
+        self.planes = swappable_planes(config)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from sciffusion.plugins.mri.blind import blind_pair
+
+        rng = np.random.default_rng((self.seed, int(i)))
+        hr, mask, region, maps, signal = self.items[int(rng.integers(len(self.items)))]
+        c = pick_corner(rng, mask, region, self.block, self.config.scale, self.min_foreground)
+        sl = tuple(slice(ci, ci + b) for ci, b in zip(c, self.block))
+        y, cubic, _ = blind_pair(hr[sl], self.config.scale, self.margin, self.family, rng, signal,
+                                 None if maps is None else maps[(slice(None), *sl)])
+        pair = torch.from_numpy(np.stack([(y - cubic) / self.config.residual_scale, cubic]).astype(np.float32))
+        pair = flip_rotate(pair, self.planes, rng)
+        pair = space_to_depth(pair[:, None].contiguous(), self.config.scale)
+        return pair[0].contiguous(), pair[1].contiguous()
+
+
+def mni_tissue_maps(resolution: int = 1) -> np.ndarray:
+    """`(3, X, Y, Z)` grey matter, white matter and the rest of the brain mask (CSF and others) of the
+    MNI152 template from nilearn's wheel, on the T1 template's grid."""
+    from nilearn.datasets import (
+        load_mni152_brain_mask,
+        load_mni152_gm_template,
+        load_mni152_wm_template,
+    )
+
+    gm = np.asarray(load_mni152_gm_template(resolution=resolution).get_fdata(), np.float32)
+    wm = np.asarray(load_mni152_wm_template(resolution=resolution).get_fdata(), np.float32)
+    brain = np.asarray(load_mni152_brain_mask(resolution=resolution).get_fdata(), np.float32)
+    csf = np.clip(brain - gm - wm, 0, 1)
+    return np.stack([gm, wm, csf])

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -54,19 +55,77 @@ def check_scale_fits(shape: tuple[int, ...], scale: tuple[int, int, int], name: 
         raise VolumeError(f"{name}: scale {scale} would make a {n:,}-voxel output (limit {MAX_OUTPUT_VOXELS:,})")
 
 
+def axis_permutation(scale: tuple[int, int, int], model_scale: tuple[int, int, int],
+                     name: str = "checkpoint") -> tuple[int, int, int]:
+    """`p` with `model_scale[i] == scale[p[i]]`: the data's axis `p[i]` goes where the model's axis `i` is.
+
+    The identity when the scales agree; otherwise the first such permutation in lexicographic
+    order (a cyclic shift for one thick-slice axis, which keeps the in-plane order). A scale that
+    no permutation of the model's matches raises `VolumeError`.
+    """
+    for perm in itertools.permutations(range(3)):
+        if all(model_scale[i] == scale[perm[i]] for i in range(3)):
+            return tuple(perm)
+    raise VolumeError(
+        f"{name}: trained for scale {','.join(map(str, model_scale))}, which cannot serve scale "
+        f"{','.join(map(str, scale))} even with the axes permuted (the reduced axes do not match)")
+
+
+def _transpose_result(res: SRResult, order: tuple[int, ...]) -> SRResult:
+    """Every array of `res` with its spatial axes reordered by `order` (samples keep their first axis)."""
+    def t(a):
+        return None if a is None else np.ascontiguousarray(np.transpose(a, order if a.ndim == 3 else (0, *[o + 1 for o in order])))
+
+    return SRResult(t(res.mean), t(res.std), t(res.sample_mean), t(res.posterior_mean), t(res.cubic),
+                    t(res.trilinear), t(res.samples))
+
+
+def check_adaptable(vol: Volume, scale: tuple[int, int, int]) -> None:
+    """`--adapt` needs thick slices: one reduced axis, and an input whose voxels are not isotropic."""
+    from sciffusion.plugins.mri.adapt import AdaptError, thick_axis
+
+    try:
+        thick_axis(scale)
+    except AdaptError as err:
+        raise VolumeError(f"{vol.path}: {err}") from None
+    z = np.asarray(vol.zooms)
+    if np.ptp(z) <= 0.01 * z.max():
+        raise VolumeError(f"{vol.path}: --adapt needs an anisotropic input (thick slices), but its voxels are "
+                          f"isotropic ({' x '.join(f'{v:g}' for v in z)} mm): there is no in-plane high "
+                          "resolution to learn from")
+
+
 def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps: int = 10,
                          method: str = "dpmpp_2m", seed: int = 0, device: str = "cpu",
-                         progress: bool = False, **kw) -> Run:
-    """Super-resolve a user's low-resolution scan by the model's scale (no reference, no metrics)."""
-    scale = model.config.scale
+                         progress: bool = False, scale: tuple[int, int, int] | None = None,
+                         adapt: int = 0, **kw) -> Run:
+    """Super-resolve a user's low-resolution scan by `scale` (default: the model's; no metrics).
+
+    A `scale` that is a permutation of the model's (e.g. `4,1,1` for a `1,1,4` model) is served by
+    permuting the data's axes into the model's order and back (`axis_permutation`). `adapt > 0`
+    first fine-tunes a copy of the model on the scan itself (`adapt.adapt_model`, thick slices only).
+    """
+    scale = tuple(scale or model.config.scale)
+    perm = axis_permutation(scale, model.config.scale)
     if any(n < 4 for n in vol.data.shape):
         raise VolumeError(f"{vol.path}: volume {vol.data.shape} is too small to super-resolve (need >= 4 voxels per axis)")
     check_scale_fits(vol.data.shape, scale, vol.path)
+    if adapt:
+        check_adaptable(vol, scale)
     t0 = time.time()
-    res = super_resolve(model, vol.data, samples=samples, steps=steps, method=method, seed=seed, device=device,
+    data = np.ascontiguousarray(np.transpose(vol.data, perm))
+    used = model
+    if adapt:
+        from sciffusion.plugins.mri.adapt import adapt_model
+
+        used = adapt_model(model, data, adapt, seed=seed, progress=progress)
+    t_adapt = time.time() - t0
+    res = super_resolve(used, data, samples=samples, steps=steps, method=method, seed=seed, device=device,
                         progress=progress, **kw)
+    res = _transpose_result(res, tuple(int(i) for i in np.argsort(perm)))
     settings = _settings(model, samples=samples, steps=steps, method=method, seed=seed, device=str(device),
-                         seconds=round(time.time() - t0, 1), mode="input",
+                         seconds=round(time.time() - t0, 1), mode="input", scale=list(scale),
+                         axis_permutation=list(perm), adapt_steps=adapt, adapt_seconds=round(t_adapt, 1),
                          estimate=kw.get("estimate", "posterior_mean"))
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 
@@ -74,15 +133,17 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
 def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: int = 10,
                        method: str = "dpmpp_2m", seed: int = 0, device: str = "cpu",
                        crop: tuple[slice, slice, slice] | None = None,
-                       eval_region: np.ndarray | None = None, progress: bool = False, **kw) -> Run:
-    """Degrade a high-resolution reference by the model's scale, super-resolve it, and score it.
+                       eval_region: np.ndarray | None = None, progress: bool = False,
+                       scale: tuple[int, int, int] | None = None, **kw) -> Run:
+    """Degrade a high-resolution reference by `scale` (default: the model's), super-resolve it, and score it.
 
     The reference is cropped to multiples of the scale and degraded whole (`degrade.degrade`); `crop`
     (slices on the cropped high-res grid, aligned to the scale) restricts the super-resolution to a
     sub-block, and `eval_region` (boolean, same grid as the crop) further restricts the metrics,
     which are computed inside the head mask of the reference.
     """
-    scale = model.config.scale
+    scale = tuple(scale or model.config.scale)
+    axis_permutation(scale, model.config.scale)
     hr = crop_to_multiple(ref.data, scale)
     if any(n < 4 * f for n, f in zip(hr.shape, scale)):
         raise VolumeError(f"{ref.path}: reference {ref.data.shape} is too small for scale {scale}")
@@ -100,7 +161,7 @@ def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: 
         affine_hr = affine_hr @ shift
     low = Volume(lr, lr_affine(affine_hr, scale), None, f"{ref.path} degraded {scale}")
     run = super_resolve_volume(low, model, samples=samples, steps=steps, method=method, seed=seed,
-                               device=device, progress=progress, **kw)
+                               device=device, progress=progress, scale=scale, **kw)
     run.settings["mode"] = "reference"
     run.affine, run.reference, run.input_path, run.like = affine_hr, hr, ref.path, ref
     mask = foreground_mask(hr)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sciffusion.plugins.mri.data import PatchDataset, make_pair
-from sciffusion.plugins.mri.model import SRConfig, SRDenoiser, save_checkpoint
+from sciffusion.plugins.mri.blind import BlindFamily
+from sciffusion.plugins.mri.data import BlindPatchDataset, PatchDataset, make_pair
+from sciffusion.plugins.mri.model import SRConfig, SRDenoiser, load_checkpoint, save_checkpoint
 
 
 def residual_scale(hr_volumes: list[np.ndarray], config: SRConfig) -> float:
@@ -43,20 +44,31 @@ def train_sr(
     progress: bool = True,
     export: str | Path | None = None,
     extra: dict | None = None,
+    family: BlindFamily | None = None,
+    maps: list[np.ndarray] | None = None,
+    init: str | Path | None = None,
 ) -> SRDenoiser:
     """Train a denoiser on random patches of `hr_volumes` and return its EMA copy (eval mode).
 
     Resumes from the newest checkpoint in `out_dir`. `regions` (one boolean mask per volume)
     restrict where patches may come from (e.g. everything but a held-out slab). The EMA weights
     are written with `save_checkpoint` to `export` (default `out_dir/model.pt`).
+
+    `family` (a `blind.BlindFamily`) draws a degradation per patch (`data.BlindPatchDataset`, with
+    optional tissue `maps` for synthetic contrasts) instead of the config's fixed Gaussian profile;
+    `init` starts a fresh run from a checkpoint's weights (fine-tuning; a resumed run ignores it).
     """
     from sciffusion.core.process import DiffusionProcess
     from sciffusion.core.schedules import get_schedule
     from sciffusion.core.training import TrainConfig, Trainer
 
-    pairs = [make_pair(v, config) for v in hr_volumes]
-    dataset = PatchDataset(pairs, config, regions=regions, seed=seed)
+    if family is None:
+        dataset = PatchDataset([make_pair(v, config) for v in hr_volumes], config, regions=regions, seed=seed)
+    else:
+        dataset = BlindPatchDataset(hr_volumes, config, family, regions=regions, maps=maps, seed=seed)
     model = SRDenoiser(config)
+    if init is not None:
+        model.load_state_dict(load_checkpoint(init, scale=config.scale).state_dict())
     process = DiffusionProcess(get_schedule(config.schedule), prediction=config.prediction)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(100, steps // 10),
                       min_lr_ratio=0.1, ema_half_life=max(10.0, steps / 20), grad_clip=1.0,
@@ -68,6 +80,10 @@ def train_sr(
     ema = copy.deepcopy(trainer.ema_model).cpu().eval()
     info = {"steps": steps, "batch_size": batch_size, "lr": lr, "seconds_this_run": round(time.time() - t0, 1),
             "params": sum(p.numel() for p in ema.parameters())}
+    if family is not None:
+        info["degradations"] = family.to_dict()
+    if init is not None:
+        info["init"] = Path(init).name
     info.update(extra or {})
     save_checkpoint(ema, export or Path(out_dir) / "model.pt", extra=info)
     return ema
@@ -75,21 +91,29 @@ def train_sr(
 
 def train_on_mni(scale: tuple[int, int, int], out_dir: str | Path, steps: int = 2000, batch_size: int = 4,
                  seed: int = 0, progress: bool = True, export: str | Path | None = None,
-                 device: str | None = None) -> SRDenoiser:
+                 device: str | None = None, family: BlindFamily | None = None,
+                 init: str | Path | None = None, lr: float = 2e-4) -> SRDenoiser:
     """Train the demonstration model on the 1 mm MNI152 template minus the held-out slab.
 
     Patches cover 48 high-res voxels along each down-sampled axis (24 low-res voxels at 2x, 12 at 4x,
-    rounded down to a multiple of 4) and 32 voxels along the others.
+    rounded down to a multiple of 4) and 32 voxels along the others. With a `family` whose `p_synth`
+    is positive, the MNI152 grey/white/CSF maps feed synthetic contrasts (`blind.synth_image`).
     """
-    from sciffusion.plugins.mri.data import mni_volume, training_region
+    from sciffusion.plugins.mri.data import mni_tissue_maps, mni_volume, training_region
     from sciffusion.plugins.mri.degrade import crop_to_multiple
 
     scale = tuple(int(f) for f in scale)
     patch = tuple(32 if f == 1 else max(4, (48 // f) // 4 * 4) for f in scale)
-    config = SRConfig(scale=scale, patch=patch, notes={"data": "MNI152 2009 T1 1 mm (nilearn), "
-                                                        "axis-1 slab [104, 168) excluded"})
+    synth = family is not None and family.p_synth > 0
+    data = "MNI152 2009 T1 1 mm (nilearn), axis-1 slab [104, 168) excluded" + (
+        "; synthetic contrasts from its grey/white/CSF maps" if synth else "")
+    notes = {"data": data}
+    if family is not None:
+        notes["degradations"] = "blind family (see the checkpoint's extra)"
+    config = SRConfig(scale=scale, patch=patch, notes=notes)
     vol = mni_volume(1).data
     region = training_region(crop_to_multiple(vol, scale).shape)
-    return train_sr([vol], config, out_dir, steps=steps, batch_size=batch_size, regions=[region],
-                    seed=seed, progress=progress, export=export, device=device,
-                    extra={"data": config.notes["data"]})
+    maps = [mni_tissue_maps(1)] if synth else None
+    return train_sr([vol], config, out_dir, steps=steps, batch_size=batch_size, lr=lr, regions=[region],
+                    seed=seed, progress=progress, export=export, device=device, family=family, maps=maps,
+                    init=init, extra={"data": data})

@@ -84,7 +84,7 @@ def test_bad_inputs_exit_2_with_a_named_error(tmp_path, ckpt, capsys):
     cases = [
         (["--input", str(scan), "--scale", "1.5"], "--scale: '1.5' does not divide sensibly"),
         (["--input", str(scan), "--scale", "1,1,4", "--checkpoint", str(ckpt)],
-         "tiny2x.pt: checkpoint was trained for scale 2,2,2, but scale 1,1,4"),
+         "tiny2x.pt: trained for scale 2,2,2, which cannot serve scale 1,1,4 even with the axes permuted"),
         (["--input", str(tmp_path / "nope.nii.gz"), "--checkpoint", str(ckpt)], "nope.nii.gz: no such file"),
         (["--input", str(ROOT / "pyproject.toml"), "--checkpoint", str(ckpt)], "pyproject.toml: not a NIfTI"),
         (["--input", str(scan), "--checkpoint", str(ckpt), "--out", str(tmp_path), "--steps", "1",

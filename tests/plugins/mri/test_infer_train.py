@@ -81,3 +81,20 @@ def test_train_resume_and_export(tmp_path):
     for k, v in back.state_dict().items():
         torch.testing.assert_close(v, ema2.state_dict()[k])
     assert any(not torch.equal(first[k], v) for k, v in ema2.state_dict().items())
+
+
+def test_blind_training_records_the_family(tmp_path):
+    import json
+
+    from sciffusion.plugins.mri.blind import BlindFamily
+    from sciffusion.plugins.mri.model import SRDenoiser, save_checkpoint
+    from sciffusion.plugins.mri.train import train_sr
+
+    cfg = tiny_config((2, 2, 2))
+    vols = [phantom((48, 48, 48), seed=0)]
+    torch.manual_seed(1)
+    init = save_checkpoint(SRDenoiser(cfg), tmp_path / "init.pt")
+    train_sr(vols, cfg, tmp_path / "run", steps=1, batch_size=1, progress=False, family=BlindFamily(), init=init)
+    blob = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    extra = json.loads(blob["extra"])
+    assert extra["degradations"]["fwhm_range"] == [0.5, 1.5] and extra["init"] == "init.pt"
