@@ -23,7 +23,7 @@ from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
 from sciffusion.plugins.mri.transforms import PercentileScaler
 
-SAMPLERS = ("dpmpp_2m", "ddim", "heun", "ddpm", "euler_maruyama")
+SAMPLERS = ("dpmpp_2m", "unipc", "unipc_3", "ddim", "heun", "ddpm", "ddpm_beta", "euler_maruyama")
 
 
 @dataclass
