@@ -100,15 +100,8 @@ def elbo(
     log_snr = process.schedule.log_snr_fn(grid)
     snr = torch.exp(log_snr)
 
-    def x0_hat(x_t: Tensor, t: Tensor, c: Any) -> Tensor:
-        out = model(x_t, t, c) if c is not None else model(x_t, t)
-        return process.predict_x0(out.to(dt), x_t, t)
-
-    # prior: KL(N(a x0, s^2) || N(0, a^2 + s^2)) per element
-    one = torch.ones(b, dtype=dt, device=dev)
-    a1, s1 = float(process.alpha(one)[0]), float(process.sigma(one)[0])
-    v = a1 * a1 + s1 * s1
-    prior = 0.5 * ((s1 * s1 + a1 * a1 * flat**2) / v - 1.0 - math.log(s1 * s1 / v)).sum(1)
+    x0_hat = _x0_predictor(model, process, dt)
+    prior = _prior_kl(process, flat)
 
     # diffusion: 1/2 (SNR(t_{i-1}) - SNR(t_i)) |x0 - x0_hat(x_{t_i})|^2, i = 2..T
     steps = torch.arange(2, num_steps + 1)
@@ -175,14 +168,8 @@ def vdm_elbo(
     flat = x0.reshape(b, -1)
     lam_1, lam_max = process.schedule.log_snr_fn(torch.tensor([1.0, t_min], dtype=torch.float64)).tolist()
 
-    def x0_hat(x_t: Tensor, t: Tensor, c: Any) -> Tensor:
-        out = model(x_t, t, c) if c is not None else model(x_t, t)
-        return process.predict_x0(out.to(dt), x_t, t)
-
-    one = torch.ones(b, dtype=dt, device=dev)
-    a1, s1 = float(process.alpha(one)[0]), float(process.sigma(one)[0])
-    v = a1 * a1 + s1 * s1
-    prior = 0.5 * ((s1 * s1 + a1 * a1 * flat**2) / v - 1.0 - math.log(s1 * s1 / v)).sum(1)
+    x0_hat = _x0_predictor(model, process, dt)
+    prior = _prior_kl(process, flat)
 
     jitter = rng.rand((b, num_samples), generator, device="cpu", dtype=torch.float64)
     u = (torch.arange(num_samples, dtype=torch.float64) + jitter) / num_samples
@@ -200,3 +187,21 @@ def vdm_elbo(
     var = math.exp(-lam_max)  # (sigma / alpha)^2 at t_min
     reconstruction = 0.5 * (((flat - mean) ** 2) / var + math.log(2 * math.pi * var)).sum(1)
     return ELBOTerms(prior.double(), diffusion, reconstruction.double(), flat.shape[1])
+
+
+def _x0_predictor(model: Callable[..., Tensor], process: DiffusionProcess, dtype: torch.dtype) -> Callable:
+    """`x0_hat(x_t, t, cond)`: the model's prediction converted to `x_0`, in the data's dtype."""
+
+    def x0_hat(x_t: Tensor, t: Tensor, c: Any) -> Tensor:
+        out = model(x_t, t, c) if c is not None else model(x_t, t)
+        return process.predict_x0(out.to(dtype), x_t, t)
+
+    return x0_hat
+
+
+def _prior_kl(process: DiffusionProcess, flat: Tensor) -> Tensor:
+    """`KL(N(alpha_1 x_0, sigma_1^2) || N(0, alpha_1^2 + sigma_1^2))` summed over elements, per example `(B,)`."""
+    one = torch.ones(flat.shape[0], dtype=flat.dtype, device=flat.device)
+    a1, s1 = float(process.alpha(one)[0]), float(process.sigma(one)[0])
+    v = a1 * a1 + s1 * s1
+    return 0.5 * ((s1 * s1 + a1 * a1 * flat**2) / v - 1.0 - math.log(s1 * s1 / v)).sum(1)

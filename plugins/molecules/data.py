@@ -33,6 +33,16 @@ class MolInputError(ValueError):
     """A molecule or file that cannot be used; the message names the file and record."""
 
 
+def check_molecule_file(path: str | os.PathLike) -> Path:
+    """`path` as a `Path` when it names a non-empty file; otherwise a `MolInputError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise MolInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MolInputError(f"{path}: empty file, no molecules")
+    return path
+
+
 @dataclass
 class LoadReport:
     """Molecules read from a source, plus what was skipped and why (one line per record)."""

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sciffusion.core.checkpoint import atomic_write_text
 
 from .build import canonical_smiles, write_grid
-from .data import MolInputError, split_indices
+from .data import MolInputError, check_molecule_file, split_indices
 from .graph_data import (
     PROPERTIES,
     SkipReport,
@@ -350,11 +350,7 @@ def score_file(path: str | Path, train_smiles: Sequence[str] | None = None) -> d
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    path = Path(path)
-    if not path.exists():
-        raise MolInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise MolInputError(f"{path}: empty file, no molecules")
+    path = check_molecule_file(path)
     if path.suffix.lower() in (".sdf", ".sd", ".mol"):
         mols = [sanitized(Chem.RemoveHs(m, sanitize=False)) if m is not None else None
                 for m in Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)]

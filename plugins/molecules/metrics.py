@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -94,14 +93,10 @@ def score_sdf(path, train_smiles: Iterable[str] | None = None) -> MolMetrics:
     they are re-inferred from distances, so scores compare with generated molecules)."""
     from rdkit import Chem, RDLogger
 
-    from .data import MolInputError
+    from .data import MolInputError, check_molecule_file
 
     RDLogger.DisableLog("rdApp.*")
-    path = Path(path)
-    if not path.exists():
-        raise MolInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise MolInputError(f"{path}: empty file, no molecules")
+    path = check_molecule_file(path)
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
     mols = []
     for i, mol in enumerate(supplier, 1):
