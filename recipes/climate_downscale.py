@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
+from sciffusion.core.devices import DEVICE_HELP, resolve_device
 from sciffusion.plugins.climate.experiment import ExperimentConfig, downscale_input, run
 
 
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     p.add_argument("--mode", choices=("downscale", "infill"), default="downscale")
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", default="./climate_downscale_out", help="output folder (or a .zarr store with --input)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -81,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
+        cfg = replace(cfg, device=str(resolve_device(cfg.device)))
+        if not cfg.quiet:
+            print(f"device: {cfg.device}", flush=True)
         if cfg.input and not cfg.reference:
             downscale_input(cfg)
         else:

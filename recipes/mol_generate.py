@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from sciffusion.core.devices import DEVICE_HELP, resolve_device
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.mol_generate", description=__doc__.split("\n")[0])
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                    "drawn from the training histogram)")
     p.add_argument("--method", default="ddpm", help="core sampler: ddpm, ddim, euler_maruyama, heun, dpmpp_2m")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", default="./mol_generate_out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--threads", type=int, default=1,
@@ -232,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1:
             raise MolInputError(f"--n must be a positive number of molecules, got {args.n}")
+        args.device = str(resolve_device(args.device))
+        _say(args, f"device: {args.device}")
         if args.score:
             return _score(args)
         if args.train:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sciffusion.core.devices import DEVICE_HELP, resolve_device
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="dpmpp_2m", help="core sampler (dpmpp_2m, ddim, heun, ...)")
     p.add_argument("--estimate", default="posterior_mean", choices=["posterior_mean", "sample_mean"],
                    help="point estimate: the denoiser's E[y | low-res] (default) or the mean of the K samples")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="mri_superres_out", help="output folder (default ./mri_superres_out)")
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it (`sciffusion.plugins.mri.cli.run`); returns the exit status."""
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"device: {args.device}", flush=True)
     from sciffusion.plugins.mri.cli import run
 
     return run(args)
