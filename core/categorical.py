@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.schedules import Schedule, get_schedule
 
 __all__ = ["TRANSITIONS", "CategoricalELBO", "CategoricalProcess", "JointCategoricalProcess", "draw_categorical"]
@@ -41,8 +42,7 @@ def _per_example(coef: Tensor, like: Tensor) -> Tensor:
 def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One class per row of a (..., K) probability table (rows need not be normalised), by
     inverse CDF: x = #{k : F_k < u}, u ~ U(0, 1). Returns (...) long."""
-    u = torch.rand(*probs.shape[:-1], 1, generator=generator, dtype=torch.float64,
-                   device=generator.device if generator is not None else probs.device).to(probs.device)
+    u = rng.rand((*probs.shape[:-1], 1), generator, device=probs.device, dtype=torch.float64)
     cdf = probs.double().cumsum(-1)
     cdf = cdf / cdf[..., -1:].clamp_min(_TINY)
     return torch.searchsorted(cdf.contiguous(), u).squeeze(-1).clamp(max=probs.shape[-1] - 1)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from sciffusion.core import rng
 from sciffusion.core.categorical import CategoricalProcess
 from sciffusion.core.process import DiffusionProcess
 from sciffusion.core.samplers import sample as core_sample
@@ -170,7 +171,7 @@ class MolDiffusion(torch.nn.Module):
     # ----- sampling -------------------------------------------------------------------------
     def sample_sizes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Numbers of atoms drawn from the training histogram, (n,) long."""
-        return torch.multinomial(self.size_hist.float().cpu(), n, replacement=True, generator=generator)
+        return rng.multinomial(self.size_hist.float(), n, generator=generator)
 
     @torch.no_grad()
     def sample(self, sizes: Tensor, steps: int = 500, method: str = "ddpm",
@@ -217,10 +218,10 @@ class MolDiffusion(torch.nn.Module):
         cat = self.categorical()
 
         def randn(shape):
-            return torch.randn(shape, generator=gen).to(device)
+            return rng.randn(shape, gen, device=device)
 
         x, h = remove_mean(randn((n, 3)), b), randn((n, 1))
-        z_t = torch.multinomial(cat.prior().float().expand(n, k), 1, generator=gen).flatten().to(device)
+        z_t = rng.multinomial(cat.prior().float().expand(n, k).to(device), 1, generator=gen).flatten()
         grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         for i in range(steps):
             t = torch.full((n,), float(grid[i]), device=device)
