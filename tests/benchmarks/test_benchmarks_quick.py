@@ -26,6 +26,7 @@ def _one_thread():
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.slow
 def test_quick_mode_writes_its_page(name, tmp_path):
     if name == "mri_superres":
         pytest.importorskip("einops")

@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("monai")
 
 
+@pytest.mark.slow
 def test_quick_mode_writes_the_cell_table(tmp_path):
     from benchmarks import mri_generalisation as B
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 _CHURN = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
@@ -19,6 +21,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 def test_retained_heap_stops_page_fault_churn():
     root = str(Path(__file__).resolve().parents[2])
     faults = {}

@@ -40,6 +40,7 @@ def test_prediction_types_give_the_same_ode_solution(prediction):
     assert torch.allclose(out, ref, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_second_order_samplers_at_20_steps_vs_ddpm_at_200():
     gm = gaussian_2d()
     proc = DiffusionProcess("cosine", "eps")
@@ -145,6 +146,7 @@ def test_default_start_gets_the_prior_mean_for_free():
 
 
 @pytest.mark.parametrize("method", ["ddpm", "ddpm_beta"])
+@pytest.mark.slow
 def test_stochastic_samplers_weak_order_one(method):
     gm = GaussianMixture.gaussian(torch.tensor([0.5]), torch.tensor([1.5]))
     proc = DiffusionProcess("cosine", "eps")

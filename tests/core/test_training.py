@@ -71,6 +71,7 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise(tmp_path):
     """N=40 steps straight == killed at step 27 (last checkpoint: 20) and resumed to 40."""
     common = ["--mode", "resume", "--steps", "40", "--ckpt-every", "10", "--loss", "default"]
@@ -108,6 +109,7 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == list(range(5, 41, 5))
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_matches_single_process_with_double_batch(tmp_path):
     """2 gloo processes x batch 8 == 1 process x batch 16: DDP averages the gradients of the shards.
 
@@ -162,6 +164,7 @@ def _mmd2(x: torch.Tensor, y: torch.Tensor, scales: tuple[float, ...] = (0.05, 0
 MMD_THRESHOLD = 0.02  # held-out vs held-out: ~0.000; trained: ~0.005; moment-matched Gaussian and untrained: ~0.13
 
 
+@pytest.mark.slow
 def test_trained_ema_samples_match_gaussian_mixture(tmp_path):
     """MLP on a 4-mode mixture with the default loss; EMA samples pass an MMD test that baselines fail."""
     old_threads = torch.get_num_threads()

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -14,6 +16,7 @@ def load(name):
     return mod
 
 
+@pytest.mark.slow
 def test_toy2d_periodic_fast(tmp_path):
     res = load("toy2d_periodic").main(["--out", str(tmp_path), "--fast", "--datasets", "pinwheel"])
     r = res["pinwheel"]
@@ -31,6 +34,7 @@ def test_toy2d_periodic_fast(tmp_path):
     assert q["training data"]["recall"] > 0.8 and q["RDKS"]["coverage"] > 0.7
 
 
+@pytest.mark.slow
 def test_rdks_manifolds_fast(tmp_path):
     res = load("rdks_manifolds").main(["--out", str(tmp_path), "--fast"])
     for f in ("rdks_circle.png", "rdks_sphere.png", "rdks_bandwidth.png"):

@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
     return tmp, ref, out
 
 
+@pytest.mark.slow
 def test_downscale_writes_outputs_and_scores_held_out_times(trained):
     _, ref, out = trained
     for name in ("downscaled.nc", "metrics.json", "maps.png", "spectra.png", "downscale.pt"):
@@ -62,6 +63,7 @@ def test_downscale_writes_outputs_and_scores_held_out_times(trained):
     ds.close()
 
 
+@pytest.mark.slow
 def test_no_conserve_gives_the_raw_members(trained):
     tmp, ref, out = trained
     assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--no-conserve", *SMALL,
@@ -72,6 +74,7 @@ def test_no_conserve_gives_the_raw_members(trained):
     assert np.abs(raw - kept).max() > 1e-3  # the same draws, without the block-mean correction
 
 
+@pytest.mark.slow
 def test_infill_mode_and_coarse_input(trained):
     tmp, ref, out = trained
     out2 = tmp / "infill"
@@ -106,6 +109,7 @@ def test_bad_inputs_exit_with_clear_messages(trained, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_options_reach_the_checkpoint(trained, capsys):
     tmp, ref, _ = trained
     out = tmp / "options"
@@ -124,11 +128,13 @@ def test_training_options_reach_the_checkpoint(trained, capsys):
     assert "'t2m=high' is not NAME=NUMBER" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_runs_as_a_module():
     res = subprocess.run([sys.executable, "-m", "recipes.climate_downscale", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--reference" in res.stdout and "--mode" in res.stdout
 
 
+@pytest.mark.slow
 def test_a_regional_grid_of_any_size_trains_and_downscales(tmp_path, capsys):
     ref = tmp_path / "box.nc"
     make_regional(n_time=8, n_lat=15, n_lon=21).to_netcdf(ref, engine="h5netcdf")
@@ -144,6 +150,7 @@ def test_a_regional_grid_of_any_size_trains_and_downscales(tmp_path, capsys):
     assert not Downscaler.load(out / "downscale.pt").model.cfg.periodic
 
 
+@pytest.mark.slow
 def test_grid_problems_are_reported_before_training(tmp_path, capsys):
     ref = tmp_path / "box.nc"
     make_regional(n_time=8, n_lat=15, n_lon=21).to_netcdf(ref, engine="h5netcdf")
@@ -161,6 +168,7 @@ def test_grid_problems_are_reported_before_training(tmp_path, capsys):
     assert not (tmp_path / "x" / "train").exists()  # nothing was trained for the failures
 
 
+@pytest.mark.slow
 def test_gappy_regional_data_missing_cells_stay_missing_and_empty_times_are_skipped(tmp_path, capsys):
     ds = make_regional(n_time=9, n_lat=15, n_lon=21)
     for v in ("t2m", "u10"):

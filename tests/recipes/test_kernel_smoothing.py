@@ -69,6 +69,7 @@ def test_coverage_scores_see_a_missing_arm():
     assert b["recall"] < 0.55 and b["coverage"] < 0.55 and b["precision"] > a["precision_x"] - 0.05
 
 
+@pytest.mark.slow
 def test_cli_module_entry_and_bad_arguments(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "recipes.kernel_smoothing", "--dataset", "2spirals", "--method", "rdks",

@@ -23,6 +23,7 @@ def tiny_run(tmp_path_factory):
     return root, rc
 
 
+@pytest.mark.slow
 def test_train_then_generate_writes_every_file(tiny_run, capsys):
     root, rc = tiny_run
     assert rc == 0 and (root / "run" / "model.pt").exists()
@@ -102,6 +103,7 @@ def graph_runs(tmp_path_factory):
     return root, cond, uncond
 
 
+@pytest.mark.slow
 def test_graph_train_generate_and_score(graph_runs, capsys):
     root, rc, _ = graph_runs
     assert rc == 0 and (root / "cond" / "model.pt").exists()
@@ -157,6 +159,7 @@ def test_guidance_on_unconditional_and_wrong_kind_are_refused(graph_runs, capsys
     assert rc == 2 and "not a graph-diffusion checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_graph_route_scores_the_generated_set_against_a_reference_file(tmp_path):
     from pathlib import Path
 

@@ -10,6 +10,7 @@ from tests.doc_examples import run_markdown_examples
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped checkpoint is not in this checkout")
+@pytest.mark.slow
 def test_climate_page_examples_run(tmp_path):
     ns = run_markdown_examples("docs/climate.md", tmp_path)
     assert (tmp_path / "downscaled_example.nc").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from recipes.climate_downscale import main
@@ -24,6 +25,7 @@ def test_the_regional_cut_has_odd_sizes_a_static_gap_and_a_missing_time(tmp_path
     assert not Domain.of(back).periodic and back.attrs["credit"].startswith("ERA5")
 
 
+@pytest.mark.slow
 def test_train_downscale_score_on_the_regional_cut(tmp_path, capsys):
     regional_sample(tmp_path / "box.nc", n_time=12)
     out = tmp_path / "out"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sciffusion.plugins.molecules.build import (
@@ -33,6 +34,7 @@ def test_bond_orders_from_reference_lengths():
     assert bond_order("C", "Cl", 1.77) == 1                   # covalent-radii fallback
 
 
+@pytest.mark.slow
 def test_qm9_rows_round_trip_to_their_smiles():
     ds, mols = _qm9(300, offset=1000)
     edm = rdk = 0
@@ -58,6 +60,7 @@ def test_egfr_molecules_round_trip_with_rdkit_bond_orders():
     assert n == 365 and same >= 355   # a few nitro groups are not charge-separated by xyz2mol
 
 
+@pytest.mark.slow
 def test_metrics_on_qm9_are_near_the_published_data_row():
     ds, mols = _qm9(400)
     m = evaluate(mols, train_smiles=ds.smiles[:200])
@@ -67,6 +70,7 @@ def test_metrics_on_qm9_are_near_the_published_data_row():
     assert 0.4 < m.novelty < 0.6                       # half of the molecules are "training" ones
 
 
+@pytest.mark.slow
 def test_metrics_fail_on_broken_geometry():
     _, mols = _qm9(100, offset=2000)
     g = np.random.default_rng(0)
@@ -76,6 +80,7 @@ def test_metrics_fail_on_broken_geometry():
     assert not atom_stable(["C", "H"], np.array([[0, 0, 0], [1.09, 0, 0]])).all()
 
 
+@pytest.mark.slow
 def test_sdf_round_trip_and_grid(tmp_path):
     _, mols = _qm9(20, offset=500)
     built = [to_rdkit(s, p) for s, p in mols]

@@ -20,6 +20,7 @@ RDKIT = Path(__import__("rdkit").__file__).parent
 EGFR = RDKIT / "Contrib" / "PBF" / "testData" / "egfr.sdf"
 
 
+@pytest.mark.slow
 def test_qm9_rows_are_parsed_with_positions_types_and_smiles():
     ds = load_qm9(limit=50)
     assert len(ds) == 50
