@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sciffusion.core import DiffusionProcess, GaussianMixture, log_likelihood, losses
-from tests.core.conftest import gaussian_2d, gaussian_16d
+from tests.core.gaussians import gaussian_2d, gaussian_16d
 
 
 def test_denoising_loss_of_the_exact_model_is_the_irreducible_error():

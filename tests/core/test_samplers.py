@@ -5,7 +5,7 @@ import torch
 
 from sciffusion.core import DiffusionProcess, GaussianMixture, available_samplers, sample
 from sciffusion.core.inpainting import smc_inpaint
-from tests.core.conftest import gaussian_2d, gaussian_16d, gaussian_exact_ode
+from tests.core.gaussians import gaussian_2d, gaussian_16d, gaussian_exact_ode
 
 BUDGET = {"ddpm": 200, "ddpm_beta": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20, "unipc": 10, "unipc_3": 10}
 

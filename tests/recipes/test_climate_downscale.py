@@ -14,7 +14,7 @@ from recipes.climate_downscale import main
 from sciffusion.plugins.climate.downscale import Downscaler
 from sciffusion.plugins.climate.grid import coarsen, coarsen_dataset
 from sciffusion.plugins.climate.io import open_fields
-from tests.plugins.climate.conftest import make_fine, make_regional
+from tests.plugins.climate.helpers import make_fine, make_regional
 
 SMALL = ["--train-steps", "3", "--widths", "8,8,8", "--batch-size", "4", "--holdout", "2",
          "--members", "3", "--steps", "2", "--quiet"]

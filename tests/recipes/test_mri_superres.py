@@ -19,7 +19,7 @@ from sciffusion.plugins.mri.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from tests.plugins.mri.conftest import phantom, tiny_config
+from tests.plugins.mri.helpers import phantom, tiny_config
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 

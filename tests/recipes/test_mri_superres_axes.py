@@ -13,7 +13,7 @@ from sciffusion.plugins.mri.infer import super_resolve
 from sciffusion.plugins.mri.io import Volume, VolumeError, sr_affine
 from sciffusion.plugins.mri.model import SRDenoiser, load_checkpoint, save_checkpoint
 from sciffusion.plugins.mri.pipeline import axis_permutation, super_resolve_volume
-from tests.plugins.mri.conftest import phantom, tiny_config
+from tests.plugins.mri.helpers import phantom, tiny_config
 
 
 @pytest.fixture(scope="module")

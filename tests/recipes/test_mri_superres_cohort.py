@@ -14,7 +14,7 @@ from recipes.mri_superres import main
 from sciffusion.plugins.mri.cohort import find_scans, scan_name
 from sciffusion.plugins.mri.io import VolumeError
 from sciffusion.plugins.mri.model import SRDenoiser, save_checkpoint
-from tests.plugins.mri.conftest import phantom, tiny_config
+from tests.plugins.mri.helpers import phantom, tiny_config
 
 
 @pytest.fixture(scope="module")

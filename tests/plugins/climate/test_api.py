@@ -10,7 +10,7 @@ from sciffusion.plugins.climate.api import downscale, load_model, time_seed
 from sciffusion.plugins.climate.downscale import DownscaleConfig, train
 from sciffusion.plugins.climate.grid import coarsen_dataset
 from sciffusion.plugins.climate.io import open_fields
-from tests.plugins.climate.conftest import make_fine
+from tests.plugins.climate.helpers import make_fine
 
 VARS = ("t2m", "u10", "tp")
 

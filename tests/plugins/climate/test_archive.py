@@ -21,7 +21,7 @@ from sciffusion.plugins.climate.archive import (
 from sciffusion.plugins.climate.downscale import DownscaleConfig, train
 from sciffusion.plugins.climate.grid import coarsen_dataset
 from sciffusion.plugins.climate.io import open_fields
-from tests.plugins.climate.conftest import make_fine
+from tests.plugins.climate.helpers import make_fine
 
 VARS = ("t2m", "u10", "tp")
 

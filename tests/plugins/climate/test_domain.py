@@ -9,7 +9,7 @@ import xarray as xr
 from sciffusion.plugins.climate.domain import Domain, check_size, fit_to_factor, min_cells
 from sciffusion.plugins.climate.downscale import Alignment, DownscaleConfig, Grids, build
 from sciffusion.plugins.climate.io import open_fields
-from tests.plugins.climate.conftest import make_fine, make_regional
+from tests.plugins.climate.helpers import make_fine, make_regional
 
 
 def test_domain_says_whether_longitude_is_periodic():

@@ -27,7 +27,7 @@ from sciffusion.plugins.climate.infill import coarsen_observed, fill_by_neighbou
 from sciffusion.plugins.climate.io import load_times, open_fields
 from sciffusion.plugins.climate.normalise import fit_normaliser
 from sciffusion.plugins.climate.solar import solar_features
-from tests.plugins.climate.conftest import make_fine
+from tests.plugins.climate.helpers import make_fine
 
 VARS = ("t2m", "u10", "tp")
 

@@ -15,7 +15,7 @@ from sciffusion.plugins.climate.downscale import (
 )
 from sciffusion.plugins.climate.io import check_grid, load_times, open_fields
 from sciffusion.plugins.climate.normalise import fit_normaliser
-from tests.plugins.climate.conftest import make_fine
+from tests.plugins.climate.helpers import make_fine
 
 
 @pytest.mark.parametrize("kind", ["nc", "zarr", "dataset"])

@@ -15,7 +15,7 @@ from sciffusion.plugins.mri.blind import (
 )
 from sciffusion.plugins.mri.data import BlindPatchDataset, training_region
 from sciffusion.plugins.mri.degrade import degrade_profile, upsample
-from tests.plugins.mri.conftest import phantom, tiny_config
+from tests.plugins.mri.helpers import phantom, tiny_config
 
 OFF = dict(p_noise=0.0, p_bias=0.0, p_gamma=0.0, scale_range=(1.0, 1.0), p_affine=0.0, p_elastic=0.0)
 

@@ -52,7 +52,7 @@ def test_upsample_reproduces_linear_functions_on_the_fine_grid(order):
 
 
 def test_cubic_beats_trilinear_on_a_smooth_phantom():
-    from tests.plugins.mri.conftest import phantom
+    from tests.plugins.mri.helpers import phantom
 
     hr = phantom((48, 48, 48))
     lr = degrade(hr, (2, 2, 2))

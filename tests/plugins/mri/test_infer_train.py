@@ -9,7 +9,7 @@ import torch
 from sciffusion.plugins.mri.data import PatchDataset, heldout_crop, make_pair, training_region
 from sciffusion.plugins.mri.infer import WindowedDenoiser, super_resolve
 from sciffusion.plugins.mri.model import load_checkpoint
-from tests.plugins.mri.conftest import phantom, tiny_config
+from tests.plugins.mri.helpers import phantom, tiny_config
 
 
 class _Local(torch.nn.Module):

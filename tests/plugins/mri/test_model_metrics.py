@@ -15,7 +15,7 @@ from sciffusion.plugins.mri.model import (
     save_checkpoint,
     space_to_depth,
 )
-from tests.plugins.mri.conftest import tiny_config
+from tests.plugins.mri.helpers import tiny_config
 
 
 def test_space_to_depth_is_a_block_permutation():
