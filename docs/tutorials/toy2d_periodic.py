@@ -14,7 +14,7 @@ The three toys (2spirals, 8gaussians, pinwheel) are mapped into the box ``[0, 2 
 * RDKS: the heat-kernel smoother with its leave-one-out bandwidth,
 
 and report the held-out log-likelihood (nats per point, density on the box) beside the published
-numbers of Shen & Oates (v2 rebuttal, ``kernel_estimators.md`` section 4), and, for mode coverage,
+numbers of Shen & Oates (arXiv 2406.09084, v2), and, for mode coverage,
 precision / recall (k = 3) and coverage (k = 5) of each method's samples against the held-out points
 in data units (``sciffusion.core.sample_quality``; the training points against them are the floor). The network sees
 ``(cos x, sin x)`` and a time embedding, as in the paper. Score-based likelihoods are those of

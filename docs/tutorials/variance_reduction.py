@@ -11,7 +11,7 @@ Data ``N(0, s0^2)`` with ``s0 = 0.5`` under OU (``a = e^{-t}``, ``sigma^2 = 1 - 
 * OISM, ``l = P_t(|s|^2 + 2 div s)(x_0) = theta^2 (a^2 x_0^2 + sigma^2) + 2 theta``: the forward noise
   integrated out analytically, only the data sampling is left.
 
-Closed form (``kernel_estimators.md`` 3.3a): ``ratio = Var_DSM / Var_OISM = 2 + (v - 2 sigma^2)^2 /
+Closed form (Shen & Oates, arXiv 2406.09084): ``ratio = Var_DSM / Var_OISM = 2 + (v - 2 sigma^2)^2 /
 (2 sigma^2 a^2 s0^2) >= 2``, unbounded as ``t -> 0`` (like ``1/sigma^2``) and as ``t -> inf`` (like
 ``e^{2t}``). The table compares Monte Carlo with the closed form; ``variance_ratio.png`` plots both.
 """
