@@ -11,8 +11,10 @@ compose: Q_{u|t} Q_{t|s} = Q_{u|s}, so q(x_t | x_0) = Cat(x_t; abar_t e_{x0} + (
 Row i of a matrix is the distribution of the next state given state i.
 
 Posterior (Bayes):  q(x_s | x_t, x_0) ∝ Q_{t|s}[x_s, x_t] * Qbar_s[x_0, x_s].
-Reverse model (D3PM's x0-parameterisation):
+Reverse model (D3PM's x0-parameterisation)::
+
     p(x_s | x_t) ∝ Q_{t|s}[x_s, x_t] * sum_k p_hat(x_0 = k | x_t) Qbar_s[k, x_s].
+
 ELBO terms (nats per element): prior KL(q(x_1|x_0) || m), diffusion KL(q(x_s|x_t,x_0) || p(x_s|x_t))
 per step, reconstruction -log p_hat(x_0 | x_{t_min}).
 """

@@ -1,9 +1,10 @@
 """The discrete-time variational bound (ELBO) on the grid `t_i = i / T`, in nats per example.
 
 `-log p(x_0) <= prior + diffusion + reconstruction` with (Ho et al. 2020; Kingma et al. 2021, VDM):
+
 - `prior = KL(q(x_1 | x_0) || N(0, (alpha_1^2 + sigma_1^2) I))` (the standard normal for a VP schedule);
 - `diffusion = sum_{i=2}^{T} KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i))
-             = sum_i E 1/2 (SNR(t_{i-1}) - SNR(t_i)) |x_0 - x0_hat(x_i, t_i)|^2`,
+  = sum_i E 1/2 (SNR(t_{i-1}) - SNR(t_i)) |x_0 - x0_hat(x_i, t_i)|^2`,
   with `p(x_{i-1} | x_i)` the posterior at `x0_hat` (same variance), `SNR = alpha^2 / sigma^2`;
 - `reconstruction = -log p(x_0 | x_{t_1})`. Decoders: `"gaussian"`, `N(x_0; x0_hat, (sigma_1 / alpha_1)^2 I)`
   for continuous data; `"discretized"`, the Gaussian integrated over bins of width `bin_width`
@@ -153,7 +154,7 @@ def vdm_elbo(
 
     `prior = KL(q(x_1 | x_0) || N(0, (alpha_1^2 + sigma_1^2) I))`;
     `diffusion = -1/2 int_{t_min}^1 SNR'(t) E|x_0 - x0_hat(x_t, t)|^2 dt
-              = 1/2 int_{lambda_1}^{lambda_min} e^lambda E|x_0 - x0_hat|^2 dlambda`,
+    = 1/2 int_{lambda_1}^{lambda_min} e^lambda E|x_0 - x0_hat|^2 dlambda`,
     estimated with `num_samples` stratified draws of `lambda` per example (uniform in `lambda`, so that the
     integrand `e^lambda |x_0 - x0_hat|^2` stays of order one at every noise level);
     `reconstruction = -log N(x_0; x0_hat(x_{t_min}), (sigma / alpha)^2_{t_min} I)`.

@@ -1,6 +1,7 @@
-"""Decreasing time grids `t_0 = t_max > t_1 > ... > t_N = t_min` for the samplers.
+"""Decreasing time grids for the samplers, from `t_max` down to `t_min`.
 
-Four spacings, each from the schedule's own noise levels:
+A grid is `t_0 = t_max > t_1 > ... > t_N = t_min`. Four spacings, each from the schedule's own noise levels:
+
 - `angle` (the default of `unipc`): the angle `phi = atan(sigma / alpha)` of the VP process, spaced as
   `phi_i = phi_min + (phi_max - phi_min) u_i^ANGLE_POWER`, `u` uniform from 1 to 0. With power 1 it is the
   uniform grid of the cosine schedule on every schedule (equal steps in `t` there, since `phi ~ pi t / 2`); the

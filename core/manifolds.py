@@ -179,8 +179,10 @@ def wrap_angle(x: Tensor) -> Tensor:
 def circle_log_heat_kernel_1d(delta: Tensor, t: float) -> tuple[Tensor, Tensor]:
     """``log p_t`` on the unit circle at angular offset ``delta`` and its derivative in ``delta``.
 
-    ``p_t(delta) = 1 + 2 sum_k e^{-k^2 t} cos(k delta)    (Fourier, used for t >= 1.5)
-                 = 2 pi sum_m N(delta + 2 pi m; 0, 2t)   (wrapped Gaussian, used for t < 1.5)``
+    ::
+
+        p_t(delta) = 1 + 2 sum_k e^{-k^2 t} cos(k delta)    (Fourier, used for t >= 1.5)
+                   = 2 pi sum_m N(delta + 2 pi m; 0, 2t)   (wrapped Gaussian, used for t < 1.5)
 
     density w.r.t. ``d delta / 2 pi``. The wrapped sum keeps the images ``m = -1, 0, 1`` at every small ``t``:
     near the antipode ``|d| -> pi`` the image ``m = -sign(d)`` is as large as ``m = 0`` (dropping it costs

@@ -3,16 +3,16 @@
 Every sampler is one function `step(denoise, x, iv, state, noise) -> (x_s, state)` that moves `x` from time
 `iv.t` to the earlier time `iv.s`; `denoise(x, t)` returns a `Prediction` with `.x0` and `.eps`. The only state any step
 carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t = alpha_t x0 + sigma_t eps`,
-`sigma~ = sigma / alpha` and `lambda' = log(alpha / sigma)`:
+`sigma~ = sigma / alpha` and `lambda' = log(alpha / sigma)`::
 
-| method | update | order |
-|---|---|---|
-| `ddpm` | `x_s ~ N((x_t - sigma_{t|s}^2 / sigma_t eps) / alpha_{t|s}, sigma_{t|s}^2 sigma_s^2 / sigma_t^2)` (Ho et al. 2020) | weak 1 |
-| `ddim` | `x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`, `c^2 = eta^2 sigma_{t|s}^2 sigma_s^2 / sigma_t^2` (Song et al. 2021) | 1 |
-| `ddpm_beta` | DDPM with the larger variance (Ho et al.'s `sigma^2 = beta`): mean as `ddpm`, variance `sigma_{t|s}^2`; `euler_maruyama` is an older name for it | weak 1 |
-| `heun` | probability-flow ODE `dx~/dsigma~ = eps` by Heun's method (Karras et al. 2022) | 2 |
-| `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
-| `unipc`, `unipc_3`, `unipc_bh1` | UniPC (Zhao et al. 2023): multistep predictor in `lambda'` on data predictions, corrected with the next evaluation; order 2 (3) with `B(h) = e^{-h} - 1` (`bh1`: `-h`) | 3 (4) |
+    | method | update | order |
+    |---|---|---|
+    | `ddpm` | `x_s ~ N((x_t - sigma_{t|s}^2 / sigma_t eps) / alpha_{t|s}, sigma_{t|s}^2 sigma_s^2 / sigma_t^2)` (Ho et al. 2020) | weak 1 |
+    | `ddim` | `x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`, `c^2 = eta^2 sigma_{t|s}^2 sigma_s^2 / sigma_t^2` (Song et al. 2021) | 1 |
+    | `ddpm_beta` | DDPM with the larger variance (Ho et al.'s `sigma^2 = beta`): mean as `ddpm`, variance `sigma_{t|s}^2`; `euler_maruyama` is an older name for it | weak 1 |
+    | `heun` | probability-flow ODE `dx~/dsigma~ = eps` by Heun's method (Karras et al. 2022) | 2 |
+    | `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
+    | `unipc`, `unipc_3`, `unipc_bh1` | UniPC (Zhao et al. 2023): multistep predictor in `lambda'` on data predictions, corrected with the next evaluation; order 2 (3) with `B(h) = e^{-h} - 1` (`bh1`: `-h`) | 3 (4) |
 
 `heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` (4) in one step (the
 first step of a uniform grid on a clipped cosine schedule, where `sigma~` drops from 2e4), and on the

@@ -167,7 +167,7 @@ class GeneralSDE:
 
 # ====================================================================================================
 def reverse_time_grid(t_max: float, t_min: float, steps: int, spacing: str = "log") -> list[float]:
-    """Decreasing grid ``t_max = t_0 > ... > t_steps = t_min``; ``"log"`` is geometric (fine near ``t_min``)."""
+    """Decreasing grid from ``t_max`` to ``t_min`` in ``steps`` steps; ``"log"`` is geometric (fine near ``t_min``)."""
     if not (t_max > t_min > 0):
         raise ValueError(f"reverse_time_grid: need t_max > t_min > 0, got t_max={t_max}, t_min={t_min}")
     if steps < 1:

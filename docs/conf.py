@@ -7,11 +7,21 @@ autosummary), and the tutorials in ``docs/tutorials`` run through sphinx-gallery
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import os
+import pkgutil
 import shutil
+import sys
 import tempfile
 from importlib.metadata import version as _dist_version
 from pathlib import Path
+
+# The tutorials run as the tests run them: from the repository root on the import path.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
 project = "sciffusion"
 author = "the sciffusion developers"
@@ -36,10 +46,60 @@ myst_heading_anchors = 3
 # configuration holds functions (the gallery hooks), which Sphinx cannot pickle: neither is a defect.
 suppress_warnings = ["ref.python", "config.cache"]
 
+templates_path = ["_templates"]
+# The docstrings write code and formulas in single backticks: show them as code.
+default_role = "code"
 autosummary_generate = True
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
+
+
+
+def _defining_module(package: str, name: str, obj: object) -> str | None:
+    """The module under ``package`` whose source assigns ``name`` at top level (for re-exported data)."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.walk_packages(pkg.__path__, prefix=package + "."):
+        module = importlib.import_module(info.name)
+        if getattr(module, name, None) is not obj:
+            continue
+        tree = ast.parse(inspect.getsource(module))
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return info.name
+    return None
+
+
+def _public_api(package: str) -> list[str]:
+    """Where each name of a package's ``__all__`` is documented: the module that defines it."""
+    pkg = importlib.import_module(package)
+    names = []
+    for name in getattr(pkg, "__all__", []):
+        obj = getattr(pkg, name)
+        if inspect.ismodule(obj):
+            names.append(obj.__name__)
+        elif inspect.isclass(obj) or inspect.isfunction(obj):
+            names.append(f"{obj.__module__}.{obj.__qualname__}")
+        else:
+            names.append(f"{_defining_module(package, name, obj) or package}.{name}")
+    return names
+
+
+def _packages(*roots: str) -> list[str]:
+    """Every package under the documented roots, the roots included."""
+    found = list(roots)
+    for root in roots:
+        for info in pkgutil.walk_packages(importlib.import_module(root).__path__, prefix=root + "."):
+            if info.ispkg:
+                found.append(info.name)
+    return found
+
+
+_API_ROOTS = ("sciffusion.core", "sciffusion.plugins.mri", "sciffusion.plugins.molecules", "sciffusion.plugins.climate")
+# The package pages list their public names (``__all__``) and link each to the page of the module that
+# defines it, so an object is documented once, where it lives, whatever subpackage that is.
+autosummary_context = {"public_api": {name: _public_api(name) for name in _packages(*_API_ROOTS)}}
 
 html_theme = "pydata_sphinx_theme"
 html_title = "sciffusion"

@@ -4,7 +4,7 @@ Every field (one variable at one time; for an ensemble, one member at one time) 
 vector in one of two spaces a climate scientist reads directly:
 
 - `zonal_spectrum`: `log10 P(k)`, k = 1 .. n_lon/2, the zonal power spectrum of the field averaged over
-  latitudes |lat| <= 60 deg with cell-area weights (`metrics.zonal_spectrum`): how much variance each
+  latitudes ``|lat| <= 60`` deg with cell-area weights (`metrics.zonal_spectrum`): how much variance each
   scale holds. Smooth interpolants fall off at high k; noisy ones lift it.
 - `eof`: coefficients of the leading empirical orthogonal functions of the *training* times:
   `c = V^T (sqrt(w) * (x - mean_train))`, with `w` the cell-area weights and `V` the leading right

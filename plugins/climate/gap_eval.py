@@ -6,6 +6,7 @@ ensemble mean, fair CRPS, spread/skill) over the removed cells only. Before scor
 the truth in its observed cells, and whether it had returned them bit for bit is recorded.
 
 Baselines built from the observed cells (`baseline_fills`):
+
 - bilinear / bicubic: the coarse field is the NaN-aware area-weighted block mean of the observed
   cells (`infill.coarsen_observed`, empty blocks filled from their neighbours), interpolated back;
 - statistical: bicubic plus the per-cell mean residual and Gaussian noise of the residual's standard

@@ -1,8 +1,9 @@
 """Gap filling: complete fields with missing cells (NaN) by inpainting with the downscaling model.
 
 For a field y with observed cells O (mask M = 1 on O):
+
 1. the coarse field is the area-weighted mean over the observed cells of each block,
-   C_O(y)_IJ = sum_{ij in IJ, O} w_i y_ij / sum_{ij in IJ, O} w_i; blocks with no observed cell
+   ``C_O(y)_IJ = sum_{ij in IJ, O} w_i y_ij / sum_{ij in IJ, O} w_i``; blocks with no observed cell
    are filled from their neighbours (repeated 4-neighbour averaging, periodic in longitude on a
    global grid);
 2. the core sampler draws the standardised residual with `known`/`mask` (replacement

@@ -2,11 +2,11 @@
 
 Each variable v is modelled per cell as x = m + s z, with m and s the per-cell mean and standard
 deviation over the training times (s = 1 when `standardise=False`), and z a zero-mean stationary
-isotropic Gaussian field with covariance
+isotropic Gaussian field with covariance::
 
     Cov(z(x), z(y)) = c * rho(d(x, y) / r) + c2 * rho(d(x, y) / r2) + g * [x = y],
 
-d the chordal distance R |x - y| between the unit vectors of the cells (R = 6371 km; any covariance
+d the chordal distance ``R |x - y|`` between the unit vectors of the cells (R = 6371 km; any covariance
 valid in R^3 stays valid on the sphere with it, which is not true of every model with the
 great-circle distance), c the partial sill, r the range, g the nugget (variance not shared with
 any other cell), and c2, r2 > r an optional second, longer structure (`structures=2`). The correlation rho is exponential, exp(-h), or Matern 3/2, (1 + sqrt3 h) e^{-sqrt3 h},
@@ -80,7 +80,7 @@ class Covariance:
 
 
 def chordal_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """R |a - b| for unit vectors (..., 3)."""
+    """``R |a - b|`` for unit vectors (..., 3)."""
     return EARTH_RADIUS_KM * np.sqrt(np.maximum(((a - b) ** 2).sum(-1), 0.0))
 
 

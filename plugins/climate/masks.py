@@ -13,7 +13,7 @@ the scores are area-weighted too. Longitude is periodic.
   is reached;
 - "scattered": every cell missing independently with probability `fraction` (missing stations,
   failed retrievals);
-- "static": one smooth random field on the sphere, sum_k a_k exp(-|x - c_k|^2 / (2 l^2)) over
+- "static": one smooth random field on the sphere, ``sum_k a_k exp(-|x - c_k|^2 / (2 l^2))`` over
   random centres c_k (x the unit vector of a cell), thresholded at its area-weighted quantile:
   a land/sea-like pattern of continents and islands, the same for all n fields.
 
@@ -45,7 +45,7 @@ def area_fraction(mask: np.ndarray, lat: np.ndarray) -> np.ndarray:
 
 
 def distance_to_observed(mask: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Chordal distance R |x - y| (km) from each cell of a (H, W) mask to the nearest observed cell (0 there)."""
+    """Chordal distance ``R |x - y|`` (km) from each cell of a (H, W) mask to the nearest observed cell (0 there)."""
     from scipy.spatial import cKDTree
 
     check_observed(mask)
@@ -92,7 +92,7 @@ def boxes(lat: np.ndarray, lon: np.ndarray, fraction: float, rng: np.random.Gene
 
 def swaths(lat: np.ndarray, lon: np.ndarray, fraction: float, rng: np.random.Generator, n: int = 1,
            width_deg: tuple[float, float] = (2.0, 10.0), arc_deg: tuple[float, float] = (60.0, 360.0)) -> np.ndarray:
-    """Great-circle bands: a random pole p (the band is |asin(p . x)| < half its width), a random
+    """Great-circle bands: a random pole p (the band is ``|asin(<p, x>)| < width / 2``), a random
     angular width in `width_deg`, cut to an arc of random length in `arc_deg` around a random
     point of the circle; added until each field's missing area fraction reaches `fraction`."""
     _check_fraction(fraction)
@@ -138,7 +138,7 @@ def threshold_mask(field: np.ndarray, lat: np.ndarray, fraction: float) -> np.nd
 
 def smooth_field(lat: np.ndarray, lon: np.ndarray, rng: np.random.Generator, centres: int = 60,
                  length_deg: float = 15.0) -> np.ndarray:
-    """sum_k a_k exp(-|x - c_k|^2 / (2 l^2)), a_k ~ N(0, 1), c_k uniform on the sphere, l in radians
+    """``sum_k a_k exp(-|x - c_k|^2 / (2 l^2))``, a_k ~ N(0, 1), c_k uniform on the sphere, l in radians
     (chordal distance): an isotropic smooth random field (H, W)."""
     c = rng.standard_normal((centres, 3))
     c /= np.linalg.norm(c, axis=1, keepdims=True)

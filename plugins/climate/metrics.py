@@ -1,12 +1,12 @@
 """WeatherBench 2 style scores, latitude-weighted (cell-area weights w_i, mean 1).
 
 Shapes: truth (time, lat, lon); ensemble (member, time, lat, lon). The spatial mean is
-<f> = mean_{i,j} w_i f_ij, and time means are plain means.
+``<f> = mean_{i,j} w_i f_ij``, and time means are plain means.
 
-- RMSE of the ensemble mean:  sqrt( mean_t <(xbar - y)^2> )
-- fair CRPS (Ferro 2014; WB2):  mean_t < 1/K sum_k |x_k - y| - 1/(2K(K-1)) sum_{k != l} |x_k - x_l| >
-- spread/skill:  sqrt((K+1)/K) * sqrt(mean_t <var_k x (ddof=1)>) / RMSE  (1 for a perfect ensemble)
-- zonal power spectrum: P(k) = <|FFT_lon(x)_k|^2 / n_lon^2> averaged over latitude with w_i and time.
+- RMSE of the ensemble mean:  ``sqrt( mean_t <(xbar - y)^2> )``
+- fair CRPS (Ferro 2014; WB2):  ``mean_t < 1/K sum_k |x_k - y| - 1/(2K(K-1)) sum_{k != l} |x_k - x_l| >``
+- spread/skill:  ``sqrt((K+1)/K) * sqrt(mean_t <var_k x (ddof=1)>) / RMSE``  (1 for a perfect ensemble)
+- zonal power spectrum: ``P(k) = <|FFT_lon(x)_k|^2 / n_lon^2>`` averaged over latitude with w_i and time.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def spread_skill(ensemble: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> fl
 
 def zonal_spectrum(field: np.ndarray, lat: np.ndarray, lat_band: float = 60.0,
                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Zonal wavenumbers k = 0..n_lon/2 and the mean power P(k) over |lat| <= lat_band and leading dims.
+    """Zonal wavenumbers k = 0..n_lon/2 and the mean power P(k) over ``|lat| <= lat_band`` and leading dims.
 
     Only latitude rows without a missing cell are used (or the rows marked in `rows`)."""
     lat = np.asarray(lat)
@@ -78,7 +78,7 @@ def zonal_spectrum(field: np.ndarray, lat: np.ndarray, lat_band: float = 60.0,
 
 
 def spectral_error(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray, k_min: int) -> float:
-    """Mean |log10 P_pred(k) / P_truth(k)| over zonal wavenumbers k > k_min (small scales)."""
+    """Mean ``|log10 P_pred(k) / P_truth(k)|`` over zonal wavenumbers k > k_min (small scales)."""
     rows = np.isfinite(truth).reshape(-1, *truth.shape[-2:]).all(axis=(0, 2))
     k, p_true = zonal_spectrum(truth, lat, rows=rows)
     _, p_pred = zonal_spectrum(pred, lat, rows=rows)
@@ -127,7 +127,7 @@ def block_stripes(ensemble: np.ndarray, truth: np.ndarray, factor: int) -> dict[
 
     - `spread`, `error`: `block_wavenumber_ratio` of the profile (about 1 without block structure);
     - `spread_amplitude`, `error_amplitude`: (max - min) of `block_profile` (mean 1);
-    - `mismatch`: max over the row positions p of |spread_profile(p) / error_profile(p) - 1|: about 0
+    - `mismatch`: max over the row positions p of ``|spread_profile(p) / error_profile(p) - 1|``: about 0
       when the spread varies within the blocks as much as the error does (a calibrated ensemble),
       large for stripes the truth does not have.
     """

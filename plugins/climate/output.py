@@ -1,4 +1,4 @@
-"""Ensembles out as CF-style `xarray.Dataset`s, written atomically to netCDF or zarr.
+"""Ensembles out as CF-style `xarray.Dataset` objects, written atomically to netCDF or zarr.
 
 The output has dims (realization, time, latitude, longitude); the input's coordinates, units
 and attributes are kept, and `Conventions`, `history`, `source` (and the ERA5 credit where the

@@ -133,9 +133,12 @@ class MolDiffusion(torch.nn.Module):
     def loss(self, batch, generator: torch.Generator | None = None) -> Tensor:
         """Mean over molecules of the per-molecule denoising loss.
 
-        continuous:  L = w |y - y_hat|^2 / (n (3 + F))  over x and h (EDM's L2 objective for eps)
-        categorical: L = w (|y_x - y_x_hat|^2 / 3 + |y_q - y_q_hat|^2) / n
-                         + ce_weight * CE(type_0, p_hat(type_0 | z_t)) / n
+        ::
+
+            continuous:  L = w |y - y_hat|^2 / (n (3 + F))  over x and h (EDM's L2 objective for eps)
+            categorical: L = w (|y_x - y_x_hat|^2 / 3 + |y_q - y_q_hat|^2) / n
+                             + ce_weight * CE(type_0, p_hat(type_0 | z_t)) / n
+
         y is eps (w = 1) or x0 (w = min(SNR + 1, snr_cap)), by `prediction`.
         """
         b, x0 = batch.batch, remove_mean(batch.pos.float(), batch.batch)
@@ -251,8 +254,8 @@ def vlb_position_dof(sizes: Tensor) -> Tensor:
 
 
 def log_normal_zero_com(x: Tensor, batch: Tensor, sigma: float = 1.0) -> Tensor:
-    """log N(x; 0, sigma^2 I) on the zero-CoM subspace, per molecule: -|x|^2/(2 sigma^2)
-    - d/2 log(2 pi sigma^2), with d = (n - 1) * 3."""
+    """log N(x; 0, sigma^2 I) on the zero-CoM subspace, per molecule: ``-|x|^2/(2 sigma^2)
+    - d/2 log(2 pi sigma^2)``, with d = (n - 1) * 3."""
     sizes = graph_sizes(batch)
     sq = torch.zeros(len(sizes), dtype=x.dtype, device=x.device).index_add_(0, batch, (x * x).sum(1))
     d = vlb_position_dof(sizes).to(x.dtype)

@@ -1,27 +1,25 @@
 """A permutation-equivariant graph transformer over node, edge and graph features (DiGress-style).
 
 Inputs are dense blocks: node features X (B, N, dx_in), edge features E (B, N, N, de_in), graph
-features y (B, dy_in) and a node mask (B, N). Every layer maps (X, E, y) to new (X, E, y):
+features y (B, dy_in) and a node mask (B, N). Every layer maps (X, E, y) to new (X, E, y)::
 
     Q, K, V = X W_Q, X W_K, X W_V                     (per head h, dim d)
     S_ij^h  = <Q_i^h, K_j^h> / sqrt(d)                (one score per head)
     S_ij   <- S_ij * (1 + E_ij W_mul) + E_ij W_add    (FiLM of the edges into the attention)
     E'_ij   = FiLM_y(S_ij) W_E + (X_i W_a) * (X_j W_b) (new edge features: the scores and the atom pair)
     a_ij    = softmax_j(S_ij) over real nodes j;   X'_i = FiLM_y(sum_j a_ij^h V_j^h) W_X
+    y'      = y W_y + PNA(X) + PNA(E)                 (mean, min, max, std pooling over real nodes/edges)
 
 (DiGress keeps one score per feature, a (B, N, N, dx) tensor, which also carries the atom pair
 into the edges; here the scores are per head, H / dx times cheaper, and the atom pair reaches the
 edges through the product term at the edge width, which is what lets the model train and sample
-on a CPU.)
-    y'      = y W_y + PNA(X) + PNA(E)                 (mean, min, max, std pooling over real nodes/edges)
-
-followed by residuals, layer norms and feed-forward blocks. Every per-node and per-edge map is
+on a CPU.) Each layer is followed by residuals, layer norms and feed-forward blocks. Every per-node and per-edge map is
 shared and every pooling is symmetric, so relabelling the nodes by a permutation P gives
 X' -> P X', E' -> P E' P^T and leaves y' unchanged (tested). Edge outputs are symmetrised.
 
 Structural features of the noisy graph (`structural_features`): per node, the degree, the
 valence (sum of bond orders) and the number of 3-, 4- and 5-cycles through it; per graph, the
-numbers of 3-, 4- and 5-cycles, all from traces of powers of the adjacency matrix A:
+numbers of 3-, 4- and 5-cycles, all from traces of powers of the adjacency matrix A::
 
     c3(i) = (A^3)_ii / 2
     c4(i) = ((A^4)_ii - d_i (d_i - 1) - (A d)_i) / 2

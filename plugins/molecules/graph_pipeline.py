@@ -151,7 +151,7 @@ def property_values(mols: Sequence, name: str) -> list[float | None]:
 
 
 def property_mae(mols: Sequence, name: str, target: float) -> float | None:
-    """Mean |property(m) - target| over the valid molecules (None if there are none)."""
+    """Mean ``|property(m) - target|`` over the valid molecules (None if there are none)."""
     vals = [v for v in property_values(mols, name) if v is not None]
     return float(sum(abs(v - target) for v in vals) / len(vals)) if vals else None
 

@@ -1,7 +1,7 @@
 """E(n)-equivariant graph network (EGNN) denoiser on PyG MessagePassing.
 
 Satorras, Hoogeboom, Welling (2021), "E(n) Equivariant Graph Neural Networks", as used by
-EDM (Hoogeboom et al. 2022). One layer, over the complete graph of each molecule:
+EDM (Hoogeboom et al. 2022). One layer, over the complete graph of each molecule::
 
     d_ij^2 = |x_i - x_j|^2
     m_ij   = phi_e(h_i, h_j, d_ij^2, a_ij) * sigmoid(w . phi_e(...))      (gated message)
