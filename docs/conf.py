@@ -1,6 +1,6 @@
 """Sphinx configuration of the sciffusion documentation site.
 
-Build it from the repository root with ``python -m sphinx -W -b html docs docs/_build/html``.
+Build it from the repository root with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
 The guides are Markdown (MyST), the API reference is generated from the docstrings (autodoc +
 autosummary), and the tutorials in ``docs/tutorials`` run through sphinx-gallery in their fast mode.
 """
