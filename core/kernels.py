@@ -1,7 +1,7 @@
 """Diffusion kernel smoothing (DKS) and its Riemannian version (RDKS).
 
 The forward law started from the empirical measure ``rho_0^ = (1/n) sum_i delta_{x_i}`` is the
-kernel mean embedding (``kernel_estimators.md`` sections 1.3, 2)
+kernel mean embedding (see the kernels guide)
 
     h_t(y) = (1/n) sum_i k_t(x_i, y),        s_t(y) = grad log mu(y) + grad_y log h_t(y).
 

@@ -1,6 +1,6 @@
 """State spaces for the kernel estimators: Euclidean space, the circle, the flat torus and spheres.
 
-Conventions (``kernel_estimators.md`` section 1): Brownian motion has generator the Laplace-Beltrami
+Conventions (the time conventions of the kernels guide): Brownian motion has generator the Laplace-Beltrami
 operator ``L = Delta`` (SDE ``dX = sqrt(2) dW``), so its heat kernel is ``p_t = e^{t Delta}``. On a
 compact manifold ``M`` heat kernels are densities with respect to the *normalised* volume
 ``mu = vol / vol(M)``, so ``p_t(x, .) -> 1`` as ``t -> inf`` and

@@ -1,6 +1,6 @@
 """Operator-informed score matching (OISM): a closed-form score at every time from data averages.
 
-Model (``kernel_estimators.md`` section 3.2): ``s_t(x) = grad log mu(x) + sum_n alpha_{t,n} grad phi_n(x)``
+Model (Shen & Oates, arXiv 2406.09084): ``s_t(x) = grad log mu(x) + sum_n alpha_{t,n} grad phi_n(x)``
 with ``-L phi_n = lambda_n phi_n``. Minimising ``E_{rho_t}|s - grad log rho_t|^2`` in generator form gives
 
     A_t[n, m] = E_{rho_t} Gamma(phi_n, phi_m) = sum_q c^{nm}_q e^{-lambda_q t} m_q,

@@ -1,6 +1,6 @@
 """The Gaussian forward process and the conversions between model parameterisations.
 
-Notation (DESIGN.md section 2): `x_t = alpha_t x_0 + sigma_t eps`, `eps ~ N(0, I)`, `t` in [0, 1].
+Notation (the core guide): `x_t = alpha_t x_0 + sigma_t eps`, `eps ~ N(0, I)`, `t` in [0, 1].
 Between times `s < t`: `alpha_{t|s} = alpha_t / alpha_s`, `sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`.
 Model outputs are one of `eps`, `x0`, `v = alpha eps - sigma x0` or `score = -eps / sigma`.
 

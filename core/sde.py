@@ -1,6 +1,6 @@
 """Markov diffusions beyond the Gaussian VP process, and their time reversal on manifolds.
 
-Conventions of ``kernel_estimators.md`` (section 1.2):
+Conventions (the time conventions of the kernels guide):
 
 * Ornstein-Uhlenbeck on ``R^d``: ``dX = -X dt + sqrt(2) dW``, ``X_t = e^{-t} X_0 + sqrt(1 - e^{-2t}) Z``.
   A VP schedule of the core with ``alpha(s)`` is this process at OU time ``t = -log alpha(s)``

@@ -73,7 +73,7 @@ def circle_part(out: Path, fast: bool, g: torch.Generator) -> dict:
     fig.savefig(out / "rdks_circle.png", dpi=80)
     plt.close(fig)
     print("circle, von Mises kappa = 4, n = 500: Fisher divergence of the RDKS score")
-    print("| t | ours | doc reference (one sample) |\n|---|---|---|")
+    print("| t | ours | reference value (one sample) |\n|---|---|---|")
     for t, ref in zip(ts, (0.389, 0.0135, 0.0007)):
         print(f"| {t} | {fisher[t]:.4g} | {ref} |")
     oism = oism_circle_table(data, grid)
@@ -95,7 +95,7 @@ def oism_circle_table(data: torch.Tensor, grid: np.ndarray) -> dict:
                 dens, s = vm_exact(grid, t)
                 sh = est.score(torch.tensor(grid)[:, None], t)[:, 0].numpy()
                 out[f"{kind} K={K} t={t}"] = float(((sh - s) ** 2 * dens).sum() * 2 * np.pi / len(grid))
-    print("OISM on the same problem (Fisher divergence); doc: pop 0.0046/0.072 (K=1), ~0/0.016 (K=2), ~0/~0 (K=8)")
+    print("OISM on the same problem (Fisher divergence); reference values: pop 0.0046/0.072 (K=1), ~0/0.016 (K=2), ~0/~0 (K=8)")
     print("| t | pop K=1 | pop K=2 | pop K=8 | emp K=1 | emp K=2 | emp K=8 |\n|---|---|---|---|---|---|---|")
     for t in (0.02, 0.5):
         cells = [f"{out[f'{kind} K={K} t={t}']:.3g}" for kind in ("pop", "emp") for K in (1, 2, 8)]

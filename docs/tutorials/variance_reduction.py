@@ -54,7 +54,7 @@ def run(out: Path, fast: bool = False, s0: float = 0.5, seed: int = 0) -> dict:
             "ratio_mc": float(g_dsm.var() / g_oism.var()), "ratio": cf["ratio"], "ratio_doc": ref,
         })
     print(f"DSM vs OISM per-sample gradient variance, N(0, {s0}^2) data, OU, {n} Monte Carlo samples")
-    print("| t | Var DSM (MC / closed) | Var ISM, sampled x_t (MC; closed 8) | Var OISM (MC / closed) | ratio MC | ratio closed | doc |")
+    print("| t | Var DSM (MC / closed) | Var ISM, sampled x_t (MC; closed 8) | Var OISM (MC / closed) | ratio MC | ratio closed | Shen & Oates |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['t']:g} | {r['var_dsm_mc']:.4g} / {r['var_dsm']:.4g} | {r['var_ism_mc']:.3g} | "
