@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sciffusion.core.schedules import Schedule
+from sciffusion.core.diffusion.schedules import Schedule
 
 __all__ = ["ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "T_EPS", "available_grids", "time_grid"]
 

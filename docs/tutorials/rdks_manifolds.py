@@ -31,8 +31,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
-from sciffusion.core.manifolds import Circle, Sphere, sample_von_mises, sample_von_mises_fisher  # noqa: E402
-from sciffusion.core.oism import SpectralOISM  # noqa: E402
+from sciffusion.core.kernels.manifolds import (  # noqa: E402
+    Circle,
+    Sphere,
+    sample_von_mises,
+    sample_von_mises_fisher,
+)
+from sciffusion.core.kernels.oism import SpectralOISM  # noqa: E402
 
 KAPPA = 4.0
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sciffusion.core.oism import gradient_variance_closed_form, linear_score_gradients  # noqa: E402
+from sciffusion.core.kernels.oism import gradient_variance_closed_form, linear_score_gradients  # noqa: E402
 
 DOC = {1e-3: 63.6, 1e-2: 7.2, 0.1: 2.0, 0.5: 4.5, 1.0: 13.8, 2.0: 108}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sciffusion.core.manifolds import (
+from sciffusion.core.kernels.manifolds import (
     Circle,
     Euclidean,
     Sphere,
@@ -17,7 +17,7 @@ from sciffusion.core.manifolds import (
     sample_von_mises_fisher,
     sphere_log_parametrix,
 )
-from sciffusion.core.sde import (
+from sciffusion.core.kernels.sde import (
     BrownianMotion,
     GeneralSDE,
     OrnsteinUhlenbeck,
@@ -332,7 +332,7 @@ def test_reverse_sampler_with_exact_score_on_circle_and_errors():
 def test_pf_ode_log_likelihood_heat_and_ou():
     from scipy.special import ive
 
-    from sciffusion.core.sde import pf_ode_log_likelihood
+    from sciffusion.core.kernels.sde import pf_ode_log_likelihood
 
     kap = 2.0
     ks = torch.arange(1, 40, dtype=F64)

@@ -33,7 +33,13 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmonics_s2
+from sciffusion.core.kernels.manifolds import (
+    Euclidean,
+    Manifold,
+    Sphere,
+    Torus,
+    spherical_harmonics_s2,
+)
 
 _BASES = ("hermite", "fourier", "spherical")
 _MAX_EXACT_TIMES = 64  # distinct times solved exactly in one call; beyond, interpolate in log t

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
+from sciffusion.core.diffusion.process import DiffusionProcess
+from sciffusion.core.diffusion.samplers import _intervals, _make_denoise
 from sciffusion.core.grids import time_grid
-from sciffusion.core.process import DiffusionProcess
-from sciffusion.core.samplers import _intervals, _make_denoise
 
 __all__ = ["smc_inpaint"]
 

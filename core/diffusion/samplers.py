@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sciffusion.core.diffusion.process import DiffusionProcess, x0_and_eps
+from sciffusion.core.diffusion.schedules import Schedule
 from sciffusion.core.grids import LOG_SNR_RANGE, time_grid
-from sciffusion.core.process import DiffusionProcess, x0_and_eps
-from sciffusion.core.schedules import Schedule
 
 __all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "register_sampler", "sample"]
 

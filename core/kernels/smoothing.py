@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.manifolds import Euclidean, Manifold, Torus
-from sciffusion.core.sde import reverse_sample
+from sciffusion.core.kernels.manifolds import Euclidean, Manifold, Torus
+from sciffusion.core.kernels.sde import reverse_sample
 
 _FORMS = ("kernel", "spectral")
 _PROCESSES = ("ou", "bm")

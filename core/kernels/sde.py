@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.manifolds import Euclidean, Manifold
+from sciffusion.core.kernels.manifolds import Euclidean, Manifold
 
 ScoreFn = Callable[[Tensor, float], Tensor]
 _DRIFTS = ("heat", "ou")
