@@ -23,10 +23,15 @@ from torch import Tensor
 
 from sciffusion.core import rng
 from sciffusion.core.diffusion.process import DiffusionProcess
-from sciffusion.core.diffusion.samplers import _intervals, _make_denoise
+from sciffusion.core.diffusion.samplers import (
+    Interval,
+    ancestral_mean,
+    make_denoiser,
+    step_intervals,
+)
 from sciffusion.core.grids import time_grid
 
-__all__ = ["smc_inpaint"]
+__all__ = ["forward_trajectory", "resample_particles", "smc_inpaint"]
 
 
 def smc_inpaint(
@@ -51,50 +56,64 @@ def smc_inpaint(
     if particles < 1:
         raise ValueError(f"particles must be >= 1, got {particles}")
     b, k = known.shape[0], particles
-    dev, dt = known.device, known.dtype
-    ts = time_grid(process.schedule, steps, "uniform")
-    intervals = _intervals(process, ts, 0.0)
+    intervals = step_intervals(process, time_grid(process.schedule, steps, "uniform"))
 
     def randn(shape: tuple[int, ...]) -> Tensor:
-        return rng.randn(shape, generator, device=dev, dtype=dt)
+        return rng.randn(shape, generator, device=known.device, dtype=known.dtype)
 
-    # forward trajectory of the known part, from t = 0 up to t_max
+    traj = [y.repeat_interleave(k, 0) for y in forward_trajectory(known, intervals, randn)]
+    m = mask.repeat_interleave(k, 0).to(known.dtype)
+    x = m * traj[0] + (1 - m) * randn((b * k, *known.shape[1:]))
+    c = cond.repeat_interleave(k, 0) if isinstance(cond, Tensor) else cond
+    denoise = make_denoiser(model, process, c, None, None)
+    log_w = torch.zeros(b, k, dtype=torch.float64, device=known.device)
+    for i, iv in enumerate(intervals):
+        pred = denoise(x, iv.t)
+        if iv.sigma_s == 0.0:
+            x = m * traj[i + 1] + (1 - m) * pred.x0
+            break
+        x, log_w = _smc_step(x, log_w, pred.eps, iv, m, traj[i + 1], randn)
+        x, log_w = _resample_when_degenerate(x, log_w, ess_threshold, generator)
+    return resample_particles(x, log_w, generator).reshape(b, k, *known.shape[1:])
+
+
+def forward_trajectory(known: Tensor, intervals: list[Interval], randn: Callable[[tuple[int, ...]], Tensor]) -> list[Tensor]:
+    """One draw of the forward chain `y_0 = known`, `y_{t_i} ~ q(y_{t_i} | y_{t_{i-1}})`, listed at the grid's
+    times from the first (the noisiest) to the last (`known` itself)."""
     traj = [known]
     for iv in reversed(intervals):
         traj.append(iv.alpha_ts * traj[-1] + math.sqrt(iv.var_ts) * randn(known.shape))
-    traj = traj[::-1]  # traj[i] at time ts[i]
+    return traj[::-1]
 
-    rep = (b * k, *known.shape[1:])
-    m = mask.repeat_interleave(k, 0).to(dt)
 
-    def known_at(i: int) -> Tensor:
-        return traj[i].repeat_interleave(k, 0)
+def _smc_step(
+    x: Tensor, log_w: Tensor, eps: Tensor, iv: Interval, m: Tensor, target: Tensor,
+    randn: Callable[[tuple[int, ...]], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Move the particles by the ancestral kernel `N(mean, std^2)`, weight them by its density of the known part
+    at the forward trajectory `target`, and set the known part to `target`."""
+    mean = ancestral_mean(x, eps, iv)
+    var = iv.ancestral_std**2
+    b, k = log_w.shape
+    log_w = log_w + (-0.5 * (m * (target - mean) ** 2).reshape(b, k, -1).sum(-1) / var).double()
+    return m * target + (1 - m) * (mean + math.sqrt(var) * randn(tuple(x.shape))), log_w
 
-    x = m * known_at(0) + (1 - m) * randn(rep)
-    c = cond.repeat_interleave(k, 0) if isinstance(cond, Tensor) else cond
-    denoise = _make_denoise(model, process, c, None, None)
-    log_w = torch.zeros(b, k, dtype=torch.float64, device=dev)
 
-    def resample(x: Tensor, log_w: Tensor) -> Tensor:
-        probs = torch.softmax(log_w, dim=1)
-        idx = rng.multinomial(probs, k, generator=generator)
-        idx = (idx.to(dev) + torch.arange(b, device=dev)[:, None] * k).reshape(-1)
-        return x[idx]
+def resample_particles(x: Tensor, log_w: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Multinomial resampling of `x` `(B * K, ...)` within each example by the weights `softmax(log_w)` `(B, K)`."""
+    b, k = log_w.shape
+    idx = rng.multinomial(torch.softmax(log_w, dim=1), k, generator=generator)
+    idx = (idx.to(x.device) + torch.arange(b, device=x.device)[:, None] * k).reshape(-1)
+    return x[idx]
 
-    for i, iv in enumerate(intervals):
-        pred = denoise(x, iv.t)
-        x0, eps = pred.x0, pred.eps
-        target = known_at(i + 1)
-        if iv.sigma_s == 0.0:
-            x = m * target + (1 - m) * x0
-            break
-        mean = (x - (iv.var_ts / iv.sigma_t) * eps) / iv.alpha_ts
-        var = iv.var_ts * iv.sigma_s**2 / iv.sigma_t**2
-        log_w = log_w + (-0.5 * (m * (target - mean) ** 2).reshape(b, k, -1).sum(-1) / var).double()
-        x = m * target + (1 - m) * (mean + math.sqrt(var) * randn(rep))
-        ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
-        low = ess < ess_threshold * k  # resampled every step and selected, so nothing waits on the host
-        x = torch.where(low.repeat_interleave(k).reshape(-1, *[1] * (x.ndim - 1)), resample(x, log_w), x)
-        log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
-    x = resample(x, log_w)
-    return x.reshape(b, k, *known.shape[1:])
+
+def _resample_when_degenerate(
+    x: Tensor, log_w: Tensor, ess_threshold: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Resample the examples whose effective sample size `(sum w)^2 / sum w^2` is below `ess_threshold * K`, and
+    reset their weights. All examples are resampled and the result selected, so nothing waits on the host."""
+    k = log_w.shape[1]
+    ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
+    low = ess < ess_threshold * k
+    x = torch.where(low.repeat_interleave(k).reshape(-1, *[1] * (x.ndim - 1)), resample_particles(x, log_w, generator), x)
+    return x, torch.where(low[:, None], torch.zeros_like(log_w), log_w)

@@ -5,8 +5,9 @@ With `x~ = x / alpha` and `sigma~ = sigma / alpha = exp(u)`, the probability-flo
 `log p_{t_eps}(x~(u_0)) = log p_1(x~(u_1)) + int_{u_0}^{u_1} div_{x~}(sigma~ eps_hat) du`.
 The prior is `N(0, (alpha_1^2 + sigma_1^2) I)` in `x` (the standard normal for a VP schedule); the change
 of variables `x = alpha x~` adds `-D log alpha` at each end. The ODE is integrated by classical RK4 on a
-uniform grid in `u`. The divergence is exact (`D` backward passes) up to `exact_max_dim` elements, else
-Hutchinson's estimator with one Rademacher probe per example held fixed along the path (FFJORD).
+uniform grid in `u` (`sciffusion.core.probability_flow`, shared with the kernel engine). The divergence is
+exact (`D` backward passes) up to `exact_max_dim` elements, else Hutchinson's estimator with one
+Rademacher probe per example held fixed along the path (FFJORD).
 """
 
 from __future__ import annotations
@@ -18,32 +19,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sciffusion.core import rng
 from sciffusion.core.diffusion.process import DiffusionProcess
+from sciffusion.core.probability_flow import (
+    divergence,
+    flow_log_likelihood,
+    rademacher_probe,
+    stage_times,
+)
 
 __all__ = ["log_likelihood"]
 
 
-def _eps_and_divergence(
-    model: Callable[..., Tensor], process: DiffusionProcess, x: Tensor, t: float, cond: Any, probe: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """`eps_hat(x, t)` and `div_x eps_hat` per example (exact when `probe` is None)."""
-    b = x.shape[0]
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        tt = torch.full((b,), t, dtype=x.dtype, device=x.device)
-        out = model(x, tt, cond) if cond is not None else model(x, tt)
-        eps = process.predict_eps(out.to(x.dtype), x, tt)
-        flat_eps = eps.reshape(b, -1)
-        if probe is not None:
-            (grad,) = torch.autograd.grad((flat_eps * probe).sum(), x)
-            div = (grad.reshape(b, -1) * probe).sum(1)
-        else:
-            div = torch.zeros(b, dtype=x.dtype, device=x.device)
-            for i in range(flat_eps.shape[1]):
-                (grad,) = torch.autograd.grad(flat_eps[:, i].sum(), x, retain_graph=True)
-                div = div + grad.reshape(b, -1)[:, i]
-    return eps.detach(), div.detach()
+def _u_grid(process: DiffusionProcess, steps: int, t_eps: float) -> tuple[list[float], dict[float, tuple[float, float]]]:
+    """The uniform grid in `u = log sigma~` from `t_eps` to 1, and `(t, alpha)` at every RK4 stage time
+    (one batched inversion of `lambda(t)`; the ends are pinned to `t_eps` and 1)."""
+    sched = process.schedule
+    u0, u1 = (-0.5 * sched.log_snr_fn(torch.tensor([t_eps, 1.0], dtype=torch.float64))).tolist()
+    us = torch.linspace(u0, u1, steps + 1, dtype=torch.float64).tolist()
+    nodes = stage_times(us, "rk4")
+    ts = sched.t_from_log_snr(-2.0 * torch.tensor(nodes, dtype=torch.float64))
+    ts[0], ts[-1] = t_eps, 1.0
+    alphas = torch.sigmoid(sched.log_snr_fn(ts)).sqrt().tolist()
+    return us, dict(zip(nodes, zip(ts.tolist(), alphas, strict=True), strict=True))
 
 
 def log_likelihood(
@@ -62,41 +59,31 @@ def log_likelihood(
     `hutchinson=None` picks the exact divergence when an example has at most `exact_max_dim` elements.
     Work in float64 for small problems when a tight answer matters.
     """
-    b = x0.shape[0]
-    dims = x0[0].numel()
+    b, dims = x0.shape[0], x0[0].numel()
     use_probe = dims > exact_max_dim if hutchinson is None else hutchinson
-    probe = None
-    if use_probe:
-        probe = rng.randint(0, 2, (b, dims), generator, device=x0.device).to(x0.dtype) * 2 - 1
-    sched = process.schedule
-    ends = torch.tensor([t_eps, 1.0], dtype=torch.float64)
-    u0, u1 = (-0.5 * sched.log_snr_fn(ends)).tolist()
-    h = (u1 - u0) / steps
-    us = u0 + h * torch.arange(2 * steps + 1, dtype=torch.float64) / 2  # nodes and midpoints
-    ts = sched.t_from_log_snr(-2.0 * us)
-    ts[0], ts[-1] = t_eps, 1.0
-    alphas = torch.sigmoid(sched.log_snr_fn(ts)).sqrt().tolist()
-    ts, sig_tilde = ts.tolist(), torch.exp(us).tolist()
+    probe = rademacher_probe(x0, generator) if use_probe else None
+    us, coef = _u_grid(process, steps, t_eps)
 
-    def field(y: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        eps, div = _eps_and_divergence(model, process, alphas[k] * y, ts[k], cond, probe)
-        # d x~/du = sigma~ eps(alpha x~); div_{x~} = sigma~ alpha div_x eps
-        return sig_tilde[k] * eps, sig_tilde[k] * alphas[k] * div
+    def field(y: Tensor, u: float) -> tuple[Tensor, Tensor]:
+        t_value, alpha = coef[u]
+        tt = torch.full((b,), t_value, dtype=y.dtype, device=y.device)
 
-    y = x0 / alphas[0]
-    log_det = torch.zeros(b, dtype=x0.dtype, device=x0.device)
-    for n in range(steps):
-        k = 2 * n
-        f1, d1 = field(y, k)
-        f2, d2 = field(y + 0.5 * h * f1, k + 1)
-        f3, d3 = field(y + 0.5 * h * f2, k + 1)
-        f4, d4 = field(y + h * f3, k + 2)
-        y = y + h / 6 * (f1 + 2 * f2 + 2 * f3 + f4)
-        log_det = log_det + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
-    a1 = alphas[-1]
-    s1 = float(sched.sigma(torch.ones(1, dtype=torch.float64))[0])
+        def eps_hat(x: Tensor) -> Tensor:
+            out = model(x, tt, cond) if cond is not None else model(x, tt)
+            return process.predict_eps(out.to(x.dtype), x, tt)
+
+        eps, div = divergence(eps_hat, alpha * y, probe)
+        sig_tilde = math.exp(u)  # d x~/du = sigma~ eps(alpha x~); div_{x~} = sigma~ alpha div_x eps
+        return sig_tilde * eps, sig_tilde * alpha * div
+
+    a0, a1 = coef[us[0]][1], coef[us[-1]][1]
+    s1 = float(process.schedule.sigma(torch.ones(1, dtype=torch.float64))[0])
     var_prior = a1 * a1 + s1 * s1
-    x1 = a1 * y
-    log_prior = -0.5 * ((x1.reshape(b, -1) ** 2).sum(1) / var_prior + dims * math.log(2 * math.pi * var_prior))
-    # p_x~ at u_1 = p_x(alpha_1 x~) alpha_1^D ; p_x(x0) = p_x~(x0 / alpha_0) / alpha_0^D
-    return log_prior + dims * math.log(a1) + log_det - dims * math.log(alphas[0])
+
+    def log_prior(y: Tensor) -> Tensor:
+        """`log p_x~(x~_1) = log N(alpha_1 x~_1; 0, var I) + D log alpha_1`."""
+        sq = ((a1 * y).reshape(b, -1) ** 2).sum(1)
+        return -0.5 * (sq / var_prior + dims * math.log(2 * math.pi * var_prior)) + dims * math.log(a1)
+
+    # p_x(x0) = p_x~(x0 / alpha_0) / alpha_0^D
+    return flow_log_likelihood(field, x0 / a0, us, log_prior, method="rk4") - dims * math.log(a0)
