@@ -30,14 +30,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
-from sciffusion.core.kernels.manifolds import (  # noqa: E402
+from sciffusion.core.kernels import (  # noqa: E402
     Circle,
+    KernelSmoothingScore,
+    SpectralOISM,
     Sphere,
     sample_von_mises,
     sample_von_mises_fisher,
 )
-from sciffusion.core.kernels.oism import SpectralOISM  # noqa: E402
 
 KAPPA = 4.0
 

@@ -38,10 +38,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from recipes.kernel_smoothing import DATASETS, coverage_scores, from_box, to_box, toy_data  # noqa: E402
-from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
-from sciffusion.core.kernels.manifolds import Torus  # noqa: E402
-from sciffusion.core.kernels.oism import SpectralOISM  # noqa: E402
-from sciffusion.core.kernels.sde import pf_ode_log_likelihood, reverse_sample  # noqa: E402
+from sciffusion.core.kernels import (  # noqa: E402
+    KernelSmoothingScore,
+    SpectralOISM,
+    Torus,
+    pf_ode_log_likelihood,
+    reverse_sample,
+)
 
 PUBLISHED = {  # held-out log-likelihood, Shen & Oates (rebuttal table); higher is better
     "2spirals": {"OISM(H)": -2.262, "OISM(L)": -3.150, "OISM(L)+NN": -2.337, "NN (pre-trained)": -2.289, "NN-only": -2.375},
