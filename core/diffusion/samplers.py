@@ -14,6 +14,10 @@ carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t =
 | `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
 | `unipc`, `unipc_3`, `unipc_bh1` | UniPC (Zhao et al. 2023): multistep predictor in `lambda'` on data predictions, corrected with the next evaluation; order 2 (3) with `B(h) = e^{-h} - 1` (`bh1`: `-h`) | 3 (4) |
 
+`step_intervals` (the coefficients of every step), `make_denoiser` (the model as `denoise(x, t) -> Prediction`,
+with guidance) and `ancestral_mean` are public: other samplers over the same grid use them (e.g.
+`sciffusion.core.diffusion.inpainting.smc_inpaint`).
+
 `heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` (4) in one step (the
 first step of a uniform grid on a clipped cosine schedule, where `sigma~` drops from 2e4), and on the
 last step to `sigma = 0`.
@@ -454,6 +458,8 @@ def sample(
     - `guidance=w` with `cond` and `null_cond`: classifier-free guidance.
     - No host-device synchronisation inside the loop: a non-finite value is recorded on the device and
       raised after the loop, naming the first bad step.
+
+    Steps: `_check_arguments`, `step_intervals`, `_start_point`, `make_denoiser`, `_resampled_step` in `run_chain`.
     """
     spec = _check_arguments(method, eta, resample, known, mask)
     device = _sampling_device(model, device, x_init)
