@@ -23,7 +23,7 @@ from torch import Tensor
 from benchmarks import _common as C
 from benchmarks.sampler_accuracy import mixture
 from sciffusion.core.kernels import KernelSmoothingScore
-from sciffusion.core.oism import SpectralOISM
+from sciffusion.core.kernels.oism import SpectralOISM
 
 T_QUERY = 0.1
 BANDWIDTH = 0.05

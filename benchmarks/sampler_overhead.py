@@ -28,8 +28,8 @@ from torch import Tensor
 from benchmarks import _common as C
 from benchmarks.sampler_accuracy import peer_scheduler, run_peer
 from sciffusion.core import DiffusionProcess, sample
+from sciffusion.core.diffusion.samplers import default_t_max
 from sciffusion.core.grids import time_grid
-from sciffusion.core.samplers import default_t_max
 
 SCHEDULE = "cosine"
 GROUPS = {

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks import _common as C
 from sciffusion.core import DiffusionProcess
-from sciffusion.core.training import TrainConfig, Trainer, denoising_loss_fn
+from sciffusion.core.train.trainer import TrainConfig, Trainer, denoising_loss_fn
 
 
 class TimeScaled(nn.Module):
@@ -97,7 +97,7 @@ def run_monai_loop(unet: nn.Module, data: Tensor, steps: int, batch: int, device
     inferer = DiffusionInferer(scheduler)
     loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True, drop_last=True)
     if same_work:
-        from sciffusion.core.ema import EMA
+        from sciffusion.core.train.ema import EMA
 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
         cfg = TrainConfig(steps=steps)

@@ -1,21 +1,31 @@
-"""sciffusion core: the Gaussian diffusion engine shared by every plugin.
+"""sciffusion core: the engines every plugin shares.
+
+- `sciffusion.core.diffusion`: the Gaussian diffusion engine (schedules, process, samplers, losses, likelihoods);
+- `sciffusion.core.kernels`: kernel methods on R^d and on manifolds (kernel-smoothing scores, spectral OISM);
+- `sciffusion.core.train`: the `Trainer` (EMA, checkpoints, resume, DDP);
+- shared by the engines: `grids` (time grids), `rng`, `devices`, `memory`.
 
     from sciffusion.core import get_schedule, DiffusionProcess, sample, losses
 """
 
-from sciffusion.core import losses
-from sciffusion.core.analytic import GaussianMixture
-from sciffusion.core.grids import available_grids, time_grid
-from sciffusion.core.likelihood import log_likelihood
-from sciffusion.core.process import DiffusionProcess, expand
-from sciffusion.core.sample_quality import (
+from sciffusion.core.diffusion import losses
+from sciffusion.core.diffusion.analytic import GaussianMixture
+from sciffusion.core.diffusion.likelihood import log_likelihood
+from sciffusion.core.diffusion.process import DiffusionProcess, expand
+from sciffusion.core.diffusion.sample_quality import (
     density_coverage,
     frechet_distance,
     precision_recall,
     sample_quality,
 )
-from sciffusion.core.samplers import available_samplers, register_sampler, sample
-from sciffusion.core.schedules import Schedule, available_schedules, get_schedule, register_schedule
+from sciffusion.core.diffusion.samplers import available_samplers, register_sampler, sample
+from sciffusion.core.diffusion.schedules import (
+    Schedule,
+    available_schedules,
+    get_schedule,
+    register_schedule,
+)
+from sciffusion.core.grids import available_grids, time_grid
 
 __all__ = [
     "DiffusionProcess",

@@ -1,12 +1,18 @@
-"""Decreasing time grids for the samplers, from `t_max` down to `t_min`.
+"""Decreasing time grids `t_0 = t_max > t_1 > ... > t_N = t_min`, for the samplers of both engines.
 
-A grid is `t_0 = t_max > t_1 > ... > t_N = t_min`. Four spacings, each from the schedule's own noise levels:
+Two spacings need no schedule, and serve any time axis (the Gaussian engine's `t` in [0, 1], the OU or heat
+time `t > 0` of the kernel engine):
+
+- `uniform`: equal steps in `t` (the DDPM / DDIM grid);
+- `geometric`: equal steps in `log t` (`t_min > 0`), fine near `t_min` where a kernel score sharpens.
+
+Four spacings follow the noise levels of a VP schedule (`t` in [0, 1]):
 
 - `angle` (the default of `unipc`): the angle `phi = atan(sigma / alpha)` of the VP process, spaced as
   `phi_i = phi_min + (phi_max - phi_min) u_i^ANGLE_POWER`, `u` uniform from 1 to 0. With power 1 it is the
   uniform grid of the cosine schedule on every schedule (equal steps in `t` there, since `phi ~ pi t / 2`); the
   power 1.2 moves steps toward small noise, where the data's fine structure is resolved;
-- `uniform`: equal steps in `t` (the DDPM / DDIM grid);
+- `uniform`: as above;
 - `log_snr`: equal steps in `lambda(t)` (DPM-Solver's choice);
 - `karras`: `sigma~ = sigma / alpha` spaced as `(sigma~_max^(1/rho) + i/(N-1) (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho`,
   `rho = 7` (Karras et al. 2022), with `sigma~_max` the schedule's own value at `t_max`.
@@ -27,9 +33,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sciffusion.core.schedules import Schedule
+from sciffusion.core.diffusion.schedules import Schedule
 
-__all__ = ["ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "T_EPS", "available_grids", "time_grid"]
+__all__ = ["ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "SCHEDULE_FREE", "T_EPS", "available_grids", "time_grid"]
 
 T_EPS = 1e-3
 ANGLE_POWER = 1.2
@@ -37,8 +43,13 @@ SIGMA_TILDE_MIN, SIGMA_TILDE_MAX = 0.002, 80.0
 LOG_SNR_RANGE = (-2 * math.log(SIGMA_TILDE_MAX), -2 * math.log(SIGMA_TILDE_MIN))
 
 
-def _uniform(schedule: Schedule, steps: int, t_max: float, t_min: float) -> Tensor:
+def _uniform(schedule: Schedule | None, steps: int, t_max: float, t_min: float) -> Tensor:
     return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
+
+
+def _geometric(schedule: Schedule | None, steps: int, t_max: float, t_min: float) -> Tensor:
+    """`t_i = t_max (t_min / t_max)^(i / N)`."""
+    return torch.logspace(math.log10(t_max), math.log10(t_min), steps + 1, dtype=torch.float64)
 
 
 def _angle(schedule: Schedule, steps: int, t_max: float, t_min: float, power: float = ANGLE_POWER) -> Tensor:
@@ -74,9 +85,10 @@ def _in_log_snr(schedule: Schedule, steps: int, t_max: float, t_min: float, rho:
     return torch.cat([torch.tensor(head, dtype=torch.float64), ts, torch.tensor(tail, dtype=torch.float64)])
 
 
-GRIDS: dict[str, Callable[[Schedule, int, float, float], Tensor]] = {
+GRIDS: dict[str, Callable[[Schedule | None, int, float, float], Tensor]] = {
     "angle": _angle,
     "uniform": _uniform,
+    "geometric": _geometric,
     "log_snr": lambda sch, n, hi, lo: _in_log_snr(sch, n, hi, lo, rho=None),
     "karras": lambda sch, n, hi, lo: _in_log_snr(sch, n, hi, lo, rho=7.0),
 }
@@ -87,19 +99,37 @@ def available_grids() -> list[str]:
     return sorted(GRIDS)
 
 
-def time_grid(schedule: Schedule, steps: int, kind: str = "uniform", t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
-    """A strictly decreasing float64 grid of `steps + 1` times from `t_max` to `t_min`."""
+SCHEDULE_FREE = ("geometric", "uniform")
+
+
+def time_grid(
+    schedule: Schedule | None, steps: int, kind: str = "uniform", t_max: float = 1.0, t_min: float = 0.0
+) -> Tensor:
+    """A strictly decreasing float64 grid of `steps + 1` times from `t_max` to `t_min`.
+
+    With a VP `schedule`, times lie in [0, 1]; with `schedule=None` (the spacings in `SCHEDULE_FREE`), any
+    `0 <= t_min < t_max` (`geometric` needs `t_min > 0`).
+
+        time_grid(get_schedule("cosine"), 20, "log_snr")      # the Gaussian engine
+        time_grid(None, 200, "geometric", t_max=8.0, t_min=0.01)  # OU time of the kernel engine
+    """
     if kind not in GRIDS:
         raise ValueError(f"unknown time grid {kind!r}; known grids: {', '.join(available_grids())}")
+    if schedule is None and kind not in SCHEDULE_FREE:
+        raise ValueError(f"the {kind} grid follows a schedule's noise levels; pass a schedule or use one of {SCHEDULE_FREE}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    upper = 1.0 if schedule is not None else math.inf
+    if not 0.0 <= t_min < t_max <= upper:
+        bound = " <= 1" if schedule is not None else ""
+        raise ValueError(f"need 0 <= t_min < t_max{bound}, got t_min={t_min}, t_max={t_max}")
+    if kind == "geometric" and t_min <= 0.0:
+        raise ValueError(f"the geometric grid needs t_min > 0, got t_min={t_min}")
     return _cached_grid(schedule, steps, kind, float(t_max), float(t_min)).clone()
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_grid(schedule: Schedule, steps: int, kind: str, t_max: float, t_min: float) -> Tensor:
+def _cached_grid(schedule: Schedule | None, steps: int, kind: str, t_max: float, t_min: float) -> Tensor:
     """Grids are pure functions of their arguments: build each once (the log-SNR ones invert by bisection)."""
     ts = GRIDS[kind](schedule, steps, t_max, t_min)
     if not bool((ts[1:] < ts[:-1]).all()):

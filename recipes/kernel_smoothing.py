@@ -33,9 +33,9 @@ import torch
 
 from sciffusion.core import density_coverage, precision_recall
 from sciffusion.core.kernels import KernelSmoothingScore
-from sciffusion.core.manifolds import Torus
-from sciffusion.core.oism import SpectralOISM
-from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample
+from sciffusion.core.kernels.manifolds import Torus
+from sciffusion.core.kernels.oism import SpectralOISM
+from sciffusion.core.kernels.sde import pf_ode_log_likelihood, reverse_sample
 
 DATASETS = ("2spirals", "8gaussians", "pinwheel")
 METHODS = ("rdks", "rdks-spectral", "oism", "dks")
@@ -102,7 +102,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.2, 0.5, 1.0, 2.0)) -> f
 
 def coverage_scores(samples: torch.Tensor, reference: torch.Tensor, suffix: str = "") -> dict[str, float]:
     """Precision and recall (k = 3), density and coverage (k = 5) of ``samples`` against ``reference``,
-    on raw 2-D coordinates (``sciffusion.core.sample_quality``); keys get ``suffix`` appended."""
+    on raw 2-D coordinates (``sciffusion.core.diffusion.sample_quality``); keys get ``suffix`` appended."""
     scores = precision_recall(reference, samples) | density_coverage(reference, samples)
     return {f"{k}{suffix}": v for k, v in scores.items()}
 

@@ -128,7 +128,7 @@ def _train(args) -> int:
     args.lr = args.lr or 5e-4
     if graph:
         return _train_graph(args)
-    from sciffusion.core.training import TrainConfig
+    from sciffusion.core.train.trainer import TrainConfig
     from sciffusion.plugins.molecules.data import load_qm9, pack, read_molecules, split_indices
     from sciffusion.plugins.molecules.diffusion import MolDiffusion, MolDiffusionConfig
     from sciffusion.plugins.molecules.model import EGNNConfig

@@ -28,9 +28,14 @@ import torch
 from scipy.optimize import brentq
 from scipy.special import ive
 
-from sciffusion.core.kernels import KernelSmoothingScore
-from sciffusion.core.manifolds import Circle, Sphere, sample_von_mises, sample_von_mises_fisher
-from sciffusion.core.oism import SpectralOISM
+from sciffusion.core.kernels import (
+    Circle,
+    KernelSmoothingScore,
+    SpectralOISM,
+    Sphere,
+    sample_von_mises,
+    sample_von_mises_fisher,
+)
 
 KAPPA = 4.0
 

@@ -19,7 +19,7 @@ The three toys (2spirals, 8gaussians, pinwheel) are mapped into the box ``[0, 2 
 and report the held-out log-likelihood (nats per point, density on the box) beside the published
 numbers of Shen & Oates (arXiv 2406.09084, v2), and, for mode coverage,
 precision / recall (k = 3) and coverage (k = 5) of each method's samples against the held-out points
-in data units (``sciffusion.core.sample_quality``; the training points against them are the floor). The network sees
+in data units (``sciffusion.core.diffusion.sample_quality``; the training points against them are the floor). The network sees
 ``(cos x, sin x)`` and a time embedding, as in the paper. Score-based likelihoods are those of
 ``rho_{t_min}`` by the probability-flow ODE with the exact divergence; RDKS's is the closed-form KDE.
 The paper's box scaling, ``t_min`` and network are unknown, so compare orderings more than digits.
@@ -36,10 +36,13 @@ from pathlib import Path
 import torch
 
 from recipes.kernel_smoothing import DATASETS, coverage_scores, from_box, to_box, toy_data
-from sciffusion.core.kernels import KernelSmoothingScore
-from sciffusion.core.manifolds import Torus
-from sciffusion.core.oism import SpectralOISM
-from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample
+from sciffusion.core.kernels import (
+    KernelSmoothingScore,
+    SpectralOISM,
+    Torus,
+    pf_ode_log_likelihood,
+    reverse_sample,
+)
 
 PUBLISHED = {  # held-out log-likelihood, Shen & Oates (rebuttal table); higher is better
     "2spirals": {"OISM(H)": -2.262, "OISM(L)": -3.150, "OISM(L)+NN": -2.337, "NN (pre-trained)": -2.289, "NN-only": -2.375},

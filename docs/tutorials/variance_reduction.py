@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciffusion.core.oism import gradient_variance_closed_form, linear_score_gradients
+from sciffusion.core.kernels.oism import gradient_variance_closed_form, linear_score_gradients
 
 DOC = {1e-3: 63.6, 1e-2: 7.2, 0.1: 2.0, 0.5: 4.5, 1.0: 13.8, 2.0: 108}
 

@@ -12,7 +12,7 @@ vector in one of two spaces a climate scientist reads directly:
   training times). The large-scale patterns and their amplitudes, in the variable's units.
 
 Real set: the true fields at the T held-out times; a generated set: one member at every held-out time
-(T fields; scores averaged over the members). `sciffusion.core.sample_quality` then gives precision
+(T fields; scores averaged over the members). `sciffusion.core.diffusion.sample_quality` then gives precision
 (share of generated fields inside the k-NN manifold of the true ones), recall (share of true fields
 inside the generated manifold), density and coverage, with k lowered to T - 1 when T is small. Blocks
 of T consecutive training times scored the same way are the floor row `training times`. Cells that are NaN in any
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from sciffusion.core.sample_quality import density_coverage, precision_recall
+from sciffusion.core.diffusion.sample_quality import density_coverage, precision_recall
 from sciffusion.plugins.climate.grid import lat_weights
 from sciffusion.plugins.climate.metrics import zonal_spectrum
 

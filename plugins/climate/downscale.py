@@ -449,7 +449,7 @@ class Downscaler:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write the bundle atomically; loads with torch.load(weights_only=True)."""
-        from sciffusion.core.checkpoint import atomic_torch_save
+        from sciffusion.core.train.checkpoint import atomic_torch_save
 
         state = {
             "format": FORMAT,
@@ -654,7 +654,7 @@ def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_di
           steps: int = 2500, batch_size: int = 8, lr: float = 7e-4, seed: int = 0,
           progress: bool = False, checkpoint_every: int = 200, device: str | None = None) -> Downscaler:
     """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle."""
-    from sciffusion.core.training import TrainConfig, Trainer
+    from sciffusion.core.train.trainer import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     bundle, data = build(ds, cfg, train_idx)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciffusion.core.checkpoint import atomic_write_text
+from sciffusion.core.train.checkpoint import atomic_write_text
 from sciffusion.plugins.climate import figures, output
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
 from sciffusion.plugins.climate.distribution import distribution_scores, training_fields

@@ -24,10 +24,15 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.categorical import CategoricalProcess
-from sciffusion.core.process import DiffusionProcess
-from sciffusion.core.samplers import sample as core_sample
-from sciffusion.core.schedules import Schedule, available_schedules, get_schedule, register_schedule
+from sciffusion.core.diffusion.categorical import CategoricalProcess
+from sciffusion.core.diffusion.process import DiffusionProcess
+from sciffusion.core.diffusion.samplers import sample as core_sample
+from sciffusion.core.diffusion.schedules import (
+    Schedule,
+    available_schedules,
+    get_schedule,
+    register_schedule,
+)
 
 from .geometry import centered_noise, fully_connected_edges, graph_sizes, remove_mean
 from .model import EGNN, EGNNConfig

@@ -3,7 +3,7 @@
 Each SMILES is canonicalised (RDKit, no stereo; unreadable ones dropped) and embedded by ChemNet, the
 network of the Fréchet ChemNet Distance (Preuer et al. 2018), whose weights ship inside the `fcd`
 package (nothing is downloaded): 512 activations of its penultimate layer per molecule. On these
-features `sciffusion.core.sample_quality` gives
+features `sciffusion.core.diffusion.sample_quality` gives
 
 - `fcd`: the Fréchet distance between the Gaussian fits of the generated and reference features;
 - `precision` / `recall` (k = 3) and `density` / `coverage` (k = 5) of the generated set against the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sciffusion.core.sample_quality import sample_quality
+from sciffusion.core.diffusion.sample_quality import sample_quality
 
 from .build import canonical_smiles
 
@@ -65,7 +65,7 @@ def distribution_metrics(
     """FCD, precision, recall, density and coverage of generated molecules against reference ones.
 
     Both lists are canonicalised (unreadable SMILES, e.g. invalid generations, are dropped: pass the
-    valid molecules), embedded by ChemNet, and scored by `sciffusion.core.sample_quality` with
+    valid molecules), embedded by ChemNet, and scored by `sciffusion.core.diffusion.sample_quality` with
     k = 3 (precision/recall) and k = 5 (density/coverage). `fcd = |mu_g - mu_r|^2 + tr(S_g + S_r -
     2 (S_g^{1/2} S_r S_g^{1/2})^{1/2})` on the 512 ChemNet activations, as the `fcd` package defines it.
     Returns the five scores (with `_low` / `_high` bounds when `bootstrap > 0`), `n_generated` and

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sciffusion.core.checkpoint import atomic_write_text
+from sciffusion.core.train.checkpoint import atomic_write_text
 
 from .build import mol_to_smiles, split_batch, to_rdkit, write_grid, write_sdf
 from .diffusion import MolDiffusion

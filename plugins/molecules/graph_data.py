@@ -188,7 +188,7 @@ def load_qm9_graphs(cache: bool = True, limit: int | None = None) -> tuple[list[
     smiles = load_qm9_arrays()["smiles"] if limit is None else _first_qm9_smiles(limit)
     data, report = smiles_to_data(smiles, properties=QM9_PROPERTIES, source="qm9")
     if cache and limit is None:
-        from sciffusion.core.checkpoint import atomic_torch_save
+        from sciffusion.core.train.checkpoint import atomic_torch_save
 
         atomic_torch_save({**pack_graphs(data), "skip_counts": report.counts, "skip_examples": report.examples}, path)
     return data, report

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sciffusion.core.categorical import CategoricalProcess, JointCategoricalProcess
-from sciffusion.core.checkpoint import atomic_torch_save
-from sciffusion.core.schedules import get_schedule
+from sciffusion.core.diffusion.categorical import CategoricalProcess, JointCategoricalProcess
+from sciffusion.core.diffusion.schedules import get_schedule
+from sciffusion.core.train.checkpoint import atomic_torch_save
 
 from .data import MolInputError
 from .graph_data import ATOM_TYPES, BOND_ORDER, BOND_TYPES, PROPERTIES, DenseGraphs, to_dense
@@ -302,8 +302,8 @@ def train_graph(model: GraphDiffusion, data: Sequence, cfg, resume: bool = True,
     train_smiles.txt and, at the end, model.pt (EMA weights) to cfg.out_dir; returns the EMA model."""
     import json
 
-    from sciffusion.core.checkpoint import atomic_write_text
-    from sciffusion.core.training import Trainer
+    from sciffusion.core.train.checkpoint import atomic_write_text
+    from sciffusion.core.train.trainer import Trainer
 
     from .graph_data import collate_graphs
 

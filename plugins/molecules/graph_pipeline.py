@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sciffusion.core.checkpoint import atomic_write_text
+from sciffusion.core.train.checkpoint import atomic_write_text
 
 from .build import canonical_smiles, write_grid
 from .data import MolInputError, check_molecule_file, split_indices
@@ -63,7 +63,7 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
     """Train a graph model on `source` with core's Trainer (constant rate after a warm-up, EMA
     0.998), conditioned on `properties` (() for an unconditional model); resumes from the newest
     checkpoint in `out_dir`. Returns the EMA model."""
-    from sciffusion.core.training import TrainConfig
+    from sciffusion.core.train.trainer import TrainConfig
 
     unknown = [p for p in properties if p not in PROPERTIES]
     if unknown:

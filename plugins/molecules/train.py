@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch
 
-from sciffusion.core.checkpoint import atomic_torch_save, atomic_write_text
-from sciffusion.core.training import TrainConfig, Trainer
+from sciffusion.core.train.checkpoint import atomic_torch_save, atomic_write_text
+from sciffusion.core.train.trainer import TrainConfig, Trainer
 
 from .data import PackedMolecules
 from .diffusion import MolDiffusion, MolDiffusionConfig
@@ -88,7 +88,7 @@ def train(model: MolDiffusion, data: PackedMolecules, cfg: TrainConfig, resume: 
 def export_model(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """Write model.pt (EMA weights + config) from the newest Trainer checkpoint of a run folder,
     e.g. to sample from a run that is still training or was interrupted."""
-    from sciffusion.core.training import latest_checkpoint, load_weights
+    from sciffusion.core.train.trainer import latest_checkpoint, load_weights
 
     run = Path(run_dir)
     ckpt = latest_checkpoint(run)

@@ -79,9 +79,9 @@ def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int =
     `lr` is the low-resolution scan in the model's axis order (its thick-slice axis where the
     model's is). Returns the adapted copy in eval mode; `model` is untouched.
     """
-    from sciffusion.core.losses import denoising_loss
-    from sciffusion.core.process import DiffusionProcess
-    from sciffusion.core.schedules import get_schedule
+    from sciffusion.core.diffusion.losses import denoising_loss
+    from sciffusion.core.diffusion.process import DiffusionProcess
+    from sciffusion.core.diffusion.schedules import get_schedule
     from sciffusion.plugins.mri.data import BlindPatchDataset
 
     cfg = model.config

@@ -121,9 +121,9 @@ def super_resolve(
     variance has 3 degrees of freedom, so the variance is pooled over a Gaussian neighbourhood of
     `std_sigma` refined voxels, `std = sqrt(G_sigma * var_K)` (`std_sigma=0`: per voxel).
     """
-    from sciffusion.core.process import DiffusionProcess
-    from sciffusion.core.samplers import sample
-    from sciffusion.core.schedules import get_schedule
+    from sciffusion.core.diffusion.process import DiffusionProcess
+    from sciffusion.core.diffusion.samplers import sample
+    from sciffusion.core.diffusion.schedules import get_schedule
 
     cfg = model.config
     if method not in SAMPLERS:

@@ -58,9 +58,9 @@ def train_sr(
     optional tissue `maps` for synthetic contrasts) instead of the config's fixed Gaussian profile;
     `init` starts a fresh run from a checkpoint's weights (fine-tuning; a resumed run ignores it).
     """
-    from sciffusion.core.process import DiffusionProcess
-    from sciffusion.core.schedules import get_schedule
-    from sciffusion.core.training import TrainConfig, Trainer
+    from sciffusion.core.diffusion.process import DiffusionProcess
+    from sciffusion.core.diffusion.schedules import get_schedule
+    from sciffusion.core.train.trainer import TrainConfig, Trainer
 
     if family is None:
         dataset = PatchDataset([make_pair(v, config) for v in hr_volumes], config, regions=regions, seed=seed)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
-    from sciffusion.core.training import TrainConfig, Trainer
+    from sciffusion.core.train.trainer import TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = ToyMLP(hidden=32)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             (Path(args.out) / "HANG").touch()
             time.sleep(600)
         if base is None:
-            from sciffusion.core.training import denoising_loss_fn
+            from sciffusion.core.train.trainer import denoising_loss_fn
 
             return denoising_loss_fn(model, proc, batch)
         return base(model, proc, batch)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sciffusion.core.categorical import CategoricalProcess
+from sciffusion.core.diffusion.categorical import CategoricalProcess
 
 K = 5
 MARGINAL = torch.tensor([0.5, 0.3, 0.1, 0.07, 0.03])
@@ -107,7 +107,7 @@ def test_bad_arguments_are_named():
 
 # ----------------------------------------------------------------------------- several fields
 def _joint():
-    from sciffusion.core.categorical import JointCategoricalProcess
+    from sciffusion.core.diffusion.categorical import JointCategoricalProcess
 
     return JointCategoricalProcess({"X": CategoricalProcess("cosine", 3, "marginal", marginal=torch.tensor([0.6, 0.3, 0.1])),
                                     "E": CategoricalProcess("cosine", 2, "marginal", marginal=torch.tensor([0.7, 0.3]))},

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from sciffusion.core import checkpoint as ck
-from sciffusion.core.ema import EMA, decay_from_half_life
-from sciffusion.core.training import (
+from sciffusion.core.train import checkpoint as ck
+from sciffusion.core.train.ema import EMA, decay_from_half_life
+from sciffusion.core.train.trainer import (
     CheckpointError,
     CheckpointMismatchError,
     NonFiniteLossError,
@@ -323,7 +323,7 @@ def test_data_errors_are_named(tmp_path):
 @pytest.mark.parametrize("iterable", [False, True])
 def test_two_ranks_shard_the_data_like_one_process_with_double_batch(tmp_path, iterable):
     """Rank 0 and rank 1 of 2 see disjoint halves of what one process sees with twice the batch."""
-    from sciffusion.core.data import BatchStream
+    from sciffusion.core.train.data import BatchStream
 
     items = torch.arange(40.0)[:, None]
     source = _Reiterable(list(items)) if iterable else items

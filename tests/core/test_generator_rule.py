@@ -16,9 +16,9 @@ from sciffusion.core import (
     rng,
 )
 from sciffusion.core.kernels import KernelSmoothingScore
-from sciffusion.core.manifolds import Euclidean, Sphere
-from sciffusion.core.oism import SpectralOISM, linear_score_gradients, oism_residual_loss
-from sciffusion.core.sde import BrownianMotion, OrnsteinUhlenbeck
+from sciffusion.core.kernels.manifolds import Euclidean, Sphere
+from sciffusion.core.kernels.oism import SpectralOISM, linear_score_gradients, oism_residual_loss
+from sciffusion.core.kernels.sde import BrownianMotion, OrnsteinUhlenbeck
 
 
 def _seeded(where: torch.device, seed: int = 7) -> torch.Generator:

@@ -8,7 +8,7 @@ import torch
 from scipy.special import ive
 
 from sciffusion.core.kernels import KernelSmoothingScore, select_bandwidth
-from sciffusion.core.manifolds import (
+from sciffusion.core.kernels.manifolds import (
     Circle,
     Sphere,
     Torus,
@@ -24,7 +24,7 @@ F64 = torch.float64
 # ---------------------------------------------------------------- DKS on R^d (OU)
 def test_dks_equals_mehler_kme_gradient_and_gaussian_mixture_score():
     """NW form == grad log of the Mehler KME (+ grad log gamma) == the mixture score, to 1e-6 (d = 3)."""
-    from sciffusion.core.analytic import GaussianMixture
+    from sciffusion.core.diffusion.analytic import GaussianMixture
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 3, generator=g, dtype=F64) * 1.5 + 0.3

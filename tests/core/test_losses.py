@@ -155,7 +155,7 @@ def test_vdm_elbo_matches_its_closed_form_on_gaussian_data(schedule):
 
 
 def test_discretized_decoder_is_a_probability_over_bins():
-    from sciffusion.core.elbo import _discretized_log_likelihood
+    from sciffusion.core.diffusion.elbo import _discretized_log_likelihood
 
     w = 2 / 255
     centres = torch.linspace(-1, 1, 256, dtype=torch.float64)

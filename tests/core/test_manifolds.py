@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sciffusion.core.manifolds import (
+from sciffusion.core.grids import time_grid
+from sciffusion.core.kernels.manifolds import (
     Circle,
     Euclidean,
     Sphere,
@@ -17,13 +18,12 @@ from sciffusion.core.manifolds import (
     sample_von_mises_fisher,
     sphere_log_parametrix,
 )
-from sciffusion.core.sde import (
+from sciffusion.core.kernels.sde import (
     BrownianMotion,
     GeneralSDE,
     OrnsteinUhlenbeck,
     ou_time_from_vp,
     reverse_sample,
-    reverse_time_grid,
     score_as_core_model,
 )
 
@@ -321,18 +321,20 @@ def test_reverse_sampler_with_exact_score_on_circle_and_errors():
         reverse_sample(score, C, x, 1.0, 0.1, method="leapfrog")
     with pytest.raises(ValueError, match="drift must be one of"):
         reverse_sample(score, C, x, 1.0, 0.1, drift="vp")
-    with pytest.raises(ValueError, match="t_max > t_min > 0"):
-        reverse_time_grid(0.1, 1.0, 10)
-    with pytest.raises(ValueError, match="spacing must be"):
-        reverse_time_grid(1.0, 0.1, 10, spacing="cubic")
-    with pytest.raises(FloatingPointError, match="non-finite score"):
+    with pytest.raises(ValueError, match="need 0 <= t_min < t_max"):
+        reverse_sample(score, C, x, 0.1, 1.0, steps=10)
+    with pytest.raises(ValueError, match="geometric grid needs t_min > 0"):
+        time_grid(None, 10, "geometric", t_max=1.0, t_min=0.0)
+    with pytest.raises(ValueError, match="unknown time grid 'cubic'"):
+        reverse_sample(score, C, x, 1.0, 0.1, steps=10, grid="cubic")
+    with pytest.raises(FloatingPointError, match=r"non-finite values appeared in reverse sampling \(sde\) at step 0 of 3"):
         reverse_sample(lambda x, t: x * float("nan"), C, x, 1.0, 0.1, steps=3)
 
 
 def test_pf_ode_log_likelihood_heat_and_ou():
     from scipy.special import ive
 
-    from sciffusion.core.sde import pf_ode_log_likelihood
+    from sciffusion.core.kernels.sde import pf_ode_log_likelihood
 
     kap = 2.0
     ks = torch.arange(1, 40, dtype=F64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.special import eval_legendre, ive
 
-from sciffusion.core.manifolds import (
+from sciffusion.core.kernels.manifolds import (
     Circle,
     Euclidean,
     Sphere,
@@ -15,7 +15,7 @@ from sciffusion.core.manifolds import (
     sample_von_mises,
     sample_von_mises_fisher,
 )
-from sciffusion.core.oism import (
+from sciffusion.core.kernels.oism import (
     SpectralOISM,
     fourier_moments,
     gradient_variance_closed_form,
@@ -284,7 +284,7 @@ def test_bad_input_errors():
 
 
 def test_many_distinct_times_are_interpolated_in_log_t(monkeypatch):
-    import sciffusion.core.oism as oism_mod
+    import sciffusion.core.kernels.oism as oism_mod
 
     g = torch.Generator().manual_seed(8)
     X = (0.5 * torch.randn(500, 2, generator=g, dtype=F64) + 3) % (2 * math.pi)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sciffusion.core import DiffusionProcess, get_schedule
-from sciffusion.core.process import PREDICTIONS
+from sciffusion.core.diffusion.process import PREDICTIONS
 
 
 def _t(b, value, dtype=torch.float64):

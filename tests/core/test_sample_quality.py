@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from sciffusion.core import density_coverage, frechet_distance, precision_recall, sample_quality
-from sciffusion.core.sample_quality import frechet_distance_gaussians, gaussian_fit
+from sciffusion.core.diffusion.sample_quality import frechet_distance_gaussians, gaussian_fit
 
 F64 = torch.float64
 

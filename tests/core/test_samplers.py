@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sciffusion.core import DiffusionProcess, GaussianMixture, available_samplers, sample
-from sciffusion.core.inpainting import smc_inpaint
+from sciffusion.core.diffusion.inpainting import smc_inpaint
 from tests.core.gaussians import gaussian_2d, gaussian_16d, gaussian_exact_ode
 
 BUDGET = {"ddpm": 200, "ddpm_beta": 200, "ddim": 100, "heun": 30, "dpmpp_2m": 20, "unipc": 10, "unipc_3": 10}
@@ -177,7 +177,7 @@ def test_default_start_tolerates_eps_errors_of_a_trained_network(method):
 
 
 def test_euler_maruyama_is_the_older_name_of_ddpm_beta():
-    from sciffusion.core.samplers import SAMPLERS
+    from sciffusion.core.diffusion.samplers import SAMPLERS
 
     assert SAMPLERS["euler_maruyama"].step is SAMPLERS["ddpm_beta"].step
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sciffusion.core import available_schedules, get_schedule, register_schedule
-from sciffusion.core.schedules import Schedule, linear_schedule
+from sciffusion.core.diffusion.schedules import Schedule, linear_schedule
 
 NAMES = ["linear", "cosine", "quadratic", "sigmoid"]
 t = torch.linspace(0, 1, 2001, dtype=torch.float64)

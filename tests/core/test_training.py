@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from sciffusion.core import DiffusionProcess, get_schedule, sample
-from sciffusion.core.checkpoint import list_checkpoints, load_checkpoint
-from sciffusion.core.training import TrainConfig, Trainer
+from sciffusion.core.train.checkpoint import list_checkpoints, load_checkpoint
+from sciffusion.core.train.trainer import TrainConfig, Trainer
 from tests.core import _train_worker
 from tests.core._train_worker import ToyMLP, gaussian_mixture
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from sciffusion.core import DiffusionProcess, get_schedule
-from sciffusion.core.checkpoint import list_checkpoints, restore_cuda_rng
-from sciffusion.core.data import init_distributed
-from sciffusion.core.training import NonFiniteLossError, TrainConfig, Trainer, _tf32
+from sciffusion.core.train.checkpoint import list_checkpoints, restore_cuda_rng
+from sciffusion.core.train.data import init_distributed
+from sciffusion.core.train.trainer import NonFiniteLossError, TrainConfig, Trainer, _tf32
 
 
 class _FailAt:

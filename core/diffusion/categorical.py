@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.schedules import Schedule, get_schedule
+from sciffusion.core.diffusion.schedules import Schedule, get_schedule
 
 __all__ = ["TRANSITIONS", "CategoricalELBO", "CategoricalProcess", "JointCategoricalProcess", "draw_categorical"]
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.process import DiffusionProcess
+from sciffusion.core.diffusion.process import DiffusionProcess
 
 __all__ = ["ELBOTerms", "elbo", "vdm_elbo"]
 
@@ -96,20 +96,37 @@ def elbo(
         raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
     b, dev, dt = x0.shape[0], x0.device, x0.dtype
     flat = x0.reshape(b, -1)
-    dims = flat.shape[1]
     grid = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     log_snr = process.schedule.log_snr_fn(grid)
-    snr = torch.exp(log_snr)
-
     x0_hat = _x0_predictor(model, process, dt)
     prior = _prior_kl(process, flat)
+    diffusion = _discrete_diffusion_sum(x0_hat, process, x0, cond, grid, num_samples, chunk, generator)
 
-    # diffusion: 1/2 (SNR(t_{i-1}) - SNR(t_i)) |x0 - x0_hat(x_{t_i})|^2, i = 2..T
-    steps = torch.arange(2, num_steps + 1)
+    # reconstruction at t_1 = 1 / T
+    t1 = torch.full((b,), float(grid[1]), dtype=dt, device=dev)
+    x_1, _ = process.add_noise(x0, t1, generator=generator)
+    mean = x0_hat(x_1, t1, cond).reshape(b, -1)
+    std = math.exp(-0.5 * float(log_snr[1]))  # sigma_1 / alpha_1
+    if decoder == "gaussian":
+        log_lik = -0.5 * (((flat - mean) / std) ** 2 + math.log(2 * math.pi * std * std))
+    else:
+        log_lik = _discretized_log_likelihood(flat.double(), mean.double(), std, bin_width, *data_range)
+    reconstruction = -log_lik.sum(1)
+    return ELBOTerms(prior.double(), diffusion, reconstruction.double(), flat.shape[1])
+
+
+def _discrete_diffusion_sum(
+    x0_hat: Callable, process: DiffusionProcess, x0: Tensor, cond: Any, grid: Tensor, num_samples: int | None,
+    chunk: int, generator: torch.Generator | None,
+) -> Tensor:
+    """`sum_{i=2}^T 1/2 (SNR(t_{i-1}) - SNR(t_i)) |x0 - x0_hat(x_{t_i})|^2` per example, over every step
+    (`num_samples=None`) or as the unbiased estimate from `num_samples` random steps; `chunk` steps per call."""
+    b, dev, dt = x0.shape[0], x0.device, x0.dtype
+    snr = torch.exp(process.schedule.log_snr_fn(grid))
+    steps = torch.arange(2, len(grid))
     weights = 0.5 * (snr[steps - 1] - snr[steps])
     if num_samples is None:
-        chosen = steps.repeat(b, 1)
-        scale = 1.0
+        chosen, scale = steps.repeat(b, 1), 1.0
     else:
         chosen = steps[rng.randint(0, len(steps), (b, num_samples), generator, device=steps.device)]
         scale = len(steps) / num_samples
@@ -124,20 +141,7 @@ def elbo(
         err = ((xs - x0_hat(x_t, t, c)) ** 2).reshape(b * k, -1).sum(1).double()
         w = weights[idx.reshape(-1) - 2].to(dev)
         diffusion += (w * err).reshape(b, k).sum(1)
-    diffusion = diffusion * scale
-
-    # reconstruction at t_1 = 1 / T
-    t1 = torch.full((b,), float(grid[1]), dtype=dt, device=dev)
-    x_1, _ = process.add_noise(x0, t1, generator=generator)
-    mean = x0_hat(x_1, t1, cond).reshape(b, -1)
-    std = math.exp(-0.5 * float(log_snr[1]))  # sigma_1 / alpha_1
-    if decoder == "gaussian":
-        log_lik = -0.5 * (((flat - mean) / std) ** 2 + math.log(2 * math.pi * std * std))
-    else:
-        log_lik = _discretized_log_likelihood(flat.double(), mean.double(), std, bin_width, *data_range)
-    reconstruction = -log_lik.sum(1)
-
-    return ELBOTerms(prior.double(), diffusion, reconstruction.double(), dims)
+    return diffusion * scale
 
 
 

@@ -27,13 +27,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.manifolds import Euclidean, Manifold, Sphere, Torus, spherical_harmonics_s2
+from sciffusion.core.kernels.manifolds import (
+    Euclidean,
+    Manifold,
+    Sphere,
+    Torus,
+    spherical_harmonics_s2,
+)
 
 _BASES = ("hermite", "fourier", "spherical")
 _MAX_EXACT_TIMES = 64  # distinct times solved exactly in one call; beyond, interpolate in log t
@@ -90,6 +97,33 @@ def spherical_moments(x: Tensor, L: int) -> Tensor:
     return spherical_harmonics_s2(2 * L).values(x).mean(0)
 
 
+def _basis_and_manifold(basis: str | None, manifold: Manifold | None, dim: int | None) -> tuple[str, Manifold]:
+    """Fill in whichever of `basis` and `manifold` is missing from the other, and check that they fit."""
+    if manifold is None:
+        if basis in (None, "hermite"):
+            manifold = Euclidean(int(dim))
+        elif basis == "fourier":
+            manifold = Torus(int(dim))
+        elif basis == "spherical":
+            manifold = Sphere(2)
+    if basis is None:
+        basis = "fourier" if isinstance(manifold, Torus) else "spherical" if isinstance(manifold, Sphere) else "hermite"
+    if basis not in _BASES:
+        raise ValueError(f"SpectralOISM: basis must be one of {_BASES}, got {basis!r}")
+    expected = {"hermite": Euclidean, "fourier": Torus, "spherical": Sphere}[basis]
+    if not isinstance(manifold, expected) or (basis == "spherical" and manifold.dim != 2):
+        raise ValueError(f"SpectralOISM: basis {basis!r} does not fit {manifold!r}")
+    return basis, manifold
+
+
+def _principal_axes(data: Tensor) -> Tensor:
+    """Axes of the centred covariance, largest first (columns). `x` itself is only rotated (OU commutes with
+    rotations, not with shifts), so the score stays exact for the rotated data."""
+    xc = data - data.mean(0)
+    _, vecs = torch.linalg.eigh(xc.T @ xc / data.shape[0])
+    return vecs.flip(-1)
+
+
 class SpectralOISM:
     """Closed-form OISM score ``s_t = grad log mu + sum_n alpha_{t,n} grad phi_n`` for all ``t``.
 
@@ -129,20 +163,7 @@ class SpectralOISM:
             if not isinstance(data, Tensor) or data.dim() != 2:
                 raise ValueError(f"SpectralOISM: data must be a (n, D) tensor, got {getattr(data, 'shape', type(data))}")
             dim = data.shape[1]
-        if manifold is None:
-            if basis in (None, "hermite"):
-                manifold = Euclidean(int(dim))
-            elif basis == "fourier":
-                manifold = Torus(int(dim))
-            elif basis == "spherical":
-                manifold = Sphere(2)
-        if basis is None:
-            basis = "fourier" if isinstance(manifold, Torus) else "spherical" if isinstance(manifold, Sphere) else "hermite"
-        if basis not in _BASES:
-            raise ValueError(f"SpectralOISM: basis must be one of {_BASES}, got {basis!r}")
-        expected = {"hermite": Euclidean, "fourier": Torus, "spherical": Sphere}[basis]
-        if not isinstance(manifold, expected) or (basis == "spherical" and manifold.dim != 2):
-            raise ValueError(f"SpectralOISM: basis {basis!r} does not fit {manifold!r}")
+        basis, manifold = _basis_and_manifold(basis, manifold, dim)
         if int(degree) < 1:
             raise ValueError(f"SpectralOISM: degree must be >= 1, got {degree}")
         if ridge < 0 or shrinkage < 0:
@@ -156,37 +177,36 @@ class SpectralOISM:
             "spherical": (self.K + 1) ** 2 - 1,
         }[basis]
         if data is not None:
-            manifold.check(data, name="SpectralOISM data")
-            n_need = self.n_basis + 1
-            if data.shape[0] < n_need:
-                raise ValueError(
-                    f"SpectralOISM: {data.shape[0]} data points are too few for the {basis} basis of degree "
-                    f"{self.K} ({self.n_basis} eigenfunctions per block); need at least {n_need}"
-                )
+            self._check_data(data)
         dtype = data.dtype if data is not None else torch.float64
         device = data.device if data is not None else (moments.device if moments is not None else None)
         self.rot: Tensor | None = None
         if pca:
             if basis != "hermite" or data is None:
                 raise ValueError("SpectralOISM: pca=True needs the hermite basis and data")
-            # Axes of the centred covariance; x itself is only rotated (OU commutes with rotations,
-            # not with shifts), so the score stays exact for the rotated data.
-            xc = data - data.mean(0)
-            _, vecs = torch.linalg.eigh(xc.T @ xc / data.shape[0])
-            self.rot = vecs.flip(-1)  # columns: principal axes, largest first
-        if basis == "hermite":
-            self._T = _hermite_product_tensor(self.K).to(dtype=dtype, device=device)
-            m = hermite_moments(self._z(data), self.K) if moments is None else moments.to(dtype=dtype, device=device)
-            q = torch.arange(m.shape[-1], dtype=dtype, device=device)
-            self.moments = m / (1 + self.shrinkage * q)
-        elif basis == "fourier":
-            self._setup_fourier(data, moments, dtype, device)
-        else:
-            self._setup_spherical(data, moments, dtype, device)
+            self.rot = _principal_axes(data)
+        setup = {"hermite": self._setup_hermite, "fourier": self._setup_fourier, "spherical": self._setup_spherical}
+        setup[basis](data, moments, dtype, device)
 
     # -- setup ------------------------------------------------------------------------------
+    def _check_data(self, data: Tensor) -> None:
+        """The data lie on the manifold and are enough for the basis (one more point than eigenfunctions)."""
+        self.manifold.check(data, name="SpectralOISM data")
+        n_need = self.n_basis + 1
+        if data.shape[0] < n_need:
+            raise ValueError(
+                f"SpectralOISM: {data.shape[0]} data points are too few for the {self.basis} basis of degree "
+                f"{self.K} ({self.n_basis} eigenfunctions per block); need at least {n_need}"
+            )
+
     def _z(self, x: Tensor) -> Tensor:
         return x if self.rot is None else x @ self.rot.to(x)
+
+    def _setup_hermite(self, data, moments, dtype, device):
+        self._T = _hermite_product_tensor(self.K).to(dtype=dtype, device=device)
+        m = hermite_moments(self._z(data), self.K) if moments is None else moments.to(dtype=dtype, device=device)
+        q = torch.arange(m.shape[-1], dtype=dtype, device=device)
+        self.moments = m / (1 + self.shrinkage * q)
 
     def _setup_fourier(self, data, moments, dtype, device):
         K, d = self.K, self.manifold.dim
@@ -364,6 +384,23 @@ def _flat_score(oism: SpectralOISM, x: Tensor, tau: Tensor) -> Tensor:
     return oism.score(x.reshape(x.shape[0], -1), tau).reshape(x.shape)
 
 
+def _noised_with_oism_eps(
+    oism: SpectralOISM, process, x0: Tensor, generator: torch.Generator | None = None, t: Tensor | None = None,
+    t_eps: float = 1e-3,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`(x_t, t, eps, -sigma_t s_OISM(x_t, tau))`: `t` uniform on `[t_eps, 1]` unless given,
+    `x_t = alpha_t x0 + sigma_t eps`, OU time `tau = -log alpha_t`; the OISM term carries no gradient."""
+    if t is None:
+        t = t_eps + (1 - t_eps) * rng.rand((x0.shape[0],), generator, device=x0.device, dtype=torch.float64)
+    a, s = _vp_coeffs(process, t, x0)
+    eps = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+    xt = a * x0 + s * eps
+    tau = -torch.log(a.reshape(-1).to(torch.float64))
+    with torch.no_grad():
+        base = -s * _flat_score(oism, xt, tau)
+    return xt, t, eps, base
+
+
 def oism_residual_loss(
     net: Callable,
     oism: SpectralOISM,
@@ -379,38 +416,15 @@ def oism_residual_loss(
     ``x_t = alpha_t x0 + sigma_t eps``; the OISM score (Hermite basis, OU time ``tau = -log alpha_t``) is
     held fixed. Loss ``mean |eps_hat - eps|^2``, the plain DDPM loss with an OISM starting point.
     """
-    B = x0.shape[0]
-    if t is None:
-        t = t_eps + (1 - t_eps) * rng.rand((B,), generator, device=x0.device, dtype=torch.float64)
-    a, s = _vp_coeffs(process, t, x0)
-    eps = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-    xt = a * x0 + s * eps
-    tau = -torch.log(a.reshape(-1).to(torch.float64))
-    with torch.no_grad():
-        base = -s * _flat_score(oism, xt, tau)
+    xt, t, eps, base = _noised_with_oism_eps(oism, process, x0, generator, t, t_eps)
     return ((base + net(xt, t.to(x0.dtype)) - eps) ** 2).mean()
 
 
-def oism_pretrain_loss(
-    net: Callable,
-    oism: SpectralOISM,
-    process,
-    x0: Tensor,
-    generator: torch.Generator | None = None,
-    t: Tensor | None = None,
-    t_eps: float = 1e-3,
-) -> Tensor:
+def oism_pretrain_loss(net: Callable, oism: SpectralOISM, process, x0: Tensor, **draw: Any) -> Tensor:
     """Pre-training regression of an eps-network onto the OISM score (section 3.3c):
-    ``mean |net(x_t, t) - (-sigma_t s_OISM(x_t, tau))|^2`` over ``x_t ~ rho_t``; switch to DSM after."""
-    B = x0.shape[0]
-    if t is None:
-        t = t_eps + (1 - t_eps) * rng.rand((B,), generator, device=x0.device, dtype=torch.float64)
-    a, s = _vp_coeffs(process, t, x0)
-    eps = rng.randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-    xt = a * x0 + s * eps
-    tau = -torch.log(a.reshape(-1).to(torch.float64))
-    with torch.no_grad():
-        target = -s * _flat_score(oism, xt, tau)
+    ``mean |net(x_t, t) - (-sigma_t s_OISM(x_t, tau))|^2`` over ``x_t ~ rho_t``; switch to DSM after.
+    ``draw``: ``generator``, ``t``, ``t_eps``, as in ``oism_residual_loss``."""
+    xt, t, _, target = _noised_with_oism_eps(oism, process, x0, **draw)
     return ((net(xt, t.to(x0.dtype)) - target) ** 2).mean()
 
 

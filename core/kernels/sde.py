@@ -20,7 +20,6 @@ with ``g^2 = 2``; on a manifold the increment is projected to ``T_x M`` and the 
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 
@@ -28,7 +27,11 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.manifolds import Euclidean, Manifold
+from sciffusion.core.chain import ChainStep, run_chain
+from sciffusion.core.grids import time_grid
+from sciffusion.core.kernels.manifolds import Euclidean, Manifold
+from sciffusion.core.probability_flow import divergence as divergence_of
+from sciffusion.core.probability_flow import flow_log_likelihood
 
 ScoreFn = Callable[[Tensor, float], Tensor]
 _DRIFTS = ("heat", "ou")
@@ -166,19 +169,23 @@ class GeneralSDE:
 
 
 # ====================================================================================================
-def reverse_time_grid(t_max: float, t_min: float, steps: int, spacing: str = "log") -> list[float]:
-    """Decreasing grid from ``t_max`` to ``t_min`` in ``steps`` steps; ``"log"`` is geometric (fine near ``t_min``)."""
-    if not (t_max > t_min > 0):
-        raise ValueError(f"reverse_time_grid: need t_max > t_min > 0, got t_max={t_max}, t_min={t_min}")
-    if steps < 1:
-        raise ValueError(f"reverse_time_grid: steps must be >= 1, got {steps}")
-    if spacing == "log":
-        g = torch.logspace(math.log10(t_max), math.log10(t_min), steps + 1, dtype=torch.float64)
-    elif spacing == "linear":
-        g = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
-    else:
-        raise ValueError(f"reverse_time_grid: spacing must be 'log' or 'linear', got {spacing!r}")
-    return g.tolist()
+def _reverse_step(
+    score: ScoreFn, manifold: Manifold, times: list[float], method: str, drift: str, generator: torch.Generator | None
+) -> ChainStep:
+    """The step `t_i -> t_{i+1}` of the reverse SDE (Euler-Maruyama) or the PF-ODE (Euler), projected and retracted."""
+
+    def step(x: Tensor, i: int, state: None) -> tuple[Tensor, None]:
+        t = times[i]
+        dt = t - times[i + 1]
+        s = score(x, t)
+        f = -x if drift == "ou" else 0.0
+        if method == "sde":
+            inc = (2 * s - f) * dt + math.sqrt(2 * dt) * _randn_like(x, generator)
+        else:
+            inc = (s - f) * dt
+        return manifold.retract(x, manifold.project_tangent(x, inc)), None
+
+    return step
 
 
 def reverse_sample(
@@ -191,8 +198,9 @@ def reverse_sample(
     method: str = "sde",
     drift: str = "heat",
     generator: torch.Generator | None = None,
-    spacing: str = "log",
+    grid: str = "geometric",
     return_path: bool = False,
+    progress: bool = False,
 ) -> Tensor:
     """Integrate the reverse SDE or the probability-flow ODE from ``t_max`` down to ``t_min``.
 
@@ -200,42 +208,22 @@ def reverse_sample(
     ``drift="ou"`` (``f = -x``): SDE ``(x + 2 s) dt + sqrt(2 dt) z``, ODE ``(x + s) dt``.
     Each increment is projected onto ``T_x M`` and retracted. The last step evaluates the score at
     the last grid time above ``t_min``; the noise of that step is kept (``rho_{t_min}`` is the target).
+    ``grid``: ``"geometric"`` (fine near ``t_min``) or ``"uniform"``, see ``sciffusion.core.grids.time_grid``;
+    the loop is ``sciffusion.core.chain.run_chain`` (a non-finite value raises after it, naming the step).
+    Returns ``x`` at ``t_min``, or with ``return_path`` the path ``(steps + 1, B, D)``.
     """
     if method not in _METHODS:
         raise ValueError(f"reverse_sample: method must be one of {_METHODS}, got {method!r}")
     if drift not in _DRIFTS:
         raise ValueError(f"reverse_sample: drift must be one of {_DRIFTS}, got {drift!r}")
-    grid = reverse_time_grid(t_max, t_min, steps, spacing)
-    x, path = x_init, [x_init]
-    for t, t_next in itertools.pairwise(grid):
-        dt = t - t_next
-        s = score(x, t)
-        if not torch.isfinite(s).all():
-            raise FloatingPointError(f"reverse_sample: non-finite score at t={t:.4g}")
-        f = -x if drift == "ou" else 0.0
-        if method == "sde":
-            inc = (2 * s - f) * dt + math.sqrt(2 * dt) * _randn_like(x, generator)
-        else:
-            inc = (s - f) * dt
-        x = manifold.retract(x, manifold.project_tangent(x, inc))
-        if return_path:
-            path.append(x)
+    times = time_grid(None, steps, grid, t_max=t_max, t_min=t_min).tolist()
+    path = [x_init]
+    x = run_chain(
+        _reverse_step(score, manifold, times, method, drift, generator), x_init, times,
+        label=f"reverse sampling ({method})", hint="check the score near that time", progress=progress,
+        callback=(lambda info: path.append(info["x"])) if return_path else None,
+    )
     return torch.stack(path) if return_path else x
-
-
-def _autograd_divergence(score: ScoreFn) -> Callable[[Tensor, float], Tensor]:
-    """Exact divergence ``sum_j d s_j / d x_j`` by ``D`` backward passes (flat coordinates, small ``D``)."""
-
-    def div(x: Tensor, t: float) -> Tensor:
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            s = score(xr, t)
-            return sum(
-                torch.autograd.grad(s[:, j].sum(), xr, retain_graph=j < x.shape[1] - 1)[0][:, j]
-                for j in range(x.shape[1])
-            )
-
-    return div
 
 
 def pf_ode_log_likelihood(
@@ -253,35 +241,31 @@ def pf_ode_log_likelihood(
     Heat (compact flat ``M``): ``dx/dt = -s``, ``d/dt log rho_t(x_t) = div s``, so
     ``log rho_{t_min}(x) = -log vol(M) - int div s dt`` with ``rho_{t_max}`` taken uniform.
     OU: ``dx/dt = -x - s``, ``log rho_{t_min}(x) = log N(x_T; 0, I) - int (d + div s) dt``.
-    Heun steps on a geometric grid; ``divergence`` defaults to exact autograd (flat coordinates).
+    Heun steps on a geometric grid, by the integrator the Gaussian engine uses
+    (``sciffusion.core.probability_flow.flow_log_likelihood``); ``divergence`` defaults to the exact autograd
+    divergence (flat coordinates).
     """
     if drift not in _DRIFTS:
         raise ValueError(f"pf_ode_log_likelihood: drift must be one of {_DRIFTS}, got {drift!r}")
-    if drift == "heat" and manifold.dim != manifold.ambient_dim:
-        if divergence is None:
-            raise ValueError("pf_ode_log_likelihood: pass divergence= on a curved manifold")
-    div = divergence or _autograd_divergence(score)
-    grid = reverse_time_grid(t_max, t_min, steps)[::-1]
+    if drift == "heat" and manifold.dim != manifold.ambient_dim and divergence is None:
+        raise ValueError("pf_ode_log_likelihood: pass divergence= on a curved manifold")
     d = x.shape[1]
 
     def field(y: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        s = score(y, t).detach()
-        dv = div(y, t).detach()
-        if drift == "ou":
-            return -y - s, d + dv
-        return -s, dv
+        if divergence is None:
+            s, dv = divergence_of(lambda z: score(z, t), y)
+        else:
+            s, dv = score(y, t).detach(), divergence(y, t).detach()
+        return (-y - s, -(d + dv)) if drift == "ou" else (-s, -dv)
 
-    y = x.detach()
-    acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for t0, t1 in itertools.pairwise(grid):
-        h = t1 - t0
-        v0, g0 = field(y, t0)
-        y1 = manifold.retract(y, manifold.project_tangent(y, h * v0))
-        v1, g1 = field(y1, t1)
-        y = manifold.retract(y, manifold.project_tangent(y, 0.5 * h * (v0 + v1)))
-        acc = acc + 0.5 * h * (g0 + g1)
-    if drift == "ou":
-        prior = -0.5 * (y * y).sum(-1) - 0.5 * d * math.log(2 * math.pi)
-    else:
-        prior = torch.full_like(acc, -manifold.log_volume)
-    return prior - acc
+    def log_prior(y: Tensor) -> Tensor:
+        if drift == "ou":
+            return -0.5 * (y * y).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+        return torch.full((y.shape[0],), -manifold.log_volume, dtype=y.dtype, device=y.device)
+
+    times = time_grid(None, steps, "geometric", t_max=t_max, t_min=t_min).flip(0).tolist()
+
+    def move(y: Tensor, v: Tensor) -> Tensor:
+        return manifold.retract(y, manifold.project_tangent(y, v))
+
+    return flow_log_likelihood(field, x, times, log_prior, method="heun", move=move)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.elbo import ELBOTerms, elbo, vdm_elbo
-from sciffusion.core.process import DiffusionProcess, expand
+from sciffusion.core.diffusion.elbo import ELBOTerms, elbo, vdm_elbo
+from sciffusion.core.diffusion.process import DiffusionProcess, expand
 
 __all__ = ["WEIGHTINGS", "ELBOTerms", "denoising_loss", "elbo", "loss_weight", "vdm_elbo"]
 

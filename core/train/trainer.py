@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sciffusion.core.checkpoint import (
+from sciffusion.core.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     atomic_write_text,
@@ -47,8 +47,8 @@ from sciffusion.core.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from sciffusion.core.data import BatchStream, init_distributed, seed_everything, to_device
-from sciffusion.core.ema import EMA, decay_from_half_life
+from sciffusion.core.train.data import BatchStream, init_distributed, seed_everything, to_device
+from sciffusion.core.train.ema import EMA, decay_from_half_life
 
 __all__ = [
     "CheckpointError",

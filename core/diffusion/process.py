@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.schedules import Schedule, get_schedule
+from sciffusion.core.diffusion.schedules import Schedule, get_schedule
 
 __all__ = ["PREDICTIONS", "DiffusionProcess", "expand", "x0_and_eps"]
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.process import DiffusionProcess
+from sciffusion.core.diffusion.process import DiffusionProcess
 
 __all__ = ["GaussianMixture"]
 

@@ -14,6 +14,10 @@ carries is explicit (the previous `x0_hat` of the multistep solver). With `x_t =
     | `dpmpp_2m` | DPM-Solver++(2M) in `lambda'` (Lu et al. 2022) | 2 |
     | `unipc`, `unipc_3`, `unipc_bh1` | UniPC (Zhao et al. 2023): multistep predictor in `lambda'` on data predictions, corrected with the next evaluation; order 2 (3) with `B(h) = e^{-h} - 1` (`bh1`: `-h`) | 3 (4) |
 
+`step_intervals` (the coefficients of every step), `make_denoiser` (the model as `denoise(x, t) -> Prediction`,
+with guidance) and `ancestral_mean` are public: other samplers over the same grid use them (e.g.
+`sciffusion.core.diffusion.inpainting.smc_inpaint`).
+
 `heun` takes a first-order step wherever `sigma~` falls by more than `HEUN_MAX_RATIO` (4) in one step (the
 first step of a uniform grid on a clipped cosine schedule, where `sigma~` drops from 2e4), and on the
 last step to `sigma = 0`.
@@ -29,13 +33,25 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from sciffusion.core.chain import ChainStep, run_chain
+from sciffusion.core.diffusion.process import DiffusionProcess, x0_and_eps
+from sciffusion.core.diffusion.schedules import Schedule
 from sciffusion.core.grids import LOG_SNR_RANGE, time_grid
-from sciffusion.core.process import DiffusionProcess, x0_and_eps
-from sciffusion.core.schedules import Schedule
 
-__all__ = ["SAMPLERS", "Interval", "available_samplers", "default_t_max", "register_sampler", "sample"]
+__all__ = [
+    "SAMPLERS",
+    "Interval",
+    "Prediction",
+    "ancestral_mean",
+    "available_samplers",
+    "default_t_max",
+    "make_denoiser",
+    "noise_source",
+    "register_sampler",
+    "sample",
+    "step_intervals",
+]
 
 HEUN_MAX_RATIO = 4.0
 PRIOR_MEAN_MIN_SIGMA_TILDE = 20.0  # default starts at least this noisy get the prior's mean alpha E[x_0]
@@ -96,8 +112,16 @@ class Interval:
     eta: float = 0.0
     count: int = 0  # number of steps in the whole grid (for lower-order final steps)
 
+    @property
+    def ancestral_std(self) -> float:
+        """Standard deviation of `q(x_s | x_t, x_0)`: `sigma_{t|s} sigma_s / sigma_t`."""
+        return math.sqrt(self.var_ts) * self.sigma_s / self.sigma_t
 
-def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interval]:
+
+def step_intervals(process: DiffusionProcess, ts: Tensor, eta: float = 0.0) -> list[Interval]:
+    """The `Interval` of every step `ts[i] -> ts[i + 1]` of a decreasing float64 grid `ts` (e.g. from
+    `sciffusion.core.grids.time_grid`): `alpha`, `sigma` at both ends, the transition `alpha_{t|s}`,
+    `sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2` and `lambda' = log(alpha / sigma)`, evaluated once on the host."""
     t, s = ts[:-1], ts[1:]
     alpha, sigma = process.alpha(ts), process.sigma(ts)
     a_ts, var_ts = process.transition(s, t)
@@ -117,14 +141,18 @@ def _intervals(process: DiffusionProcess, ts: Tensor, eta: float) -> list[Interv
 
 
 # ----- the steps -------------------------------------------------------------------------------
+def ancestral_mean(x: Tensor, eps: Tensor, iv: Interval) -> Tensor:
+    """Mean of `q(x_s | x_t, x0_hat)` in terms of the noise prediction:
+    `(x_t - sigma_{t|s}^2 / sigma_t eps_hat) / alpha_{t|s}` (Ho et al. 2020, eq. 11)."""
+    return x.add(eps, alpha=-iv.var_ts / iv.sigma_t).mul_(1.0 / iv.alpha_ts)
+
+
 def ddpm_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
     """Ancestral step: a draw from `q(x_s | x_t, x0_hat)`."""
     pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
         return pred.x0, state
-    std = math.sqrt(iv.var_ts) * iv.sigma_s / iv.sigma_t
-    mean = x.add(pred.eps, alpha=-iv.var_ts / iv.sigma_t).mul_(1.0 / iv.alpha_ts)
-    return mean.add_(noise(), alpha=std), state
+    return ancestral_mean(x, pred.eps, iv).add_(noise(), alpha=iv.ancestral_std), state
 
 
 def ddpm_beta_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
@@ -133,8 +161,7 @@ def ddpm_beta_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise:
     pred = denoise(x, iv.t)
     if iv.sigma_s == 0.0:
         return pred.x0, state
-    mean = x.add(pred.eps, alpha=-iv.var_ts / iv.sigma_t).mul_(1.0 / iv.alpha_ts)
-    return mean.add_(noise(), alpha=math.sqrt(iv.var_ts)), state
+    return ancestral_mean(x, pred.eps, iv).add_(noise(), alpha=math.sqrt(iv.var_ts)), state
 
 
 def ddim_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: NoiseFn) -> tuple[Tensor, Any]:
@@ -302,7 +329,7 @@ def _model_device(model: Callable) -> torch.device | None:
     return None
 
 
-def _make_denoise(
+def make_denoiser(
     model: Callable,
     process: DiffusionProcess,
     cond: Any,
@@ -431,7 +458,30 @@ def sample(
     - `guidance=w` with `cond` and `null_cond`: classifier-free guidance.
     - No host-device synchronisation inside the loop: a non-finite value is recorded on the device and
       raised after the loop, naming the first bad step.
+
+    Steps: `_check_arguments`, `step_intervals`, `_start_point`, `make_denoiser`, `_resampled_step` in `run_chain`.
     """
+    spec = _check_arguments(method, eta, resample, known, mask)
+    device = _sampling_device(model, device, x_init)
+    ts = _sampling_grid(process, spec, steps, grid, default_t_max(process) if t_max is None else t_max, t_min)
+    intervals = step_intervals(process, ts, eta)
+    noise = noise_source(shape, generator, device, dtype)
+    impose = _constraint(shape, known, mask, project, noise, device, dtype)
+    first = intervals[0]
+    x = impose(_start_point(first, shape, noise, x_init, device, dtype), first.alpha_t, first.sigma_t)
+    denoise = make_denoiser(model, process, cond, guidance, null_cond, _grid_coefficients(intervals))
+    if x_init is None and known is None and first.sigma_t > PRIOR_MEAN_MIN_SIGMA_TILDE * first.alpha_t:
+        x, denoise = _shift_to_prior_mean(denoise, x, first)
+    return run_chain(
+        _resampled_step(spec.step, denoise, intervals, noise, impose, resample), x, ts.tolist(),
+        label=f"sampling ({method})", hint="check the model output and the schedule near that time",
+        progress=progress, callback=callback,
+    )
+
+
+# ----- the steps of `sample` ---------------------------------------------------------------------
+def _check_arguments(method: str, eta: float, resample: int, known: Tensor | None, mask: Tensor | None) -> SamplerSpec:
+    """The registered sampler `method`, after checking the options that depend on it."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; known samplers: {', '.join(available_samplers())}")
     if eta != 0.0 and method != "ddim":
@@ -440,32 +490,61 @@ def sample(
         raise ValueError(f"resample must be >= 1, got {resample}")
     if (known is None) != (mask is None):
         raise ValueError("inpainting needs both known= and mask=")
-    spec = SAMPLERS[method]
-    if t_max is None:
-        t_max = default_t_max(process)
-    device = torch.device(device) if device is not None else (
-        _model_device(model) or (x_init.device if x_init is not None else torch.device("cpu"))
-    )
-    if isinstance(grid, Tensor):
-        ts = grid.detach().to("cpu", torch.float64)
-        if ts.ndim != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()) or ts[0] > 1 or ts[-1] < 0:
-            raise ValueError(f"an explicit grid must be a strictly decreasing 1-D tensor of times in [0, 1], got {ts.tolist()}")
-    else:
-        ts = time_grid(process.schedule, steps, grid or spec.grid, t_max=t_max, t_min=t_min)
-    intervals = _intervals(process, ts, eta)
+    return SAMPLERS[method]
 
+
+def _sampling_device(model: Callable, device: torch.device | str | None, x_init: Tensor | None) -> torch.device:
+    """`device`, else the device of the model's parameters, else `x_init`'s, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return _model_device(model) or (x_init.device if x_init is not None else torch.device("cpu"))
+
+
+def _sampling_grid(
+    process: DiffusionProcess, spec: SamplerSpec, steps: int, grid: str | Tensor | None, t_max: float, t_min: float
+) -> Tensor:
+    """An explicit grid (checked: strictly decreasing times in [0, 1]) or the named one (default: the sampler's)."""
+    if not isinstance(grid, Tensor):
+        return time_grid(process.schedule, steps, grid or spec.grid, t_max=t_max, t_min=t_min)
+    ts = grid.detach().to("cpu", torch.float64)
+    if ts.ndim != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()) or ts[0] > 1 or ts[-1] < 0:
+        raise ValueError(f"an explicit grid must be a strictly decreasing 1-D tensor of times in [0, 1], got {ts.tolist()}")
+    return ts
+
+
+def noise_source(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> NoiseFn:
+    """`noise()`: a standard normal draw of `shape`, made on the generator's device and moved to `device`."""
     gen_device = generator.device if generator is not None else device
 
     def noise() -> Tensor:
         return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
+    return noise
+
+
+def _start_point(
+    first: Interval, shape: tuple[int, ...], noise: NoiseFn, x_init: Tensor | None, device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """`x_init` (checked against `shape`), else a draw of `N(0, (alpha^2 + sigma^2) I)` at the first time."""
     if x_init is None:
-        a0, s0 = intervals[0].alpha_t, intervals[0].sigma_t
-        x = math.sqrt(a0 * a0 + s0 * s0) * noise()
-    else:
-        if tuple(x_init.shape) != tuple(shape):
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
-        x = x_init.to(device=device, dtype=dtype)
+        return math.sqrt(first.alpha_t**2 + first.sigma_t**2) * noise()
+    if tuple(x_init.shape) != tuple(shape):
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
+    return x_init.to(device=device, dtype=dtype)
+
+
+Impose = Callable[[Tensor, float, float], Tensor]
+
+
+def _constraint(
+    shape: tuple[int, ...], known: Tensor | None, mask: Tensor | None, project: Callable[[Tensor], Tensor] | None,
+    noise: NoiseFn, device: torch.device, dtype: torch.dtype,
+) -> Impose:
+    """`impose(x, alpha, sigma)`: the known values as a draw of `q(x_t | x_0 = known)` where `mask` is 1
+    (replacement inpainting), then `project`; the identity when neither is given."""
     if known is not None:
         if tuple(known.shape) != tuple(shape) or tuple(mask.shape) != tuple(shape):
             raise ValueError(
@@ -474,37 +553,35 @@ def sample(
         known = known.to(device=device, dtype=dtype)
         mask = mask.to(device=device, dtype=dtype)
 
-    def impose(x_s: Tensor, alpha: float, sigma: float) -> Tensor:
+    def impose(x: Tensor, alpha: float, sigma: float) -> Tensor:
         if known is not None:
             noisy_known = alpha * known + (sigma * noise() if sigma > 0 else 0.0)
-            x_s = mask * noisy_known + (1 - mask) * x_s
-        return project(x_s) if project is not None else x_s
+            x = mask * noisy_known + (1 - mask) * x
+        return project(x) if project is not None else x
 
-    x = impose(x, intervals[0].alpha_t, intervals[0].sigma_t)
+    return impose
+
+
+def _grid_coefficients(intervals: list[Interval]) -> dict[float, tuple[float, float]]:
+    """`(alpha, sigma)` at every time of the grid, as the intervals already hold them (no schedule calls in the loop)."""
     coefficients = {iv.t: (iv.alpha_t, iv.sigma_t) for iv in intervals}
     coefficients.update({iv.s: (iv.alpha_s, iv.sigma_s) for iv in intervals})
-    denoise = _make_denoise(model, process, cond, guidance, null_cond, coefficients)
-    first = intervals[0]
-    if x_init is None and known is None and first.sigma_t > PRIOR_MEAN_MIN_SIGMA_TILDE * first.alpha_t:
-        x, denoise = _shift_to_prior_mean(denoise, x, first)
-    sums = []  # one reduction per step; NaN and inf propagate through a sum, and nothing waits on the host
-    state = None
-    for iv in tqdm(intervals, desc=f"sampling ({method})", disable=not progress, leave=False):
+    return coefficients
+
+
+def _resampled_step(
+    step_fn: StepFn, denoise: Denoise, intervals: list[Interval], noise: NoiseFn, impose: Impose, resample: int
+) -> ChainStep:
+    """The chain's step `i`: the sampler's step, the constraint imposed at `s`, and with `resample > 1` the
+    RePaint loop (re-noise by `q(x_t | x_s)`, impose at `t`, step again; Lugmayr et al. 2022)."""
+
+    def step(x: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+        iv = intervals[i]
         for r in range(resample):
-            x_s, new_state = spec.step(denoise, x, iv, state, noise)
+            x_s, new_state = step_fn(denoise, x, iv, state, noise)
             x_s = impose(x_s, iv.alpha_s, iv.sigma_s)
             if r + 1 < resample and iv.sigma_s > 0:
                 x = impose(iv.alpha_ts * x_s + math.sqrt(iv.var_ts) * noise(), iv.alpha_t, iv.sigma_t)
-        state, x = new_state, x_s
-        sums.append(x.sum())
-        if callback is not None:
-            callback({"step": iv.index, "t": iv.t, "s": iv.s, "x": x})
-    bad_steps = (~torch.isfinite(torch.stack(sums))).nonzero()
-    if len(bad_steps):
-        bad_step = int(bad_steps[0, 0])
-        iv = intervals[bad_step]
-        raise FloatingPointError(
-            f"non-finite values appeared in sampling ({method}) at step {bad_step} of {len(intervals)} "
-            f"(t = {iv.t:.4g} -> {iv.s:.4g}); check the model output and the schedule near that time"
-        )
-    return x
+        return x_s, new_state
+
+    return step

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from sciffusion.core import rng
-from sciffusion.core.manifolds import Euclidean, Manifold, Torus
-from sciffusion.core.sde import reverse_sample
+from sciffusion.core.kernels.manifolds import Euclidean, Manifold, Torus
+from sciffusion.core.kernels.sde import reverse_sample
 
 _FORMS = ("kernel", "spectral")
 _PROCESSES = ("ou", "bm")
@@ -38,6 +38,18 @@ _ELEMENT_BUDGET = 1 << 22  # elements of one (B x chunk) working tensor
 _MAX_SPECTRAL = 20000
 _FOURIER_T = 0.05  # torus (d <= 2): from this t on, evaluate h_t by its Fourier series (|k| <= 27)
 _FOURIER_K = 27  # e^{-27^2 * 0.05} = e^{-36}  # eigenfunctions the spectral form may use without an explicit max_degree
+
+
+def _check_options(data: Tensor, process: str, form: str) -> None:
+    """`data` is an `(n >= 2, D)` tensor and `process`, `form` are known names."""
+    if not isinstance(data, Tensor):
+        raise TypeError(f"KernelSmoothingScore: data must be a torch.Tensor, got {type(data).__name__}")
+    if data.dim() != 2 or data.shape[0] < 2:
+        raise ValueError(f"KernelSmoothingScore: data must have shape (n >= 2, D), got {tuple(data.shape)}")
+    if process not in _PROCESSES:
+        raise ValueError(f"KernelSmoothingScore: process must be one of {_PROCESSES}, got {process!r}")
+    if form not in _FORMS:
+        raise ValueError(f"KernelSmoothingScore: form must be one of {_FORMS}, got {form!r}")
 
 
 class KernelSmoothingScore:
@@ -71,16 +83,9 @@ class KernelSmoothingScore:
         chunk_size: int | None = None,
         atol: float = 1e-5,
     ):
-        if not isinstance(data, Tensor):
-            raise TypeError(f"KernelSmoothingScore: data must be a torch.Tensor, got {type(data).__name__}")
-        if data.dim() != 2 or data.shape[0] < 2:
-            raise ValueError(f"KernelSmoothingScore: data must have shape (n >= 2, D), got {tuple(data.shape)}")
+        _check_options(data, process, form)
         self.manifold = manifold if manifold is not None else Euclidean(data.shape[-1])
         self.manifold.check(data, name="KernelSmoothingScore data", atol=atol)
-        if process not in _PROCESSES:
-            raise ValueError(f"KernelSmoothingScore: process must be one of {_PROCESSES}, got {process!r}")
-        if form not in _FORMS:
-            raise ValueError(f"KernelSmoothingScore: form must be one of {_FORMS}, got {form!r}")
         if form == "spectral" and isinstance(self.manifold, Euclidean):
             raise ValueError("KernelSmoothingScore: form='spectral' needs a compact manifold (torus or sphere)")
         self.ou = isinstance(self.manifold, Euclidean) and process == "ou"
@@ -95,10 +100,20 @@ class KernelSmoothingScore:
             K = _FOURIER_K
             if form == "spectral" and isinstance(bandwidth, (int, float)) and bandwidth > 0:
                 K = max(K, max_degree or math.ceil(6.0 / math.sqrt(bandwidth)))
-            self._kk = torch.arange(-K, K + 1, dtype=data.dtype, device=data.device)
-            self._charfn = self._char_function(self._kk)
+            self._set_fourier_degree(K)
         self.atol = atol
         self.bandwidth_curve: tuple[Tensor, Tensor] | None = None
+        self.bandwidth = self._choose_bandwidth(bandwidth)
+        if form == "spectral":
+            self._setup_spectral(max_degree)
+
+    def _set_fourier_degree(self, K: int) -> None:
+        """The characteristic function of the data at the frequencies `|k|_inf <= K` (torus, `d <= 2`)."""
+        self._kk = torch.arange(-K, K + 1, dtype=self.data.dtype, device=self.data.device)
+        self._charfn = self._char_function(self._kk)
+
+    def _choose_bandwidth(self, bandwidth: float | str) -> float:
+        """A positive float as given, or `"auto"`: the leave-one-out choice of `select_bandwidth` (its curve is kept)."""
         if isinstance(bandwidth, str):
             if bandwidth != "auto":
                 raise ValueError(f"KernelSmoothingScore: bandwidth must be a positive float or 'auto', got {bandwidth!r}")
@@ -108,27 +123,28 @@ class KernelSmoothingScore:
         bandwidth = float(bandwidth)
         if not bandwidth > 0 or not math.isfinite(bandwidth):
             raise ValueError(f"KernelSmoothingScore: bandwidth must be positive, got {bandwidth}")
-        self.bandwidth = bandwidth
-        if form == "spectral" and self._charfn is not None:
-            deg = max_degree or math.ceil(6.0 / math.sqrt(bandwidth))
+        return bandwidth
+
+    def _setup_spectral(self, max_degree: int | None) -> None:
+        """The spectral form: the Fourier table on a flat torus, else the manifold's eigenbasis and data means,
+        truncated at `ceil(6 / sqrt(bandwidth))` unless `max_degree` is given."""
+        deg = max_degree or math.ceil(6.0 / math.sqrt(self.bandwidth))
+        if self._charfn is not None:
             if deg > (len(self._kk) - 1) // 2:  # bandwidth was chosen by "auto": rebuild at this degree
-                self._kk = torch.arange(-deg, deg + 1, dtype=data.dtype, device=data.device)
-                self._charfn = self._char_function(self._kk)
+                self._set_fourier_degree(deg)
             self._spec_K = deg
-        elif form == "spectral":
-            deg = max_degree or math.ceil(6.0 / math.sqrt(bandwidth))
-            m = self.manifold
-            n_fun = (2 * deg + 1) ** m.dim - 1 if isinstance(m, Torus) else (deg + 1) ** 2 - 1
-            if n_fun > _MAX_SPECTRAL and max_degree is None:
-                raise ValueError(
-                    f"KernelSmoothingScore: form='spectral' at bandwidth {bandwidth:.3g} needs degree {deg} "
-                    f"({n_fun} eigenfunctions > {_MAX_SPECTRAL}); use form='kernel', a larger bandwidth, "
-                    "or set max_degree"
-                )
-            self.basis = self.manifold.eigenbasis(deg)
-            lam = self.basis.eigenvalues.to(data)
-            self._lam = lam
-            self._mhat = self._data_means(self.basis.values)
+            return
+        m = self.manifold
+        n_fun = (2 * deg + 1) ** m.dim - 1 if isinstance(m, Torus) else (deg + 1) ** 2 - 1
+        if n_fun > _MAX_SPECTRAL and max_degree is None:
+            raise ValueError(
+                f"KernelSmoothingScore: form='spectral' at bandwidth {self.bandwidth:.3g} needs degree {deg} "
+                f"({n_fun} eigenfunctions > {_MAX_SPECTRAL}); use form='kernel', a larger bandwidth, "
+                "or set max_degree"
+            )
+        self.basis = self.manifold.eigenbasis(deg)
+        self._lam = self.basis.eigenvalues.to(self.data)
+        self._mhat = self._data_means(self.basis.values)
 
     def __repr__(self) -> str:
         kind = "DKS-OU" if self.ou else ("DKS-BM" if isinstance(self.manifold, Euclidean) else "RDKS")
