@@ -3,7 +3,7 @@
     python docs/tutorials/toy2d_periodic.py --out DIR [--fast]
 
 The three toys (2spirals, 8gaussians, pinwheel) are mapped into the box ``[0, 2 pi)^2`` by
-``recipes.kernel_smoothing.to_box`` and diffused by Brownian motion on the torus (the paper's
+``sciffusion.core.kernel_toys.to_box`` and diffused by Brownian motion on the torus (the paper's
 "truncated BM"). For each dataset we fit
 
 * OISM(H): spectral OISM with a rich Fourier basis (``|k|_inf <= 12``, 624 eigenfunctions), no training;
@@ -27,21 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from recipes.kernel_smoothing import DATASETS, coverage_scores, from_box, to_box, toy_data  # noqa: E402
-from sciffusion.core.kernels import KernelSmoothingScore  # noqa: E402
-from sciffusion.core.manifolds import Torus  # noqa: E402
-from sciffusion.core.oism import SpectralOISM  # noqa: E402
-from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample  # noqa: E402
+from sciffusion.core.kernel_toys import DATASETS, coverage_scores, from_box, to_box, toy_data
+from sciffusion.core.kernels import KernelSmoothingScore
+from sciffusion.core.manifolds import Torus
+from sciffusion.core.oism import SpectralOISM
+from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample
 
 PUBLISHED = {  # held-out log-likelihood, Shen & Oates (rebuttal table); higher is better
     "2spirals": {"OISM(H)": -2.262, "OISM(L)": -3.150, "OISM(L)+NN": -2.337, "NN (pre-trained)": -2.289, "NN-only": -2.375},
