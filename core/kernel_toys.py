@@ -43,20 +43,8 @@ from sciffusion.core.oism import SpectralOISM
 from sciffusion.core.sample_quality import density_coverage, precision_recall
 from sciffusion.core.sde import pf_ode_log_likelihood, reverse_sample
 
-__all__ = [
-    "BOX_SCALE",
-    "DATASETS",
-    "METHODS",
-    "KernelSmoothingConfig",
-    "box_to_data_ll",
-    "coverage_scores",
-    "from_box",
-    "main",
-    "mmd2",
-    "run",
-    "to_box",
-    "toy_data",
-]
+__all__ = ["BOX_SCALE", "DATASETS", "METHODS", "KernelSmoothingConfig", "box_to_data_ll", "coverage_scores",
+           "from_box", "main", "mmd2", "run", "to_box", "toy_data"]
 
 DATASETS = ("2spirals", "8gaussians", "pinwheel")
 METHODS = ("rdks", "rdks-spectral", "oism", "dks")

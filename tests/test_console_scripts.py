@@ -1,5 +1,5 @@
 """The console scripts of `[project.scripts]` are installed beside the interpreter and run from
-any folder: `--help` works and bad input is one line with exit status 2."""
+any folder (bad input: one line, exit status 2); their `--help` names the script."""
 
 from __future__ import annotations
 
@@ -25,14 +25,23 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_script_help_and_bad_input_from_any_folder(name, tmp_path):
+def test_installed_script_refuses_bad_input_from_any_folder(name, tmp_path):
     script = BIN / name
     assert script.is_file(), f"{script} is missing: reinstall the package (pip install -e .)"
-    r = _run([str(script), "--help"], tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"usage: {name} ")
     bad, message = SCRIPTS[name]
     r = _run([str(script), *bad, "--out", str(tmp_path / "out")], tmp_path)
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines()[-1].startswith(message) and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_help_names_the_script(name, capsys):
+    """`NAME --help` in-process, through the entry point that `[project.scripts]` names."""
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == name]
+    assert entry.value.startswith("sciffusion.")
+    with pytest.raises(SystemExit) as exc:
+        entry.load()(["--help"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith(f"usage: {name} ")
