@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from sciffusion.core.atomic import atomic_write_bytes, atomic_write_text
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -232,13 +234,10 @@ def fmt_bytes(b: float) -> str:
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write through a temporary file in the same folder and `os.replace` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(data, bytes):
-        tmp.write_bytes(data)
+        atomic_write_bytes(path, data)
     else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+        atomic_write_text(path, data)
 
 
 def report(

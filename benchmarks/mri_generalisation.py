@@ -137,15 +137,10 @@ def scale_table(rows: list[dict]) -> tuple[str, dict]:
 
 
 def mni_slab(model, samples: int, steps: int) -> dict:
-    """The MNI152 held-out slab (never trained on), same settings: `pipeline.evaluate_reference`."""
-    from sciffusion.plugins.mri.data import heldout_crop, mni_volume
-    from sciffusion.plugins.mri.degrade import crop_to_multiple
-    from sciffusion.plugins.mri.pipeline import evaluate_reference
+    """The MNI152 held-out slab (never trained on), same settings: `pipeline.evaluate_demo`."""
+    from sciffusion.plugins.mri.pipeline import evaluate_demo
 
-    ref = mni_volume(1)
-    crop, region = heldout_crop(crop_to_multiple(ref.data, model.config.scale).shape)
-    run = evaluate_reference(ref, model, samples=samples, steps=steps, crop=crop, eval_region=region)
-    return run.metrics["methods"]
+    return evaluate_demo(model, samples=samples, steps=steps).metrics["methods"]
 
 
 def load_inputs(args):

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from benchmarks import _common as C
 from sciffusion.core import DiffusionProcess, GaussianMixture, get_schedule, sample
+from sciffusion.core.atomic import atomic_write
 
 NFES = (5, 10, 20, 50, 100, 1000)
 CORE = ("default", "ddpm", "ddim", "euler_maruyama", "heun", "dpmpp_2m", "unipc", "heun_uniform",
@@ -481,9 +482,7 @@ def plot(all_results: list[tuple[Config, Judge, dict]], path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=8, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.08 if rows > 1 else 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    atomic_write(path, fig.savefig)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -94,3 +94,10 @@ def test_readme_recipe_runs_from_the_repository_root_with_the_installed_package(
     _run([str(fresh_env), "-m", "recipes.kernel_smoothing", "--dataset", "pinwheel", "--method", "rdks",
           "--n-train", "200", "--n-test", "100", "--n-samples", "64", "--quiet", "--out", str(out)], ROOT)
     assert (out / "metrics.json").exists()
+
+
+def test_console_script_of_a_regular_install_runs_from_any_folder(fresh_env, tmp_path):
+    out = tmp_path / "kernel"
+    _run([str(fresh_env.parent / "sciffusion-kernel-smoothing"), "--dataset", "8gaussians", "--n-train", "200",
+          "--n-test", "100", "--n-samples", "64", "--steps", "10", "--quiet", "--out", str(out)], tmp_path)
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "8gaussians"

@@ -5,9 +5,9 @@ A checkpoint is two files in the run folder:
     ckpt_00001000.pt     torch.save of a dict of tensors and plain Python values
     ckpt_00001000.json   manifest: step, byte size, sha256 of the .pt, the TrainConfig
 
-Both are written to a temporary file in the same folder, flushed to disk and renamed
-over the final name with `os.replace`, so a crash leaves either the old file or the
-new one, never half of one. Loading uses `torch.load(weights_only=True)`: a checkpoint
+Both are written with `sciffusion.core.atomic.atomic_write` (a temporary file in the same
+folder, flushed to disk and renamed over the final name with `os.replace`), so a crash leaves
+either the old file or the new one, never half of one. Loading uses `torch.load(weights_only=True)`: a checkpoint
 is data and can never run code. The manifest's hash catches truncated or bit-flipped
 files with an error that names the file.
 """
@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import pickle
 import random
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sciffusion.core.atomic import atomic_write, atomic_write_text
 
 FORMAT = "sciffusion.trainer"
 VERSION = 1
@@ -45,8 +47,12 @@ REQUIRED_KEYS = (
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt or not a trainer checkpoint."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file is missing, truncated, corrupt, or of another kind.
+
+    Also a `ValueError`: to a program it is bad input, and command lines that turn bad input into
+    one line and exit status 2 catch it with the rest.
+    """
 
 
 class CheckpointMismatchError(ValueError):
@@ -54,38 +60,60 @@ class CheckpointMismatchError(ValueError):
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a folder be opened
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save(obj, path)` through a temporary file and `os.replace`."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    """`torch.save(obj, path)` through `sciffusion.core.atomic.atomic_write`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`."""
-    _atomic_write(Path(path), lambda f: f.write(text), mode="w")
+# ----------------------------------------------------------------------------- safe reads
+def _load_error(err: BaseException) -> str:
+    """What is wrong with a file `torch.load(weights_only=True)` refused, in a few words.
+
+    torch's own message suggests loading with `weights_only=False`; that runs arbitrary code
+    from the file, so it is never passed on.
+    """
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        reason = detail[0].split(" was not an allowed global")[0].strip() if detail else ""
+        if "weights_only" in reason:
+            reason = ""
+        if reason.startswith("Unsupported global"):
+            return (
+                f"holds Python objects that a safe (weights-only) load refuses ({reason}); "
+                "it is not a file this code wrote"
+            )
+        return "is not a torch file of tensors" + (f" (the safe reader stops at: {reason})" if reason else "")
+    if isinstance(err, EOFError) or "central directory" in text or "zip archive" in text:
+        return "is truncated or corrupt (not a complete torch file)"
+    first = next((ln for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
+    return f"is not a readable torch file ({type(err).__name__}{': ' + first[:120] if first else ''})"
+
+
+def read_torch_file(
+    path: str | Path, what: str = "checkpoint", map_location: Any = "cpu"
+) -> Any:
+    """`torch.load(path, weights_only=True)` with every failure as one `CheckpointError` line.
+
+    The message names `what` and the file and says what is wrong: missing, empty, truncated,
+    not a torch file, or holding Python objects (a pickle that could run code). Loaders of every
+    checkpoint kind read through this and then check the kind of what they got.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes)")
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{what} {path} is truncated or corrupt (an incomplete zip archive)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip, unpickling and EOF errors: all mean "not a file we can read"
+        raise CheckpointError(f"{what} {path} {_load_error(err)}") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -175,12 +203,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt: its sha256 differs from the one in manifest {man.name}"
             )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip, unpickling and EOF errors all mean the same thing here
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated and cannot be read: {err}"
-        ) from err
+    obj = read_torch_file(path, "checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a sciffusion trainer checkpoint (no format tag {FORMAT!r})"

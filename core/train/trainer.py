@@ -33,10 +33,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from sciffusion.core.atomic import atomic_write, atomic_write_text
+from sciffusion.core.config import JsonConfig
 from sciffusion.core.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
-    atomic_write_text,
     capture_rng,
     check_config,
     check_state_dict,
@@ -75,7 +76,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything that decides a training run; saved as JSON beside every checkpoint.
 
     `batch_size` is per process and micro-batch: under `torchrun --nproc_per_node=W` a step sees
@@ -167,23 +168,6 @@ class TrainConfig:
                 1.0 + math.cos(math.pi * progress)
             )
         return 1.0 - (1.0 - self.min_lr_ratio) * progress
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "dict") -> TrainConfig:
-        """Build from `to_dict` output; unknown fields are an error that names them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields in {source}: {unknown}")
-        return cls(**d)
-
-    def to_json(self, path: str | Path) -> None:
-        """Write the config as JSON, atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
@@ -628,7 +612,5 @@ class Trainer:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = Path(path) if path is not None else self.out_dir / "loss.png"
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
         return out

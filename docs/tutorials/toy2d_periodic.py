@@ -6,7 +6,7 @@ A program: run it in full with ``python docs/tutorials/toy2d_periodic.py --out D
 (add ``--fast`` for the small version shown on this page).
 
 The three toys (2spirals, 8gaussians, pinwheel) are mapped into the box ``[0, 2 pi)^2`` by
-``recipes.kernel_smoothing.to_box`` and diffused by Brownian motion on the torus (the paper's
+``sciffusion.core.kernel_toys.to_box`` and diffused by Brownian motion on the torus (the paper's
 "truncated BM"). For each dataset we fit
 
 * OISM(H): spectral OISM with a rich Fourier basis (``|k|_inf <= 12``, 624 eigenfunctions), no training;
@@ -35,14 +35,11 @@ from pathlib import Path
 
 import torch
 
-from recipes.kernel_smoothing import DATASETS, coverage_scores, from_box, to_box, toy_data
-from sciffusion.core.kernels import (
-    KernelSmoothingScore,
-    SpectralOISM,
-    Torus,
-    pf_ode_log_likelihood,
-    reverse_sample,
-)
+from sciffusion.core.kernel_toys import DATASETS, coverage_scores, from_box, to_box, toy_data
+from sciffusion.core.kernels import KernelSmoothingScore
+from sciffusion.core.kernels.manifolds import Torus
+from sciffusion.core.kernels.oism import SpectralOISM
+from sciffusion.core.kernels.sde import pf_ode_log_likelihood, reverse_sample
 
 PUBLISHED = {  # held-out log-likelihood, Shen & Oates (rebuttal table); higher is better
     "2spirals": {"OISM(H)": -2.262, "OISM(L)": -3.150, "OISM(L)+NN": -2.337, "NN (pre-trained)": -2.289, "NN-only": -2.375},

@@ -15,12 +15,13 @@ perceives aromatic rings that a distance table cannot.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from sciffusion.core.atomic import atomic_write
 
 # Reference bond lengths in pm (symmetric; only one triangle listed).
 _SINGLE = {
@@ -170,17 +171,17 @@ def write_sdf(mols: Sequence, path: str | Path, props: Sequence[dict] | None = N
     from rdkit import Chem
 
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    writer = Chem.SDWriter(str(tmp))
-    for k, mol in enumerate(mols):
-        if mol is None:
-            continue
-        for key, value in (props[k] if props else {}).items():
-            mol.SetProp(key, str(value))
-        writer.write(mol)
-    writer.close()
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        writer = Chem.SDWriter(str(tmp))
+        for k, mol in enumerate(mols):
+            if mol is None:
+                continue
+            for key, value in (props[k] if props else {}).items():
+                mol.SetProp(key, str(value))
+            writer.write(mol)
+        writer.close()
+
+    return atomic_write(path, write)
 
 
 def write_grid(mols: Sequence, path: str | Path, per_row: int = 6, max_mols: int = 36,
@@ -203,7 +204,4 @@ def write_grid(mols: Sequence, path: str | Path, per_row: int = 6, max_mols: int
     if not picks:
         picks, labels = [Chem.MolFromSmiles("")], ["no valid molecule"]
     img = Draw.MolsToGridImage(picks, molsPerRow=per_row, subImgSize=(220, 220), legends=labels)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.png")
-    img.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: img.save(str(tmp)))

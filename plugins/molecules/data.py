@@ -17,13 +17,16 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
+
+from sciffusion.core.train.checkpoint import CheckpointError, atomic_torch_save, read_torch_file
 
 ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
 CACHE_VERSION = 1
@@ -129,13 +132,13 @@ def load_qm9_arrays(cache: bool = True) -> dict:
     """
     path = _cache_path()
     if cache and path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            return read_torch_file(path, "QM9 cache")
+        except CheckpointError as err:
+            warnings.warn(f"{err}; parsing the CSV files again", stacklevel=2)
     arrays = _parse_qm9()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(arrays, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(arrays, path)
     return arrays
 
 
@@ -269,7 +272,8 @@ def read_smiles(path: str | Path, elements: Sequence[str] = ELEMENTS, max_atoms:
         n += 1
         smi = text.split()[0].split(",")[0]
         where = f"{path}:{lineno} ({smi!r})"
-        try:
+
+        def embed(smi: str = smi, where: str = where) -> Data:
             mol = Chem.MolFromSmiles(smi)
             if mol is None:
                 raise MolInputError(f"{where}: RDKit cannot parse this SMILES")
@@ -280,12 +284,20 @@ def read_smiles(path: str | Path, elements: Sequence[str] = ELEMENTS, max_atoms:
                 raise MolInputError(f"{where}: ETKDG could not embed a 3-D conformer")
             if AllChem.MMFFHasAllMoleculeParams(mol):
                 AllChem.MMFFOptimizeMolecule(mol)
-            report.data.append(from_rdkit(mol, elements, max_atoms, where))
-        except MolInputError as err:
-            if strict:
-                raise
-            report.errors.append(str(err))
+            return from_rdkit(mol, elements, max_atoms, where)
+
+        _add_record(report, strict, embed)
     return _finish(report, path, strict, n)
+
+
+def _add_record(report: LoadReport, strict: bool, read: Callable[[], Data]) -> None:
+    """Append `read()` to `report`; a `MolInputError` is recorded instead (raised when `strict`)."""
+    try:
+        report.data.append(read())
+    except MolInputError as err:
+        if strict:
+            raise
+        report.errors.append(str(err))
 
 
 def read_sdf(path: str | Path, elements: Sequence[str] = ELEMENTS, max_atoms: int | None = None,
@@ -301,16 +313,15 @@ def read_sdf(path: str | Path, elements: Sequence[str] = ELEMENTS, max_atoms: in
     for i, mol in enumerate(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True), 1):
         n += 1
         where = f"{path}: record {i}"
-        try:
+
+        def convert(mol=mol, where: str = where) -> Data:
             if mol is None:
                 raise MolInputError(f"{where}: RDKit cannot read this record")
             if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
                 where += f" ({mol.GetProp('_Name').strip()})"
-            report.data.append(from_rdkit(mol, elements, max_atoms, where))
-        except MolInputError as err:
-            if strict:
-                raise
-            report.errors.append(str(err))
+            return from_rdkit(mol, elements, max_atoms, where)
+
+        _add_record(report, strict, convert)
     return _finish(report, path, strict, n)
 
 

@@ -18,21 +18,17 @@ min(SNR + 1, cap), i.e. the v-loss weighting capped at low noise).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from sciffusion.core import rng
+from sciffusion.core.config import JsonConfig
 from sciffusion.core.diffusion.categorical import CategoricalProcess
 from sciffusion.core.diffusion.process import DiffusionProcess
 from sciffusion.core.diffusion.samplers import sample as core_sample
-from sciffusion.core.diffusion.schedules import (
-    Schedule,
-    available_schedules,
-    get_schedule,
-    register_schedule,
-)
+from sciffusion.core.diffusion.schedules import Schedule, get_schedule
 
 from .geometry import centered_noise, fully_connected_edges, graph_sizes, remove_mean
 from .model import EGNN, EGNNConfig
@@ -51,12 +47,20 @@ def edm_polynomial_schedule(power: float = 2.0, precision: float = 1e-5) -> Sche
     return Schedule("edm_polynomial", log_snr, (("power", power), ("precision", precision)))
 
 
-if "edm_polynomial" not in available_schedules():
-    register_schedule("edm_polynomial", edm_polynomial_schedule)
+SCHEDULES = {"edm_polynomial": edm_polynomial_schedule}  # this plugin's own, beside core's registry
+
+
+def molecule_schedule(name: str) -> Schedule:
+    """A schedule by name: this plugin's `SCHEDULES` first, then core's registry (`get_schedule`).
+
+    The plugin's schedules are looked up here rather than registered in core, so importing the
+    plugin leaves core's registry as it was.
+    """
+    return SCHEDULES[name]() if name in SCHEDULES else get_schedule(name)
 
 
 @dataclass(frozen=True)
-class MolDiffusionConfig:
+class MolDiffusionConfig(JsonConfig):
     """Everything needed to rebuild a model from its checkpoint (saved as JSON beside it)."""
 
     elements: tuple[str, ...] = ("H", "C", "N", "O", "F")
@@ -75,18 +79,6 @@ class MolDiffusionConfig:
         if self.type_mode not in ("continuous", "categorical"):
             raise ValueError(f"type_mode must be 'continuous' or 'categorical', got {self.type_mode!r}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["elements"] = list(self.elements)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MolDiffusionConfig:
-        d = dict(d)
-        d["elements"] = tuple(d["elements"])
-        d["egnn"] = EGNNConfig(**d["egnn"])
-        return cls(**d)
-
     @property
     def n_types(self) -> int:
         return len(self.elements)
@@ -104,7 +96,7 @@ class MolDiffusion(torch.nn.Module):
         self.cfg = cfg
         k = cfg.n_types
         self.net = EGNN(cfg.egnn, n_in=k + 1, n_out=k + 1)
-        self.process = DiffusionProcess(get_schedule(cfg.schedule), prediction=cfg.prediction)
+        self.process = DiffusionProcess(molecule_schedule(cfg.schedule), prediction=cfg.prediction)
         self.register_buffer("size_hist", torch.ones(cfg.max_atoms + 1))
         self.register_buffer("type_marginal", torch.full((k,), 1.0 / k))
 

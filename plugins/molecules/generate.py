@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sciffusion.core.train.checkpoint import atomic_write_text
+from sciffusion.core.atomic import atomic_write_text
 
 from .build import mol_to_smiles, split_batch, to_rdkit, write_grid, write_sdf
 from .diffusion import MolDiffusion
@@ -28,8 +28,20 @@ EDM_PUBLISHED = {"atom_stability": 0.987, "molecule_stability": 0.820, "validity
                  "valid_and_unique": 0.907}
 
 
+class SamplingRate:
+    """`throughput` of a generated set that has `mols` (one entry per molecule) and `seconds`."""
+
+    mols: list
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        """Molecules per second of sampling (network and sampler only)."""
+        return len(self.mols) / max(self.seconds, 1e-9)
+
+
 @dataclass
-class Generation:
+class Generation(SamplingRate):
     """Generated molecules: per molecule (symbols, positions, charges), RDKit Mols (None if the
     EDM-bond molecule does not sanitise), per-molecule records, metrics and timing."""
 
@@ -39,11 +51,6 @@ class Generation:
     metrics: MolMetrics
     seconds: float
     extra: dict = field(default_factory=dict)
-
-    @property
-    def throughput(self) -> float:
-        """Molecules per second of sampling (network and sampler only)."""
-        return len(self.molecules) / max(self.seconds, 1e-9)
 
 
 def shipped_checkpoint_info(path: str | Path = DEFAULT_CHECKPOINT) -> dict:
@@ -96,18 +103,21 @@ def write_outputs(gen: Generation, out_dir: str | Path, config: dict, table: str
                       "connected": int(rec["connected"]), "smiles": rec["smiles"]})
     files = {"sdf": write_sdf(mols, out / "molecules.sdf", props)}
     lines = [f"{mol_to_smiles(m)} mol_{k}" for k, m in enumerate(gen.mols) if m is not None]
-    files["smiles"] = out / "smiles.txt"
-    atomic_write_text(files["smiles"], "\n".join(lines) + ("\n" if lines else ""))
-    files["grid"] = write_grid(gen.mols, out / "grid.png")
     metrics = {"sciffusion": gen.metrics.to_dict(), "sampling_seconds": gen.seconds,
                "molecules_per_second": gen.throughput, **gen.extra}
-    files["metrics"] = out / "metrics.json"
-    atomic_write_text(files["metrics"], json.dumps(metrics, indent=2))
-    files["config"] = out / "config.json"
-    atomic_write_text(files["config"], json.dumps(config, indent=2))
+    return write_run_files(out, files, lines, gen.mols, metrics, config, table)
+
+
+def write_run_files(out: Path, files: dict[str, Path], smiles_lines: list[str], mols: list, metrics: dict,
+                    config: dict, table: str | None = None) -> dict[str, Path]:
+    """Beside the SDF already in `files`: smiles.txt, grid.png, metrics.json, config.json and
+    table.md (when `table`), each written atomically; returns `files` with their paths added."""
+    files["smiles"] = atomic_write_text(out / "smiles.txt", "".join(s + "\n" for s in smiles_lines))
+    files["grid"] = write_grid(mols, out / "grid.png")
+    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    files["config"] = atomic_write_text(out / "config.json", json.dumps(config, indent=2))
     if table:
-        files["table"] = out / "table.md"
-        atomic_write_text(files["table"], table + "\n")
+        files["table"] = atomic_write_text(out / "table.md", table + "\n")
     return files
 
 

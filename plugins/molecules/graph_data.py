@@ -17,6 +17,7 @@ edge types (B, N, N), node mask (B, N), with N = max_atoms (9 for QM9).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_dense_adj, to_dense_batch
+
+from sciffusion.core.train.checkpoint import CheckpointError, atomic_torch_save, read_torch_file
 
 from .data import MolInputError, load_qm9_arrays, split_indices
 
@@ -183,13 +186,14 @@ def load_qm9_graphs(cache: bool = True, limit: int | None = None) -> tuple[list[
     """
     path = _graph_cache()
     if cache and limit is None and path.exists():
-        blob = torch.load(path, weights_only=True)
-        return unpack_graphs(blob), SkipReport(blob["skip_counts"], blob["skip_examples"])
+        try:
+            blob = read_torch_file(path, "QM9 graph cache")
+            return unpack_graphs(blob), SkipReport(blob["skip_counts"], blob["skip_examples"])
+        except (CheckpointError, KeyError) as err:
+            warnings.warn(f"{path}: unusable cache ({err}); parsing QM9 again", stacklevel=2)
     smiles = load_qm9_arrays()["smiles"] if limit is None else _first_qm9_smiles(limit)
     data, report = smiles_to_data(smiles, properties=QM9_PROPERTIES, source="qm9")
     if cache and limit is None:
-        from sciffusion.core.train.checkpoint import atomic_torch_save
-
         atomic_torch_save({**pack_graphs(data), "skip_counts": report.counts, "skip_examples": report.examples}, path)
     return data, report
 

@@ -21,16 +21,17 @@ then takes any number of reverse steps x_s ~ sum p(x_s | x_t) with the D3PM x0-p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sciffusion.core.config import JsonConfig
 from sciffusion.core.diffusion.categorical import CategoricalProcess, JointCategoricalProcess
 from sciffusion.core.diffusion.schedules import get_schedule
-from sciffusion.core.train.checkpoint import atomic_torch_save
+from sciffusion.core.train.checkpoint import CheckpointError, atomic_torch_save, read_torch_file
 
 from .data import MolInputError
 from .graph_data import ATOM_TYPES, BOND_ORDER, BOND_TYPES, PROPERTIES, DenseGraphs, to_dense
@@ -46,7 +47,7 @@ MODEL_KIND = "graph"
 
 
 @dataclass
-class GraphDiffusionConfig:
+class GraphDiffusionConfig(JsonConfig):
     """Vocabulary, process and network of a graph diffusion model (saved with its weights)."""
 
     atom_types: tuple[str, ...] = ATOM_TYPES
@@ -67,16 +68,6 @@ class GraphDiffusionConfig:
         unknown = [p for p in self.properties if p not in PROPERTIES]
         if unknown:
             raise ValueError(f"unknown properties {unknown}; known: {sorted(PROPERTIES)}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["atom_types"], d["bond_types"], d["properties"] = (list(self.atom_types), list(self.bond_types),
-                                                             list(self.properties))
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GraphDiffusionConfig:
-        return cls(**d)
 
 
 class GraphDiffusion(nn.Module):
@@ -280,13 +271,13 @@ def load_graph_model(path: str | Path, device: str | torch.device = "cpu") -> Gr
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    blob = torch.load(path, map_location=device, weights_only=True)
+    blob = read_torch_file(path, "graph checkpoint", map_location=device)
     if isinstance(blob, dict) and "ema" in blob and (path.parent / "graph_config.json").exists():
         blob = {"kind": MODEL_KIND, "config": json.loads((path.parent / "graph_config.json").read_text()),
                 "state": blob["ema"]}
     if not isinstance(blob, dict) or blob.get("kind") != MODEL_KIND:
-        raise MolInputError(f"{path} is not a graph-diffusion checkpoint (an EGNN model? use --model egnn)")
-    model = GraphDiffusion(GraphDiffusionConfig.from_dict(blob["config"]))
+        raise CheckpointError(f"{path} is not a graph-diffusion checkpoint (an EGNN model? use --model egnn)")
+    model = GraphDiffusion(GraphDiffusionConfig.from_dict(blob["config"], source=f"{path} config"))
     model.load_state_dict(blob["state"])
     return model.to(device).eval()
 
@@ -302,7 +293,7 @@ def train_graph(model: GraphDiffusion, data: Sequence, cfg, resume: bool = True,
     train_smiles.txt and, at the end, model.pt (EMA weights) to cfg.out_dir; returns the EMA model."""
     import json
 
-    from sciffusion.core.train.checkpoint import atomic_write_text
+    from sciffusion.core.atomic import atomic_write_text
     from sciffusion.core.train.trainer import Trainer
 
     from .graph_data import collate_graphs

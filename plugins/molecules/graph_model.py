@@ -32,17 +32,19 @@ checked against brute-force enumeration in the tests). A graph's count is sum_i 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from sciffusion.core.config import JsonConfig
 
 N_NODE_FEATURES = 5   # degree, valence, c3, c4, c5 per node
 N_GRAPH_FEATURES = 3  # c3, c4, c5 per graph
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(JsonConfig):
     """Sizes of the graph transformer."""
 
     layers: int = 5
@@ -54,8 +56,12 @@ class TransformerConfig:
     ff_e: int = 64
     ff_y: int = 128
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @classmethod
+    def scaled(cls, hidden: int, edge_hidden: int, layers: int) -> TransformerConfig:
+        """Widths from one node width `d_x` and edge width `d_e`: heads = max(1, d_x // 16) (16
+        channels each), feed-forward widths 2 d_x and 2 d_e, graph width 64 (feed-forward 128)."""
+        return cls(layers=layers, dx=hidden, de=edge_hidden, dy=64, heads=max(1, hidden // 16),
+                   ff_x=2 * hidden, ff_e=2 * edge_hidden, ff_y=128)
 
 
 def cycle_counts(A: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sciffusion.core.train.checkpoint import atomic_write_text
+from sciffusion.core.atomic import atomic_write
 
-from .build import canonical_smiles, write_grid
+from .build import canonical_smiles
 from .data import MolInputError, check_molecule_file, split_indices
+from .generate import SamplingRate, write_run_files
 from .graph_data import (
     PROPERTIES,
     SkipReport,
@@ -83,7 +83,7 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
 
 # ----------------------------------------------------------------------------- generation
 @dataclass
-class GraphGeneration:
+class GraphGeneration(SamplingRate):
     """Generated graphs: per molecule (atom types, bonds), the sanitised RDKit Mol (None if
     RDKit rejects the graph), its canonical SMILES, the sampling time and the metrics."""
 
@@ -93,11 +93,6 @@ class GraphGeneration:
     seconds: float
     metrics: dict
     extra: dict = dc_field(default_factory=dict)
-
-    @property
-    def throughput(self) -> float:
-        """Molecules per second of sampling (network and sampler only)."""
-        return len(self.graphs) / max(self.seconds, 1e-9)
 
 
 def sample_graphs(model: GraphDiffusion, n: int, steps: int = 100, seed: int = 0, size: int | None = None,
@@ -229,39 +224,29 @@ def write_graph_outputs(gen: GraphGeneration, out_dir: str | Path, config: dict,
                       "smiles": gen.smiles[k] or ""})
     files = {"sdf": _write_sdf_any(mols, out / "molecules.sdf", props)}
     lines = [f"{s} mol_{k}" for k, s in enumerate(gen.smiles) if s is not None]
-    files["smiles"] = out / "smiles.txt"
-    atomic_write_text(files["smiles"], "\n".join(lines) + ("\n" if lines else ""))
-    files["grid"] = write_grid(gen.mols, out / "grid.png")
     metrics = {"sciffusion": gen.metrics, "sampling_seconds": gen.seconds,
                "molecules_per_second": gen.throughput, "conformers_3d": n_3d}
     if "distribution" in gen.extra:
         metrics["distribution"] = gen.extra["distribution"]
-    files["metrics"] = out / "metrics.json"
-    atomic_write_text(files["metrics"], json.dumps(metrics, indent=2))
-    files["config"] = out / "config.json"
-    atomic_write_text(files["config"], json.dumps(config, indent=2))
-    if table:
-        files["table"] = out / "table.md"
-        atomic_write_text(files["table"], table + "\n")
-    return files
+    return write_run_files(out, files, lines, gen.mols, metrics, config, table)
 
 
 def _write_sdf_any(mols: Sequence, path: Path, props: Sequence[dict]) -> Path:
     """Like build.write_sdf, but writes unsanitised molecules too (no kekulisation or H perception)."""
     from rdkit import Chem
 
-    tmp = path.with_name(path.name + ".tmp")
-    writer = Chem.SDWriter(str(tmp))
-    writer.SetKekulize(False)
-    for mol, pr in zip(mols, props):
-        for key, value in pr.items():
-            mol.SetProp(key, str(value))
-        if not mol.GetNumConformers():
-            mol.UpdatePropertyCache(strict=False)
-        writer.write(mol)
-    writer.close()
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        writer = Chem.SDWriter(str(tmp))
+        writer.SetKekulize(False)
+        for mol, pr in zip(mols, props):
+            for key, value in pr.items():
+                mol.SetProp(key, str(value))
+            if not mol.GetNumConformers():
+                mol.UpdatePropertyCache(strict=False)
+            writer.write(mol)
+        writer.close()
+
+    return atomic_write(path, write)
 
 
 def format_graph_table(rows: dict[str, dict | None]) -> str:

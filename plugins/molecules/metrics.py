@@ -15,15 +15,17 @@ For a set of N generated molecules (element symbols and 3-D positions):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+
+from sciffusion.core.config import JsonConfig
 
 from .build import VALENCE, bond_matrix, canonical_smiles, mol_to_smiles, to_rdkit
 
 
 @dataclass
-class MolMetrics:
+class MolMetrics(JsonConfig):
     """Metric values in [0, 1] (n_* are counts)."""
 
     n_molecules: int
@@ -35,9 +37,6 @@ class MolMetrics:
     uniqueness: float
     valid_and_unique: float
     novelty: float | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def atom_stable(symbols: Sequence[str], pos) -> np.ndarray:

@@ -14,17 +14,19 @@ translations of x commute with every layer; h only sees distances, so it is inva
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
+from sciffusion.core.config import JsonConfig
+
 from .geometry import fully_connected_edges, remove_mean
 
 
 @dataclass(frozen=True)
-class EGNNConfig:
+class EGNNConfig(JsonConfig):
     """Architecture and data layout of the denoiser (saved with every checkpoint)."""
 
     n_types: int = 5            # element one-hot width
@@ -32,9 +34,6 @@ class EGNNConfig:
     layers: int = 6
     norm: float = 10.0          # Z, the aggregation normaliser
     coords_range: float = 15.0  # r, bounds one coordinate update
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch
 
-from sciffusion.core.train.checkpoint import atomic_torch_save, atomic_write_text
+from sciffusion.core.atomic import atomic_write_text
+from sciffusion.core.train.checkpoint import CheckpointError, atomic_torch_save, read_torch_file
 from sciffusion.core.train.trainer import TrainConfig, Trainer
 
 from .data import PackedMolecules
@@ -33,14 +34,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> MolDiffu
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    blob = torch.load(path, map_location=device, weights_only=True)
+    blob = read_torch_file(path, "molecules checkpoint", map_location=device)
     if isinstance(blob, dict) and blob.get("kind") == "graph":
-        raise ValueError(f"{path} is a graph-diffusion checkpoint, not an EGNN model: use --model graph")
+        raise CheckpointError(f"{path} is a graph-diffusion checkpoint, not an EGNN model: use --model graph")
     if not isinstance(blob, dict) or "config" not in blob or "state" not in blob:
-        raise ValueError(f"{path} is not a molecules checkpoint (expected keys 'config' and 'state')")
-    model = MolDiffusion(MolDiffusionConfig.from_dict(blob["config"]))
+        raise CheckpointError(f"{path} is not a molecules checkpoint (expected keys 'config' and 'state')")
+    model = MolDiffusion(MolDiffusionConfig.from_dict(blob["config"], source=f"{path} config"))
     model.load_state_dict(blob["state"])
     return model.to(device).eval()
+
+
+def train_config(steps: int, batch_size: int, lr: float, out_dir: str | Path, seed: int = 0,
+                 device: str | None = None) -> TrainConfig:
+    """The EGNN's training rules of thumb as a `TrainConfig` for `steps` optimiser steps.
+
+    Warm-up min(200, steps / 10) steps, cosine decay to lr / 10, EMA half-life max(10, steps / 20)
+    steps (the averaging window grows with the run), a checkpoint every 250 steps.
+    """
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(200, steps // 10),
+                       min_lr_ratio=0.1, ema_half_life=max(10.0, steps / 20), checkpoint_every=250,
+                       seed=seed, out_dir=str(out_dir), device=device)
 
 
 def fit_statistics(model: MolDiffusion, data: PackedMolecules) -> None:

@@ -19,11 +19,12 @@ is cropped away after interpolation, so patch edges see real context.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sciffusion.core.config import JsonConfig
 from sciffusion.plugins.mri.degrade import (
     PROFILES,
     SliceProfile,
@@ -34,7 +35,7 @@ from sciffusion.plugins.mri.degrade import (
 
 
 @dataclass(frozen=True)
-class BlindFamily:
+class BlindFamily(JsonConfig):
     """The distribution of degradations (defaults: the family the retrained checkpoints use)."""
 
     profile_probs: tuple[float, float, float] = (0.4, 0.3, 0.3)  # gaussian, box, box_gaussian
@@ -54,10 +55,6 @@ class BlindFamily:
     zoom: float = 0.1
     p_elastic: float = 0.1
     p_synth: float = 0.0  # probability of a synthetic image (needs tissue maps)
-
-    def to_dict(self) -> dict:
-        """Plain-JSON form (for checkpoints and model cards)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

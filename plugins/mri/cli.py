@@ -1,6 +1,7 @@
-"""What `python -m recipes.mri_superres` does, given its parsed arguments (`run(args)`).
+"""The MRI super-resolution command line: `main(argv)` parses it, `run(args)` does it.
 
-The recipe only parses the command line; every decision lives here: the scale (`--scale`, or
+Installed as `sciffusion-mri-superres`; `python -m recipes.mri_superres` from a checkout calls the
+same `main`. Every decision lives here: the scale (`--scale`, or
 `--target-spacing` from the header's voxel sizes), the checkpoint that serves it (the shipped one,
 possibly through an axis permutation), training, and the single-scan, reference, demo and cohort modes.
 Bad input raises `VolumeError`/`ValueError`/`FileNotFoundError`, which `run` turns into one line on
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sciffusion.core.devices import DEVICE_HELP, resolve_device
 from sciffusion.plugins.mri.io import Volume, VolumeError
 
 INTEGER_TOLERANCE = 0.02  # relative distance of a spacing ratio from an integer that still counts as one
@@ -120,16 +122,33 @@ def table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def single(args: argparse.Namespace, say=print) -> int:
-    """One scan (`--input`), one reference (`--reference`) or the MNI152 demo."""
-    from sciffusion.plugins.mri.data import heldout_crop, mni_volume
-    from sciffusion.plugins.mri.degrade import crop_to_multiple, parse_scale
-    from sciffusion.plugins.mri.io import load_volume
+def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: tuple[int, int, int], say):
+    """The `Run` of one scan (`--input`), one reference (`--reference`) or the MNI152 demo."""
     from sciffusion.plugins.mri.pipeline import (
+        evaluate_demo,
         evaluate_reference,
         super_resolve_volume,
-        write_outputs,
     )
+
+    common = {"samples": args.samples, "steps": args.steps, "method": args.sampler, "seed": args.seed,
+              "estimate": args.estimate, "device": args.device, "progress": not args.quiet, "scale": scale,
+              "adapt": args.adapt}
+    if args.input:
+        say(f"input {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm -> scale {scale}")
+        return super_resolve_volume(vol, model, **common)
+    if args.reference:
+        say(f"reference {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm, scale {scale}")
+        return evaluate_reference(vol, model, **common)
+    run = evaluate_demo(model, **common)
+    say(f"demo: {run.settings['demo']}, scale {scale}")
+    return run
+
+
+def single(args: argparse.Namespace, say=print) -> int:
+    """One scan (`--input`), one reference (`--reference`) or the MNI152 demo."""
+    from sciffusion.plugins.mri.degrade import parse_scale
+    from sciffusion.plugins.mri.io import load_volume
+    from sciffusion.plugins.mri.pipeline import write_outputs
 
     t0 = time.time()
     out = Path(args.out)
@@ -140,21 +159,7 @@ def single(args: argparse.Namespace, say=print) -> int:
     if args.train:
         args.checkpoint = str(train(args, scale, out, say))
     model, ckpt = load_model_for(scale, args.checkpoint)
-    common = {"samples": args.samples, "steps": args.steps, "method": args.sampler, "seed": args.seed,
-              "estimate": args.estimate, "device": args.device, "progress": not args.quiet, "scale": scale,
-              "adapt": args.adapt}
-    if args.input:
-        say(f"input {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm -> scale {scale}")
-        run = super_resolve_volume(vol, model, **common)
-    elif args.reference:
-        say(f"reference {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm, scale {scale}")
-        run = evaluate_reference(vol, model, **common)
-    else:
-        ref = mni_volume(1)
-        crop, region = heldout_crop(crop_to_multiple(ref.data, scale).shape)
-        say(f"demo: {ref.path}, held-out slab y index {crop[1].start + 8}..{crop[1].stop - 8}, scale {scale}")
-        run = evaluate_reference(ref, model, crop=crop, eval_region=region, **common)
-        run.settings["demo"] = "MNI152 held-out slab (axis 1, [112, 160)); metrics inside it"
+    run = _super_resolve(args, vol, model, scale, say)
     files = write_outputs(run, out, {"checkpoint": str(ckpt), "argv": list(args.argv)})
     if run.metrics:
         say(table(run.metrics))
@@ -183,3 +188,84 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+
+
+USAGE = """MRI/CT super-resolution with a conditional diffusion model.
+
+    sciffusion-mri-superres                                   # demo: MNI152, held-out slab, 2x
+    sciffusion-mri-superres --input scan.nii.gz --scale 2     # your scan: sr + uncertainty map
+    sciffusion-mri-superres --reference hr.nii.gz --scale 1,1,4   # degrade, super-resolve, score
+    sciffusion-mri-superres --input thick.nii.gz --target-spacing 1          # factors from the header
+    sciffusion-mri-superres --input thick.nii.gz --scale 4,1,1 --adapt 100   # scan-specific fine-tuning
+    sciffusion-mri-superres --input-dir study/ --target-spacing 1 --out sr/  # a folder or BIDS dataset
+    sciffusion-mri-superres --train --blind --scale 2 --train-steps 2000     # blind degradations, MNI152
+
+(`python -m recipes.mri_superres ...` from a checkout is the same command.)
+Outputs in --out: sr.nii.gz, uncertainty.nii.gz, trilinear.nii.gz, lowres.nii.gz, metrics.json
+(with a reference), slices.png, config.json.
+"""
+
+
+def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentParser:
+    """The command line (see `USAGE`)."""
+    p = argparse.ArgumentParser(prog=prog, description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", help="low-resolution scan to super-resolve (NIfTI or DICOM file/folder)")
+    src.add_argument("--reference", help="high-resolution volume: degrade it, super-resolve, report metrics")
+    src.add_argument("--input-dir", help="every NIfTI in a folder (or a BIDS dataset's anat scans): one output "
+                     "folder per scan and summary.tsv; resumes; shares scans among torchrun processes")
+    p.add_argument("--volume", type=int, default=None, help="volume index of a 4-D file")
+    p.add_argument("--scale", default="2", help="2 (isotropic) or per axis such as 1,1,4 or 4,1,1 (default 2)")
+    p.add_argument("--target-spacing", type=float, default=None,
+                   help="mm: per-axis factors from the header's voxel sizes (integer ratios only)")
+    p.add_argument("--adapt", type=int, default=0,
+                   help="fine-tune on the scan's own in-plane data for N steps first (thick-slice inputs)")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one for --scale)")
+    p.add_argument("--samples", type=int, default=4, help="K samples: their std is the uncertainty map")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    p.add_argument("--sampler", default="dpmpp_2m", help="core sampler (dpmpp_2m, ddim, heun, ...)")
+    p.add_argument("--estimate", default="posterior_mean", choices=["posterior_mean", "sample_mean"],
+                   help="point estimate: the denoiser's E[y | low-res] (default) or the mean of the K samples")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="mri_superres_out", help="output folder (default ./mri_superres_out)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_training_arguments(p)
+    return p
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", action="store_true", help="train a new model (then run the demo with it)")
+    p.add_argument("--train-data", nargs="*", default=None,
+                   help="high-resolution NIfTI volumes to train on (default: the MNI152 template minus the held-out slab)")
+    p.add_argument("--train-steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4, help="training learning rate")
+    p.add_argument("--blind", action="store_true", help="train on the blind degradation family")
+    p.add_argument("--synth", type=float, default=0.0,
+                   help="with --blind: probability of a synthetic contrast from the MNI152 tissue maps")
+    p.add_argument("--init", default=None, help="start training from this checkpoint's weights")
+    p.add_argument("--train-dir", default=None, help="training run folder (checkpoints, resume; default OUT/train)")
+    p.add_argument("--export", default=None, help="where the trained EMA weights go (default OUT/train/model.pt)")
+
+
+def main(argv: list[str] | None = None, prog: str = "sciffusion-mri-superres") -> int:
+    """Parse the command line and `run` it; returns the exit status (2 with one line for bad input).
+
+    As a program it opts in to `sciffusion.core.memory.retain_freed_memory` (glibc keeps freed
+    buffers for the next sampling or training step); the library functions never change it.
+    """
+    from sciffusion.core import memory
+
+    args = build_parser(prog).parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"device: {args.device}", flush=True)
+    memory.retain_freed_memory()
+    return run(args)

@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from sciffusion.core.atomic import atomic_write_text
 from sciffusion.plugins.mri.io import NIFTI_SUFFIXES, VolumeError
 
 COLUMNS = ("scan", "status", "scale", "input_shape", "voxel_mm", "seconds", "output", "error")
@@ -61,9 +62,7 @@ def shard() -> tuple[int, int, int]:
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def is_done(out: Path) -> bool:
@@ -116,10 +115,7 @@ def write_summary(scans: list[Path], out_root: Path) -> Path:
             rec = {"scan": str(p), "status": "pending"}
         rows.append("\t".join(str(rec.get(c, "")).replace("\t", " ").replace("\n", " ") for c in COLUMNS))
     path = out_root / "summary.tsv"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(rows) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def run_cohort(args: argparse.Namespace, say=print) -> int:

@@ -167,6 +167,11 @@ def heldout_crop(shape: tuple[int, int, int], axis: int = HOLDOUT_AXIS, holdout:
     return tuple(crop), region
 
 
+def heldout_description(axis: int = HOLDOUT_AXIS, holdout: tuple[int, int] = HOLDOUT) -> str:
+    """The held-out slab in words, e.g. "held-out slab (axis 1, [112, 160))"."""
+    return f"held-out slab (axis {axis}, [{holdout[0]}, {holdout[1]}))"
+
+
 class BlindPatchDataset(Dataset):
     """Patches whose degradation is drawn per item from a `blind.BlindFamily` (see `blind.py`).
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from sciffusion.core.atomic import atomic_write
 
 
 def nearest_up(lr: np.ndarray, scale: tuple[int, int, int]) -> np.ndarray:
@@ -53,9 +54,7 @@ def slice_figure(panels: dict[str, np.ndarray], path: str | Path, centre: tuple[
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
+    finally:
+        plt.close(fig)

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import Tensor
 
-from sciffusion.core.memory import retain_freed_memory
 from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
 from sciffusion.plugins.mri.transforms import PercentileScaler
@@ -126,19 +125,9 @@ def super_resolve(
     from sciffusion.core.diffusion.schedules import get_schedule
 
     cfg = model.config
-    if method not in SAMPLERS:
-        raise ValueError(f"unknown sampler {method!r}; expected one of {', '.join(SAMPLERS)}")
-    if estimate not in ("posterior_mean", "sample_mean"):
-        raise ValueError(f"unknown estimate {estimate!r}; expected 'posterior_mean' or 'sample_mean'")
-    if samples < 1 or steps < 1:
-        raise ValueError(f"samples and steps must be >= 1, got samples={samples}, steps={steps}")
-    lr = np.asarray(lr, np.float32)
-    scaler = PercentileScaler.fit(lr, cfg.lower_percentile, cfg.upper_percentile)
-    lr_n = scaler(lr)
-    cubic = upsample(lr_n, cfg.scale, 3)
-    trilinear = upsample(lr_n, cfg.scale, 1)
+    _check_arguments(method, estimate, samples, steps)
+    scaler, cubic, trilinear = _normalise_and_interpolate(lr, cfg)
     dev = torch.device(device)
-    retain_freed_memory()  # host buffers (CPU tensors) are reused between steps even on CUDA
     model = model.to(dev).eval()
     cond = space_to_depth(torch.from_numpy(cubic)[None, None].to(dev), cfg.scale)
     cond, size = _pad_to(cond, model.multiple)
@@ -148,21 +137,40 @@ def super_resolve(
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     x0 = sample(net, process, (samples, *cond.shape[1:]), method=method, steps=steps, generator=gen,
                 cond=cond.expand(samples, *cond.shape[1:]), progress=progress, device=dev)
-    out1, x1, t1 = net.first
-    first = process.predict_x0(out1, x1, t1)
-
-    def to_hr(x: Tensor) -> np.ndarray:
-        x = x[..., : size[0], : size[1], : size[2]]
-        return cubic[None].astype(np.float64) + depth_to_space(x, cfg.scale)[:, 0].double().cpu().numpy() * cfg.residual_scale
-
-    ys = to_hr(x0)
-    width = scaler.b - scaler.a
+    first = process.predict_x0(*net.first)
+    ys, first_hr = (_refined(x[..., : size[0], : size[1], : size[2]], cubic, cfg) for x in (x0, first))
     sample_mean = scaler.inverse(ys.mean(0))
-    posterior = scaler.inverse(to_hr(first).mean(0))
-    var = ys.var(0, ddof=1) * width**2 if samples > 1 else np.zeros(ys.shape[1:])
-    if std_sigma > 0:
-        var = ndi.gaussian_filter(var, std_sigma, mode="nearest")
-    std = np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+    posterior = scaler.inverse(first_hr.mean(0))
     mean = posterior if estimate == "posterior_mean" else sample_mean
-    return SRResult(mean, std, sample_mean, posterior, scaler.inverse(cubic), scaler.inverse(trilinear),
-                    scaler.inverse(ys) if keep_samples else None)
+    return SRResult(mean, _pooled_std(ys, scaler.b - scaler.a, std_sigma), sample_mean, posterior,
+                    scaler.inverse(cubic), scaler.inverse(trilinear), scaler.inverse(ys) if keep_samples else None)
+
+
+def _normalise_and_interpolate(lr: np.ndarray, cfg) -> tuple[PercentileScaler, np.ndarray, np.ndarray]:
+    """The percentile scaler fitted on `lr`, and the normalised cubic and trilinear upsamplings."""
+    lr = np.asarray(lr, np.float32)
+    scaler = PercentileScaler.fit(lr, cfg.lower_percentile, cfg.upper_percentile)
+    lr_n = scaler(lr)
+    return scaler, upsample(lr_n, cfg.scale, 3), upsample(lr_n, cfg.scale, 1)
+
+
+def _check_arguments(method: str, estimate: str, samples: int, steps: int) -> None:
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; expected one of {', '.join(SAMPLERS)}")
+    if estimate not in ("posterior_mean", "sample_mean"):
+        raise ValueError(f"unknown estimate {estimate!r}; expected 'posterior_mean' or 'sample_mean'")
+    if samples < 1 or steps < 1:
+        raise ValueError(f"samples and steps must be >= 1, got samples={samples}, steps={steps}")
+
+
+def _refined(x: Tensor, cubic: np.ndarray, cfg) -> np.ndarray:
+    """Normalised volumes on the refined grid from residuals `x` `(K, F, x, y, z)`: `cubic + r D2S(x)`."""
+    return cubic[None].astype(np.float64) + depth_to_space(x, cfg.scale)[:, 0].double().cpu().numpy() * cfg.residual_scale
+
+
+def _pooled_std(ys: np.ndarray, width: float, sigma: float) -> np.ndarray:
+    """`sqrt(G_sigma * var_K)` of the K samples `ys` in scanner units (`width` undoes the scaler)."""
+    var = ys.var(0, ddof=1) * width**2 if len(ys) > 1 else np.zeros(ys.shape[1:])
+    if sigma > 0:
+        var = ndi.gaussian_filter(var, sigma, mode="nearest")
+    return np.sqrt(np.maximum(var, 0.0)).astype(np.float32)

@@ -22,6 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from sciffusion.core.atomic import atomic_write
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
@@ -182,13 +184,4 @@ def save_volume(
     img.set_data_dtype(np.float32)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
     img.header["descrip"] = description.encode("ascii", "replace")[:79]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out.name.lower().endswith(".gz") else ".nii"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return atomic_write(out, lambda tmp: nib.save(img, str(tmp)))

@@ -14,19 +14,22 @@ which is `F` times cheaper than running it on the refined grid, and predicts `F`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from sciffusion.core.config import JsonConfig
+from sciffusion.core.train.checkpoint import CheckpointError, atomic_torch_save, read_torch_file
+
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 FORMAT = "sciffusion-mri-sr/1"
 
 
 @dataclass(frozen=True)
-class SRConfig:
+class SRConfig(JsonConfig):
     """Everything needed to rebuild a model and its data pipeline; round-trips through JSON."""
 
     scale: tuple[int, int, int] = (2, 2, 2)
@@ -48,25 +51,6 @@ class SRConfig:
         """F = f_x f_y f_z, the number of refined voxels per low-resolution voxel."""
         return self.scale[0] * self.scale[1] * self.scale[2]
 
-    def to_dict(self) -> dict:
-        """Plain-JSON form."""
-        d = asdict(self)
-        for k in ("scale", "channels", "patch"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SRConfig:
-        """Inverse of `to_dict`; unknown keys are an error naming them."""
-        known = set(cls.__dataclass_fields__)
-        extra = set(d) - known
-        if extra:
-            raise ValueError(f"SRConfig: unknown fields {sorted(extra)}")
-        d = dict(d)
-        for k in ("scale", "channels", "patch"):
-            if k in d:
-                d[k] = tuple(int(v) for v in d[k])
-        return cls(**d)
 
 
 def space_to_depth(x: Tensor, scale: tuple[int, int, int]) -> Tensor:
@@ -115,19 +99,13 @@ class SRDenoiser(nn.Module):
 
 def save_checkpoint(model: SRDenoiser, path: str | Path, extra: dict | None = None) -> Path:
     """Write `{format, config, state_dict, extra}` atomically; loadable with `weights_only=True`."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format": FORMAT,
         "config": json.dumps(model.config.to_dict()),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "extra": json.dumps(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(blob, path)
     return path
 
 
@@ -136,13 +114,10 @@ def load_checkpoint(path: str | Path, scale: tuple[int, int, int] | None = None)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+    blob = read_torch_file(path, "MRI checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an MRI super-resolution checkpoint (format {FORMAT!r} expected)")
-    config = SRConfig.from_dict(json.loads(blob["config"]))
+        raise CheckpointError(f"{path} is not an MRI super-resolution checkpoint (format {FORMAT!r} expected)")
+    config = SRConfig.from_dict(json.loads(blob["config"]), source=f"{path} config")
     if scale is not None and tuple(scale) != tuple(config.scale):
         raise ValueError(
             f"{path}: checkpoint was trained for scale {','.join(map(str, config.scale))}, "

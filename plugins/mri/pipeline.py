@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sciffusion.core.atomic import atomic_write_text
 from sciffusion.plugins.mri.degrade import crop_to_multiple, degrade
 from sciffusion.plugins.mri.figures import nearest_up, slice_figure
 from sciffusion.plugins.mri.infer import SRResult, super_resolve
@@ -181,10 +181,25 @@ def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: 
     return run
 
 
+def evaluate_demo(model: SRDenoiser, scale: tuple[int, int, int] | None = None, **kw) -> Run:
+    """The demonstration: degrade the 1 mm MNI152 template and super-resolve its held-out slab.
+
+    The slab (`data.HOLDOUT` along `data.HOLDOUT_AXIS`) and its guard band are the block that is
+    super-resolved; the metrics are computed on the slab only (`data.heldout_crop`), which no
+    shipped model was trained on. `kw` are the arguments of `evaluate_reference`.
+    """
+    from sciffusion.plugins.mri.data import heldout_crop, heldout_description, mni_volume
+
+    scale = tuple(scale or model.config.scale)
+    ref = mni_volume(1)
+    crop, region = heldout_crop(crop_to_multiple(ref.data, scale).shape)
+    run = evaluate_reference(ref, model, crop=crop, eval_region=region, scale=scale, **kw)
+    run.settings["demo"] = f"MNI152 {heldout_description()}; metrics inside it"
+    return run
+
+
 def _atomic_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_outputs(run: Run, out_dir: str | Path, extra_config: dict | None = None) -> dict[str, Path]:

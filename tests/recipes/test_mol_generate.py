@@ -135,8 +135,8 @@ def test_graph_train_generate_and_score(graph_runs, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--n", "0"], "--n must be a positive number"),
-    (["--n", "-3"], "--n must be a positive number"),
+    (["--n", "0"], "--n must be a positive count (at least 1), got 0"),
+    (["--n", "-3"], "--n must be a positive count (at least 1), got -3"),
     (["--property", "gap", "--target", "1"], "unknown property 'gap'"),
     (["--property", "logp"], "--property and --target go together"),
 ])
@@ -171,3 +171,35 @@ def test_graph_route_scores_the_generated_set_against_a_reference_file(tmp_path)
     dist = json.loads((out / "metrics.json").read_text())["distribution"]
     assert dist["reference"] == str(ref) and dist["n_generated"] >= 6
     assert dist["fcd"] > 0 and 0 <= dist["precision"] <= 1 and 0 <= dist["coverage"] <= 1
+
+
+@pytest.mark.parametrize("flag", ["--n", "--steps", "--size", "--train-steps", "--batch-size", "--max-atoms",
+                                  "--hidden", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_zero_and_negative_counts_are_one_clear_line(tmp_path, capsys, flag, value):
+    out = tmp_path / "o"
+    assert main([flag, value, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {flag} must be a positive count (at least 1), got {value}\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "pickle", "trainer"])
+@pytest.mark.parametrize("model", ["graph", "egnn"])
+def test_corrupt_or_foreign_checkpoint_is_one_line_naming_the_file(tmp_path, capsys, kind, model):
+    import pickle
+
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    if kind == "truncated":
+        bad.write_bytes(DEFAULT_CHECKPOINT.read_bytes()[:5000])
+    elif kind == "pickle":
+        bad.write_bytes(pickle.dumps({"weights": [1, 2, 3], "x": {1}}))
+    else:  # a checkpoint of another kind: the core Trainer's, without a config beside it
+        torch.save({"format": "sciffusion.trainer", "step": 3, "model": {}}, bad)
+    rc = main(["--model", model, "--checkpoint", str(bad), "--n", "2", "--steps", "1", "--out", str(tmp_path / "o"),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and str(bad) in err, err
+    assert "weights_only" not in err and "Traceback" not in err

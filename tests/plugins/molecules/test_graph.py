@@ -150,11 +150,12 @@ def test_nll_terms_are_labelled_and_positive():
 
 
 def test_unknown_property_and_wrong_kind_are_clear(tmp_path):
+    from sciffusion.core.train.checkpoint import CheckpointError
     from sciffusion.plugins.molecules.data import MolInputError
 
     model, _ = _model()
     with pytest.raises(MolInputError, match="unknown property 'gap'"):
         model.sample(torch.tensor([3]), steps=1, targets={"gap": 1.0})
     torch.save({"config": {}, "state": {}}, tmp_path / "egnn.pt")
-    with pytest.raises(MolInputError, match="not a graph-diffusion checkpoint"):
+    with pytest.raises(CheckpointError, match=r"egnn\.pt is not a graph-diffusion checkpoint"):
         load_graph_model(tmp_path / "egnn.pt")

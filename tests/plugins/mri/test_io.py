@@ -116,3 +116,19 @@ def test_dicom_series_and_single_slice(dicom_series, ct_small):
     # slices come back in position order, in HU (rescale intercept -1024 applied)
     assert [float(vol.data[..., k].min()) for k in range(4)] == [-896.0, -886.0, -876.0, -866.0]
     _expect(ct_small, "expected a 3-D volume, got 2-D")
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, affine, monkeypatch):
+    out = tmp_path / "sr.nii.gz"
+    save_volume(np.ones((4, 4, 4), np.float32), affine, out)
+    before = out.read_bytes()
+
+    def half_save(img, filename):
+        with open(filename, "wb") as f:
+            f.write(b"\x1f\x8b half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_volume(np.zeros((4, 4, 4), np.float32), affine, out)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["sr.nii.gz"]

@@ -1,0 +1,54 @@
+"""The shipped molecule checkpoints still load through the config base, and importing the
+plugin leaves core's schedule registry alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from sciffusion.plugins.molecules.diffusion import MolDiffusionConfig, molecule_schedule
+from sciffusion.plugins.molecules.generate import DEFAULT_CHECKPOINT
+from sciffusion.plugins.molecules.graph_diffusion import GraphDiffusionConfig, load_graph_model
+from sciffusion.plugins.molecules.graph_model import TransformerConfig
+from sciffusion.plugins.molecules.graph_pipeline import DEFAULT_GRAPH_CHECKPOINT
+from sciffusion.plugins.molecules.model import EGNNConfig
+from sciffusion.plugins.molecules.train import load_model
+
+
+def test_shipped_egnn_checkpoint_loads_with_its_config():
+    raw = torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)["config"]
+    model = load_model(DEFAULT_CHECKPOINT)
+    cfg = model.cfg
+    assert cfg.to_dict() == raw and MolDiffusionConfig.from_dict(raw) == cfg
+    assert cfg.elements == ("H", "C", "N", "O", "F") and type(cfg.egnn) is EGNNConfig
+    assert cfg.schedule == "edm_polynomial" and model.process.schedule.name == "edm_polynomial"
+
+
+def test_shipped_graph_checkpoint_loads_with_its_config():
+    raw = torch.load(DEFAULT_GRAPH_CHECKPOINT, map_location="cpu", weights_only=True)["config"]
+    cfg = load_graph_model(DEFAULT_GRAPH_CHECKPOINT).cfg
+    assert cfg.to_dict() == raw and GraphDiffusionConfig.from_dict(raw) == cfg
+    assert cfg.atom_types == ("C", "N", "O", "F", "N+", "O-") and type(cfg.net) is TransformerConfig
+
+
+def test_transformer_widths_rule_of_thumb():
+    assert TransformerConfig.scaled(96, 24, 5) == TransformerConfig(
+        layers=5, dx=96, de=24, dy=64, heads=6, ff_x=192, ff_e=48, ff_y=128
+    )
+    assert TransformerConfig.scaled(8, 4, 1).heads == 1
+
+
+def test_importing_the_plugin_leaves_the_core_registry_alone():
+    code = (
+        "from sciffusion.core import available_schedules as a\n"
+        "before = a()\n"
+        "import sciffusion.plugins.molecules, sciffusion.plugins.molecules.diffusion, "
+        "sciffusion.plugins.molecules.cli\n"
+        "print(before == a(), 'edm_polynomial' in a())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+    s = molecule_schedule("edm_polynomial")
+    assert s.name == "edm_polynomial" and molecule_schedule("cosine").name == "cosine"
