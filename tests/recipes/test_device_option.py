@@ -15,8 +15,10 @@ def test_bad_device_is_one_line_and_exit_2_before_any_work(recipe, tmp_path, cap
 
 
 def test_device_defaults_to_auto():
-    from recipes import climate_downscale, mol_generate, mri_superres
+    from recipes import climate_downscale
+    from sciffusion.plugins.molecules.cli import build_parser as mol_parser
+    from sciffusion.plugins.mri.cli import build_parser as mri_parser
 
-    assert mri_superres.build_parser().parse_args([]).device == "auto"
-    assert mol_generate._parser().parse_args([]).device == "auto"
+    assert mri_parser().parse_args([]).device == "auto"
+    assert mol_parser().parse_args([]).device == "auto"
     assert climate_downscale.parse_args([]).device == "auto"
