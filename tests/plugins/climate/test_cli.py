@@ -15,6 +15,7 @@ import xarray as xr
 from sciffusion.core.memory import retain_freed_memory
 from sciffusion.plugins.climate import cli
 from sciffusion.plugins.climate.io import era5_sample_path, open_fields
+from tests.plugins.climate.helpers import untrained_bundle
 
 SCRIPT = Path(sys.executable).parent / "sciffusion-climate-downscale"
 
@@ -67,17 +68,12 @@ def test_the_warning_filter_is_narrow(tmp_path, monkeypatch):
 
 
 def test_the_command_turns_on_allocator_tuning_and_the_library_does_not(tmp_path):
-    from sciffusion.plugins.climate.downscale import DownscaleConfig, Downscaler, Grids
-    from sciffusion.plugins.climate.normalise import fit_normaliser
-    from tests.plugins.climate.helpers import make_fine
+    from sciffusion.plugins.climate.downscale import train
 
-    ds = open_fields(make_fine(n_time=4, n_lat=16, n_lon=32), ["t2m"])
-    grids = Grids(ds["latitude"].values, ds["longitude"].values, 4)
-    cfg = DownscaleConfig(variables=("t2m",), widths=(8, 8, 8), strip_height=8)
-    bundle = Downscaler(cfg, fit_normaliser(ds, ["t2m"], [0, 1, 2]), grids, np.zeros((1, 3, 16, 32)),
-                        np.ones((1, 16, 32)), np.zeros(1, bool))
+    bundle, ds = untrained_bundle(("t2m",))
     retain_freed_memory.cache_clear()   # a record of calls, not of the allocator's state
     bundle.sample(np.full((1, 1, 4, 8), 280.0), members=1, steps=1)
+    train(ds, bundle.cfg, [0, 1, 2], tmp_path / "run", steps=1, batch_size=2, checkpoint_every=1)
     assert retain_freed_memory.cache_info().currsize == 0
     assert cli.main(["--members", "0", "--quiet"]) == 2
     assert retain_freed_memory.cache_info().currsize == 1
