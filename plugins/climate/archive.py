@@ -49,6 +49,7 @@ class ArchiveConfig:
     workers: int | None = None
     scheduler: str | None = None
     progress: bool = True
+    retain_freed_memory: bool = False   # workers of a LocalCluster started here keep freed memory for reuse
 
     def fingerprint(self, n_times: int) -> dict:
         """What makes two runs write the same store: input, model bytes, sampling settings, chunks."""
@@ -123,12 +124,25 @@ def write_chunk(cfg: ArchiveConfig, index: int) -> int:
 
 
 def _client(cfg: ArchiveConfig):
+    """A client of the cluster at `cfg.scheduler`, or of a new LocalCluster of `cfg.workers`
+    single-threaded processes, whose allocators are tuned with `cfg.retain_freed_memory`
+    (`sciffusion.core.memory`; never on a cluster this run did not start)."""
     from distributed import Client, LocalCluster
 
     if cfg.scheduler:
         return Client(cfg.scheduler), None
     cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    return Client(cluster), cluster
+    client = Client(cluster)
+    _tune_workers(client, cfg)
+    return client, cluster
+
+
+def _tune_workers(client, cfg: ArchiveConfig) -> None:
+    """Run `retain_freed_memory` on every worker of `client` when `cfg.retain_freed_memory`."""
+    from sciffusion.core.memory import retain_freed_memory
+
+    if cfg.retain_freed_memory:
+        client.run(retain_freed_memory)
 
 
 def run_archive(cfg: ArchiveConfig, log: Callable[[str], None] = print) -> Path:

@@ -8,7 +8,8 @@ ERA5 single-level data. Source: ECMWF.
 
 `main(argv)` is the whole program: bad input is one line on stderr and exit status 2. Being a
 program, it keeps freed host memory for reuse (`sciffusion.core.memory.retain_freed_memory`),
-which the library calls do not.
+in its own process and in the workers of a LocalCluster it starts (`--workers`); the library calls
+do not.
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); 0 on success, 2 on bad input (one line on stderr)."""
-    cfg = parse_args(argv, prog)
-    retain_freed_memory()  # a program may tune the allocator: every sampler step frees and reallocates the same buffers
+    # a program may tune the allocator: every sampler step frees and reallocates the same buffers
+    cfg = replace(parse_args(argv, prog), retain_freed_memory=True)
+    retain_freed_memory()
     try:
         cfg = replace(cfg, device=str(resolve_device(cfg.device)))
         if not cfg.quiet:

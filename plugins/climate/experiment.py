@@ -72,6 +72,7 @@ class ExperimentConfig:
     time_chunk: int = 8            # --input into a .zarr --out: times per task and per zarr chunk
     workers: int | None = None     # ... on a dask.distributed LocalCluster of this many processes
     scheduler: str | None = None   # ... or on the cluster of this scheduler address
+    retain_freed_memory: bool = False   # ... whose LocalCluster workers then tune their allocator (a program's opt-in)
 
 
 def _log(cfg: ExperimentConfig, msg: str) -> None:
@@ -90,40 +91,60 @@ def _loss_weights(pairs: tuple[tuple[str, float], ...], variables) -> tuple[floa
     return tuple(float(given.get(v, 1.0)) for v in variables)
 
 
-def _bundle(cfg: ExperimentConfig, ds, variables, train_idx, source: str) -> tuple[Downscaler, str]:
-    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
-    if not cfg.train and ckpt.exists():
-        bundle = Downscaler.load(ckpt)
-        if tuple(bundle.cfg.variables) != tuple(variables):
-            raise ValueError(
-                f"checkpoint {ckpt} was trained on variables {list(bundle.cfg.variables)}, "
-                f"asked for {list(variables)}; pass --variables {','.join(bundle.cfg.variables)} or --train"
-            )
-        if bundle.cfg.factor != cfg.factor:
-            raise ValueError(f"checkpoint {ckpt} downscales by factor {bundle.cfg.factor}, asked for {cfg.factor}; use --train")
-        bundle.check_input(ds)
-        return bundle, f"loaded {ckpt}"
-    if not cfg.train and cfg.checkpoint:
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
+def load_bundle(cfg: ExperimentConfig, ckpt: Path, ds: xr.Dataset, variables: tuple[str, ...]) -> Downscaler:
+    """The checkpoint `ckpt`, checked against the run: same variables, factor and grid."""
+    bundle = Downscaler.load(ckpt)
+    if tuple(bundle.cfg.variables) != tuple(variables):
+        raise ValueError(
+            f"checkpoint {ckpt} was trained on variables {list(bundle.cfg.variables)}, "
+            f"asked for {list(variables)}; pass --variables {','.join(bundle.cfg.variables)} or --train"
+        )
+    if bundle.cfg.factor != cfg.factor:
+        raise ValueError(f"checkpoint {ckpt} downscales by factor {bundle.cfg.factor}, asked for {cfg.factor}; use --train")
+    bundle.check_input(ds)
+    return bundle
+
+
+def model_config(cfg: ExperimentConfig, ds: xr.Dataset, variables: tuple[str, ...], train_idx: list[int],
+                 source: str) -> DownscaleConfig:
+    """The model a --train run fits: strips of at most 40 rows (a multiple of 4 that every latitude
+    alignment keeps), every block alignment of the factor unless set, solar channels only with clock times."""
     lat_alignments = cfg.factor if cfg.lat_alignments is None else cfg.lat_alignments
     n_rows = rows_in_every_alignment(ds.sizes["latitude"], cfg.factor, lat_alignments)
-    strip = min(40, n_rows // 4 * 4 or n_rows)
     train_times = ds["time"].values[train_idx]
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:
         _log(cfg, "--solar-channels: the times carry no time of day, training without solar channels")
-    dcfg = DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
-                           strip_height=strip, solar_channels=solar,
+    return DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
+                           strip_height=min(40, n_rows // 4 * 4 or n_rows), solar_channels=solar,
                            alignments=cfg.factor if cfg.alignments is None else cfg.alignments,
                            lat_alignments=lat_alignments,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
                            train_times=tuple(str(t) for t in train_times))
+
+
+def train_bundle(cfg: ExperimentConfig, ds: xr.Dataset, dcfg: DownscaleConfig, train_idx: list[int]) -> tuple[Downscaler, Path]:
+    """Train `dcfg` on the training times (checkpoints in `out`/train, resumable) and save the
+    model to --checkpoint, or `out`/downscale.pt."""
     run_dir = Path(cfg.out) / "train"
     _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")
     bundle = train(ds, dcfg, train_idx, run_dir, steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
                    progress=not cfg.quiet, device=cfg.device, checkpoint_every=max(cfg.train_steps // 5, 1))
     path = bundle.save(Path(cfg.checkpoint) if cfg.checkpoint else Path(cfg.out) / "downscale.pt",
                        extra={"train_steps": cfg.train_steps, "batch_size": cfg.batch_size})
+    return bundle, path
+
+
+def _bundle(cfg: ExperimentConfig, ds: xr.Dataset, variables: tuple[str, ...], train_idx: list[int],
+            source: str) -> tuple[Downscaler, str]:
+    """The model of the run and how it came (loaded or trained): the checkpoint (default the
+    shipped one) unless --train, which trains one."""
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
+    if not cfg.train and ckpt.exists():
+        return load_bundle(cfg, ckpt, ds, variables), f"loaded {ckpt}"
+    if not cfg.train and cfg.checkpoint:
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (pass --train to train one)")
+    bundle, path = train_bundle(cfg, ds, model_config(cfg, ds, variables, train_idx, source), train_idx)
     return bundle, f"trained {path}"
 
 
@@ -366,7 +387,8 @@ def downscale_input(cfg: ExperimentConfig) -> Path:
         return run_archive(ArchiveConfig(cfg.input, cfg.out, str(ckpt), members=cfg.members, steps=cfg.steps,
                                          seed=cfg.seed, conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps,
                                          time_chunk=cfg.time_chunk, workers=cfg.workers, scheduler=cfg.scheduler,
-                                         progress=not cfg.quiet), log=lambda msg: _log(cfg, msg))
+                                         progress=not cfg.quiet, retain_freed_memory=cfg.retain_freed_memory),
+                           log=lambda msg: _log(cfg, msg))
     bundle = Downscaler.load(ckpt)
     coarse_ds = open_fields(cfg.input, list(cfg.variables) or list(bundle.cfg.variables))
     bundle.check_input(coarse_ds, fine=False)
