@@ -20,7 +20,8 @@ from dataclasses import replace
 
 from sciffusion.core.devices import DEVICE_HELP, resolve_device
 from sciffusion.core.memory import retain_freed_memory
-from sciffusion.plugins.climate.experiment import ExperimentConfig, downscale_input, run
+from sciffusion.plugins.climate.coarse_input import downscale_input
+from sciffusion.plugins.climate.experiment import ExperimentConfig, run
 
 DESCRIPTION = "Probabilistic downscaling (or gap filling) of gridded fields."
 
