@@ -12,6 +12,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 SCRIPTS = {  # script: (bad arguments, the start of the one-line error)
+    "sciffusion-climate-downscale": (["--members", "0"], "error: members and steps must be >= 1"),
     "sciffusion-kernel-smoothing": (["--n-train", "0"], "error: --n-train must be a positive count"),
     "sciffusion-mol-generate": (["--n", "0"], "error: --n must be a positive count (at least 1), got 0"),
     "sciffusion-mri-superres": (["--adapt", "-1"], "error: --adapt: the number of steps must be >= 0, got -1"),

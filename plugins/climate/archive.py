@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from sciffusion.core.config import JsonConfig
 from sciffusion.plugins.climate.api import downscale, load_model
 from sciffusion.plugins.climate.io import open_fields
 
@@ -34,7 +35,7 @@ RUN_ATTR = "sciffusion_run"
 
 
 @dataclass(frozen=True)
-class ArchiveConfig:
+class ArchiveConfig(JsonConfig):
     """One archive run: input, output store, model and sampling settings, and where to compute."""
 
     input: str
@@ -49,13 +50,14 @@ class ArchiveConfig:
     workers: int | None = None
     scheduler: str | None = None
     progress: bool = True
+    retain_freed_memory: bool = False   # workers of a LocalCluster started here keep freed memory for reuse
 
     def fingerprint(self, n_times: int) -> dict:
         """What makes two runs write the same store: input, model bytes, sampling settings, chunks."""
         digest = hashlib.sha256(Path(self.checkpoint).read_bytes()).hexdigest()[:16]
         keep = ("members", "steps", "seed", "conserve", "coarse_gaps", "time_chunk")
         return {"input": str(Path(self.input).resolve()), "checkpoint_sha256": digest, "n_times": n_times,
-                **{k: v for k, v in asdict(self).items() if k in keep}}
+                **{k: v for k, v in self.to_dict().items() if k in keep}}
 
 
 def _open(cfg: ArchiveConfig) -> xr.Dataset:
@@ -123,12 +125,25 @@ def write_chunk(cfg: ArchiveConfig, index: int) -> int:
 
 
 def _client(cfg: ArchiveConfig):
+    """A client of the cluster at `cfg.scheduler`, or of a new LocalCluster of `cfg.workers`
+    single-threaded processes, whose allocators are tuned with `cfg.retain_freed_memory`
+    (`sciffusion.core.memory`; never on a cluster this run did not start)."""
     from distributed import Client, LocalCluster
 
     if cfg.scheduler:
         return Client(cfg.scheduler), None
     cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    return Client(cluster), cluster
+    client = Client(cluster)
+    _tune_workers(client, cfg)
+    return client, cluster
+
+
+def _tune_workers(client, cfg: ArchiveConfig) -> None:
+    """Run `retain_freed_memory` on every worker of `client` when `cfg.retain_freed_memory`."""
+    from sciffusion.core.memory import retain_freed_memory
+
+    if cfg.retain_freed_memory:
+        client.run(retain_freed_memory)
 
 
 def run_archive(cfg: ArchiveConfig, log: Callable[[str], None] = print) -> Path:

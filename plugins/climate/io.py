@@ -9,8 +9,10 @@ increasing and longitude in one convention ([0, 360) by default), or a `ValueErr
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,8 @@ COORD_ALIASES: dict[str, tuple[str, ...]] = {
     "longitude": ("longitude", "lon", "nav_lon", "rlon"),
     "time": ("time", "valid_time", "time_index", "t", "date"),
 }
+# zarr's ZarrUserWarning (a UserWarning) for a file in a store that is not part of the hierarchy
+_FOREIGN_OBJECT = r"Object at .+ is not recognized as a component of a Zarr hierarchy"
 _UNITS = re.compile(r"^\s*(\w+)\s+since\s+([0-9T:\- ]+?)\s*(\(.*\))?\s*$")
 
 
@@ -41,12 +45,32 @@ def era5_sample_path() -> Path:
     return path
 
 
+def _has_consolidated_metadata(path: Path) -> bool:
+    """Whether a local zarr store carries consolidated metadata (zarr v2 `.zmetadata`, or the
+    `consolidated_metadata` entry of a v3 root `zarr.json`)."""
+    if (path / ".zmetadata").exists():
+        return True
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("consolidated_metadata") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _open_zarr(path: Path, chunks: dict | str | None) -> xr.Dataset:
+    """`xr.open_zarr`, reading consolidated metadata only where the store has it, and without zarr's
+    warning about files in the store that are not zarr arrays or groups (the ERA5 sample keeps a
+    `sample_info.json` there); every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_FOREIGN_OBJECT, category=UserWarning)
+        return xr.open_zarr(path, chunks=chunks, consolidated=_has_consolidated_metadata(path))
+
+
 def _open_path(path: Path, chunks: dict | str | None) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     name = str(path).rstrip("/")
     if name.endswith(".zarr") or (path.is_dir() and (path / "zarr.json").exists()):
-        return xr.open_zarr(path, chunks=chunks, consolidated=None)
+        return _open_zarr(path, chunks)
     if name.endswith((".nc", ".nc4", ".netcdf", ".cdf", ".h5")):
         return xr.open_dataset(path, chunks=chunks)
     raise ValueError(f"input {path}: expected a netCDF file (.nc) or a zarr store (.zarr)")

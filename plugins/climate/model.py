@@ -14,15 +14,17 @@ the output cropped back.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sciffusion.core.config import JsonConfig
+
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JsonConfig):
     """Architecture: `channels` predicted, `cond_channels` given, widths per level, groups of GroupNorm."""
 
     channels: int
@@ -30,13 +32,6 @@ class UNetConfig:
     widths: tuple[int, ...] = (32, 64, 64)
     groups: int = 8
     periodic: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UNetConfig:
-        return cls(d["channels"], d["cond_channels"], tuple(d["widths"]), d["groups"], bool(d.get("periodic", True)))
 
 
 def _repeat_edges(x: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:

@@ -10,14 +10,14 @@ carries exactly the transform it was trained with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import xarray as xr
 
+from sciffusion.core.config import JsonConfig
 from sciffusion.plugins.climate.grid import lat_weights
 
 PRECIP_NAMES = ("tp", "pr", "precip", "precipitation", "tprate", "mtpr", "prcp", "rain")
@@ -30,7 +30,7 @@ def is_precipitation(name: str, attrs: dict | None = None) -> bool:
 
 
 @dataclass(frozen=True)
-class VariableStats:
+class VariableStats(JsonConfig):
     """Normalisation of one variable: transform ('none' | 'log1p'), its scale eps, mean and std."""
 
     name: str
@@ -42,7 +42,7 @@ class VariableStats:
 
 
 @dataclass(frozen=True)
-class Normaliser:
+class Normaliser(JsonConfig):
     """Normalisation of several variables (channel order = `names`)."""
 
     variables: tuple[VariableStats, ...]
@@ -50,16 +50,6 @@ class Normaliser:
     @property
     def names(self) -> list[str]:
         return [v.name for v in self.variables]
-
-    def to_dict(self) -> dict:
-        return {"variables": [asdict(v) for v in self.variables]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Normaliser:
-        return cls(tuple(VariableStats(**v) for v in d["variables"]))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
     def _coeffs(self, x, channel_axis: int):
         shape = [1] * x.ndim

@@ -47,3 +47,22 @@ def make_regional(n_time: int = 8, n_lat: int = 15, n_lon: int = 21, dlat: float
         coords={"time": time, "lat": ("lat", lat, {"units": "degrees_north"}), "lon": ("lon", lon, {"units": "degrees_east"})},
         attrs={"title": "synthetic regional test field"},
     )
+
+
+def untrained_bundle(variables=("t2m", "u10", "tp"), n_lat: int = 16, n_lon: int = 32, factor: int = 4,
+                     prediction: str = "v", seed: int = 0):
+    """A `Downscaler` with statistics drawn at random and an untrained network (widths 8), on the
+    grid of `make_fine`, with its normaliser fitted on three times; nothing is trained."""
+    from sciffusion.plugins.climate.downscale import DownscaleConfig, Downscaler, Grids
+    from sciffusion.plugins.climate.io import open_fields
+    from sciffusion.plugins.climate.normalise import fit_normaliser
+    from sciffusion.plugins.climate.solar import N_FEATURES
+
+    rng = np.random.default_rng(seed)
+    ds = open_fields(make_fine(n_time=4, n_lat=n_lat, n_lon=n_lon), list(variables))
+    grids = Grids(ds["latitude"].values, ds["longitude"].values, factor)
+    cfg = DownscaleConfig(variables=tuple(variables), factor=factor, widths=(8, 8, 8), strip_height=8, prediction=prediction)
+    c = len(variables)
+    coef = rng.normal(0, 0.1, (c, N_FEATURES, n_lat, n_lon))
+    std = rng.uniform(0.5, 1.5, (c, n_lat, n_lon))
+    return Downscaler(cfg, fit_normaliser(ds, list(variables), [0, 1, 2]), grids, coef, std, np.zeros(c, bool)), ds

@@ -93,3 +93,26 @@ def test_two_workers_on_a_local_cluster_write_the_same_store(setup, tmp_path):
     got, whole = _values(tmp_path / "w2.zarr")[0], _values(cfg.out)[0]
     for v in VARS:
         np.testing.assert_array_equal(got[v], whole[v])
+
+
+def _tuned() -> int:
+    from sciffusion.core.memory import retain_freed_memory
+
+    return retain_freed_memory.cache_info().currsize
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_tune_their_allocator_only_when_the_program_opts_in():
+    from dataclasses import replace
+
+    from sciffusion.plugins.climate.archive import _client, _tune_workers
+
+    cfg = ArchiveConfig("in.zarr", "out.zarr", "m.pt", workers=1)
+    client, cluster = _client(cfg)     # the library's default: workers left alone
+    try:
+        assert list(client.run(_tuned).values()) == [0]
+        _tune_workers(client, replace(cfg, retain_freed_memory=True))   # what _client does for the command
+        assert list(client.run(_tuned).values()) == [1]
+    finally:
+        client.close()
+        cluster.close()

@@ -147,8 +147,11 @@ def test_bundle_round_trip_and_grid_checks(tiny, tmp_path):
     with pytest.raises(KeyError, match=r"\['tp'\] needed by the checkpoint not found"):
         again.check_input(ds[["t2m", "u10"]])
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"bad\.pt is not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"^checkpoint \S*bad\.pt is not a torch file") as err:
         Downscaler.load(tmp_path / "bad.pt")
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^checkpoint \S*none\.pt does not exist$"):
+        Downscaler.load(tmp_path / "none.pt")
     torch.save({"format": "other"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a climate downscaling checkpoint"):
         Downscaler.load(tmp_path / "other.pt")
