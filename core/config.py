@@ -1,6 +1,6 @@
 """`JsonConfig`: one base for dataclass configs that round-trip through JSON.
 
-A config class is a (usually frozen) dataclass that also derives from `JsonConfig`:
+A config class is a (usually frozen) dataclass that also derives from `JsonConfig`::
 
     @dataclass(frozen=True)
     class NetConfig(JsonConfig):

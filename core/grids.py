@@ -1,4 +1,4 @@
-"""Decreasing time grids `t_0 = t_max > t_1 > ... > t_N = t_min`, for the samplers of both engines.
+"""Decreasing time grids from `t_max` down to `t_min` (`t_0 = t_max > t_1 > … > t_N = t_min`), for the samplers of both engines.
 
 Two spacings need no schedule, and serve any time axis (the Gaussian engine's `t` in [0, 1], the OU or heat
 time `t > 0` of the kernel engine):

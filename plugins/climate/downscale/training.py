@@ -20,7 +20,7 @@ CACHE_BYTES = 2 << 30     # prepared training times kept in memory (x0, cond, w)
 
 def weighted_loss(model, process, batch) -> torch.Tensor:
     """Latitude-weighted denoising loss for (x0, cond, w) batches (`Trainer` loss_fn): the mean of
-    (w / <w>) |f(x_t, t) - target|^2 over the batch's elements, with w the cell-area weight times
+    ``(w / <w>) |f(x_t, t) - target|^2`` over the batch's elements, with w the cell-area weight times
     the variable's loss weight, 0 where the truth is missing (`ResidualStrips`), and <w> its mean."""
     from sciffusion.core import losses
 
