@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4, help="training learning rate")
+    p.add_argument("--terminal-fraction", type=float, default=0.25,
+                   help="fraction of training examples at t = 1, where the prediction is the default point estimate")
     p.add_argument("--blind", action="store_true", help="train on the blind degradation family")
     p.add_argument("--synth", type=float, default=0.0,
                    help="with --blind: probability of a synthetic contrast from the MNI152 tissue maps")
