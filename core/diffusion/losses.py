@@ -48,8 +48,14 @@ def denoising_loss(
     gamma: float = 5.0,
     cond_dropout: float = 0.0,
     null_cond: Tensor | None = None,
+    p_terminal: float = 0.0,
 ) -> Tensor:
     """`E_{t, eps} w(t) |f(x_t, t) - target|^2`, averaged over examples and elements.
+
+    `t ~ U(t_min, 1)`, or, with `p_terminal > 0`, the mixture `p_terminal delta_1 + (1 - p_terminal)
+    U(t_min, 1)`. This reweights the times without changing the minimiser at any `t`; the point mass
+    at `t = 1` trains harder the regression `E[x0 | cond]` that a conditional model's first
+    sampling step returns, for models whose point estimate is that prediction.
 
     - `weights`: optional per-element weights broadcastable to `x0` (e.g. latitude weights), normalised
       to mean 1 over the elements they cover so that the scale of the loss does not change.
@@ -58,6 +64,9 @@ def denoising_loss(
     """
     b = x0.shape[0]
     t = t_min + (1.0 - t_min) * rng.rand((b,), generator, device=x0.device, dtype=x0.dtype)
+    if p_terminal > 0:
+        terminal = rng.rand((b,), generator, device=x0.device, dtype=x0.dtype) < p_terminal
+        t = torch.where(terminal, torch.ones_like(t), t)
     x_t, eps = process.add_noise(x0, t, generator=generator)
     if cond_dropout > 0:
         if not isinstance(cond, Tensor) or null_cond is None:

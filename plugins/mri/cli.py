@@ -100,8 +100,11 @@ def train(args: argparse.Namespace, scale: tuple[int, int, int], out: Path, say=
     family = BlindFamily(p_synth=args.synth) if args.blind else None
     if args.synth and not args.blind:
         raise ValueError("--synth needs --blind (synthetic contrasts are part of the blind family)")
+    if not 0.0 <= args.terminal_fraction < 1.0:
+        raise ValueError(f"--terminal-fraction must be in [0, 1), got {args.terminal_fraction}")
     common = {"steps": args.train_steps, "batch_size": args.batch_size, "seed": args.seed, "progress": not args.quiet,
-              "export": ckpt, "device": args.device, "family": family, "init": args.init, "lr": args.lr}
+              "export": ckpt, "device": args.device, "family": family, "init": args.init, "lr": args.lr,
+              "p_terminal": args.terminal_fraction}
     if args.train_data:
         vols = [load_volume(p, args.volume).data for p in args.train_data]
         patch = tuple(32 if f == 1 else max(4, (48 // f) // 4 * 4) for f in scale)
@@ -242,6 +245,8 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4, help="training learning rate")
+    p.add_argument("--terminal-fraction", type=float, default=0.25,
+                   help="fraction of training examples at t = 1, where the prediction is the default point estimate")
     p.add_argument("--blind", action="store_true", help="train on the blind degradation family")
     p.add_argument("--synth", type=float, default=0.0,
                    help="with --blind: probability of a synthetic contrast from the MNI152 tissue maps")

@@ -12,13 +12,29 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sciffusion.plugins.mri.blind import BlindFamily
 from sciffusion.plugins.mri.data import BlindPatchDataset, PatchDataset, make_pair
 from sciffusion.plugins.mri.model import SRConfig, SRDenoiser, load_checkpoint, save_checkpoint
+
+
+@dataclass(frozen=True)
+class SRLoss:
+    """The Trainer's loss on `(x0, cond)` batches: `losses.denoising_loss` with a point mass of
+    weight `p_terminal` at `t = 1`."""
+
+    p_terminal: float = 0.0
+
+    def __call__(self, model, process, batch) -> torch.Tensor:
+        from sciffusion.core.diffusion.losses import denoising_loss
+
+        x0, cond = batch
+        return denoising_loss(model, process, x0, cond=cond, p_terminal=self.p_terminal)
 
 
 def residual_scale(hr_volumes: list[np.ndarray], config: SRConfig) -> float:
@@ -47,6 +63,7 @@ def train_sr(
     family: BlindFamily | None = None,
     maps: list[np.ndarray] | None = None,
     init: str | Path | None = None,
+    p_terminal: float = 0.0,
 ) -> SRDenoiser:
     """Train a denoiser on random patches of `hr_volumes` and return its EMA copy (eval mode).
 
@@ -57,6 +74,8 @@ def train_sr(
     `family` (a `blind.BlindFamily`) draws a degradation per patch (`data.BlindPatchDataset`, with
     optional tissue `maps` for synthetic contrasts) instead of the config's fixed Gaussian profile;
     `init` starts a fresh run from a checkpoint's weights (fine-tuning; a resumed run ignores it).
+    `p_terminal` puts that fraction of the examples at `t = 1` (`losses.denoising_loss`), where the
+    prediction is the point estimate `infer.super_resolve` returns by default.
     """
     from sciffusion.core.diffusion.process import DiffusionProcess
     from sciffusion.core.diffusion.schedules import get_schedule
@@ -74,7 +93,7 @@ def train_sr(
                       min_lr_ratio=0.1, ema_half_life=max(10.0, steps / 20), grad_clip=1.0,
                       checkpoint_every=checkpoint_every, keep_last=2, log_every=10, seed=seed,
                       out_dir=str(out_dir), device=device)
-    trainer = Trainer(model, process, dataset, cfg, progress=progress)
+    trainer = Trainer(model, process, dataset, cfg, progress=progress, loss_fn=SRLoss(p_terminal))
     t0 = time.time()
     trainer.fit(resume=True)
     ema = copy.deepcopy(trainer.ema_model).cpu().eval()
@@ -84,6 +103,7 @@ def train_sr(
         info["degradations"] = family.to_dict()
     if init is not None:
         info["init"] = Path(init).name
+    info["p_terminal"] = p_terminal
     info.update(extra or {})
     save_checkpoint(ema, export or Path(out_dir) / "model.pt", extra=info)
     return ema
@@ -92,7 +112,7 @@ def train_sr(
 def train_on_mni(scale: tuple[int, int, int], out_dir: str | Path, steps: int = 2000, batch_size: int = 4,
                  seed: int = 0, progress: bool = True, export: str | Path | None = None,
                  device: str | None = None, family: BlindFamily | None = None,
-                 init: str | Path | None = None, lr: float = 2e-4) -> SRDenoiser:
+                 init: str | Path | None = None, lr: float = 2e-4, p_terminal: float = 0.0) -> SRDenoiser:
     """Train the demonstration model on the 1 mm MNI152 template minus the held-out slab.
 
     Patches cover 48 high-res voxels along each down-sampled axis (24 low-res voxels at 2x, 12 at 4x,
@@ -116,4 +136,4 @@ def train_on_mni(scale: tuple[int, int, int], out_dir: str | Path, steps: int = 
     maps = [mni_tissue_maps(1)] if synth else None
     return train_sr([vol], config, out_dir, steps=steps, batch_size=batch_size, lr=lr, regions=[region],
                     seed=seed, progress=progress, export=export, device=device, family=family, maps=maps,
-                    init=init, extra={"data": data})
+                    init=init, extra={"data": data}, p_terminal=p_terminal)

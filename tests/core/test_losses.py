@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sciffusion.core import DiffusionProcess, GaussianMixture, log_likelihood, losses
+from sciffusion.core import DiffusionProcess, GaussianMixture, get_schedule, log_likelihood, losses
 from tests.core.gaussians import gaussian_2d, gaussian_16d
 
 
@@ -20,6 +20,28 @@ def test_denoising_loss_of_the_exact_model_is_the_irreducible_error():
     assert loss.item() == pytest.approx(expected, abs=3e-3)
     # a wrong model does worse
     assert losses.denoising_loss(lambda x, t: 0 * x, proc, x0, generator=g).item() > expected + 0.1
+
+
+def test_terminal_mass_puts_that_fraction_of_examples_at_t_equal_one():
+    proc = DiffusionProcess(get_schedule("cosine"), prediction="v")
+    seen = []
+
+    def model(x, t):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    x0 = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
+    losses.denoising_loss(model, proc, x0, generator=torch.Generator().manual_seed(1), p_terminal=0.3)
+    t = seen[0]
+    at_one = (t == 1.0).float().mean().item()
+    assert abs(at_one - 0.3) < 3 * (0.3 * 0.7 / 4000) ** 0.5
+    rest = t[t < 1.0]
+    assert abs(rest.mean().item() - 0.5) < 0.02  # the other examples stay uniform
+    # the loss of the zero model at t = 1 is E|v|^2 = E|sigma_1 x0 - alpha_1 eps|^2
+    seen.clear()
+    full = losses.denoising_loss(model, proc, x0, generator=torch.Generator().manual_seed(1), p_terminal=1.0)
+    a, s = proc.alpha(torch.ones(1)), proc.sigma(torch.ones(1))
+    assert full.item() == pytest.approx((s**2 * 2 + a**2 * 2).item() / 2, rel=0.05)
 
 
 def test_min_snr_weighting_is_the_same_x0_loss_for_every_prediction_type():
