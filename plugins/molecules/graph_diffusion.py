@@ -38,6 +38,8 @@ from .graph_data import ATOM_TYPES, BOND_ORDER, BOND_TYPES, PROPERTIES, DenseGra
 from .graph_model import (
     N_GRAPH_FEATURES,
     N_NODE_FEATURES,
+    N_SPECTRAL_GRAPH_FEATURES,
+    N_SPECTRAL_NODE_FEATURES,
     GraphTransformer,
     TransformerConfig,
     structural_features,
@@ -58,6 +60,7 @@ class GraphDiffusionConfig(JsonConfig):
     edge_weight: float = 5.0
     cond_drop: float = 0.1
     features: bool = True
+    spectral: bool = False
     net: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
@@ -84,8 +87,8 @@ class GraphDiffusion(nn.Module):
         self.register_buffer("prop_mean", torch.zeros(p, dtype=torch.float64))
         self.register_buffer("prop_std", torch.ones(p, dtype=torch.float64))
         self.register_buffer("bond_orders", torch.tensor(BOND_ORDER[:ke], dtype=torch.float32))
-        nf = N_NODE_FEATURES if cfg.features else 0
-        gf = N_GRAPH_FEATURES if cfg.features else 0
+        nf = (N_NODE_FEATURES + N_SPECTRAL_NODE_FEATURES * cfg.spectral) if cfg.features else 0
+        gf = (N_GRAPH_FEATURES + N_SPECTRAL_GRAPH_FEATURES * cfg.spectral) if cfg.features else 0
         self.net = GraphTransformer(cfg.net, kx + nf, ke, 2 + gf + 2 * p, kx, ke)
 
     # ----- process and statistics -------------------------------------------------------------
@@ -128,7 +131,7 @@ class GraphDiffusion(nn.Module):
         n = mask.sum(1, keepdim=True).float() / self.cfg.max_atoms
         ys = [t.float().reshape(B, 1), n]
         if self.cfg.features:
-            node_f, graph_f = structural_features(Eh, mask, self.bond_orders)
+            node_f, graph_f = structural_features(Eh, mask, self.bond_orders, self.cfg.spectral)
             Xh = torch.cat([Xh, node_f], -1)
             ys.append(graph_f)
         p = len(self.cfg.properties)

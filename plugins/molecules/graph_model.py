@@ -41,6 +41,10 @@ from sciffusion.core.config import JsonConfig
 
 N_NODE_FEATURES = 5   # degree, valence, c3, c4, c5 per node
 N_GRAPH_FEATURES = 3  # c3, c4, c5 per graph
+N_SPECTRAL_NODE_FEATURES = 2   # size of the node's connected component, member of the largest one
+N_SPECTRAL_GRAPH_FEATURES = 6  # number of components, the 5 smallest nonzero Laplacian eigenvalues
+N_EIGENVALUES = 5
+ATTENTION_KINDS = ("head", "feature")
 
 
 @dataclass
@@ -55,6 +59,13 @@ class TransformerConfig(JsonConfig):
     ff_x: int = 256
     ff_e: int = 64
     ff_y: int = 128
+    attention: str = "head"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.dx % self.heads:
+            raise ValueError(f"dx={self.dx} must be a multiple of heads={self.heads}")
 
     @classmethod
     def scaled(cls, hidden: int, edge_hidden: int, layers: int) -> TransformerConfig:
@@ -83,9 +94,11 @@ def cycle_counts(A: Tensor) -> tuple[Tensor, Tensor]:
     return node, graph
 
 
-def structural_features(E_onehot: Tensor, mask: Tensor, bond_orders: Tensor) -> tuple[Tensor, Tensor]:
+def structural_features(E_onehot: Tensor, mask: Tensor, bond_orders: Tensor,
+                        spectral: bool = False) -> tuple[Tensor, Tensor]:
     """Node features (B, N, 5) and graph features (B, 3) of a (noisy) graph given as one-hot edge
-    types (B, N, N, Ke) with class 0 = no bond; scaled to about unit size."""
+    types (B, N, N, Ke) with class 0 = no bond; scaled to about unit size. With `spectral`, the
+    `spectral_features` are appended: (B, N, 7) and (B, 9)."""
     pair = (mask[:, :, None] & mask[:, None, :]).float()
     A = (1 - E_onehot[..., 0]) * pair
     A = A * (1 - torch.eye(A.shape[-1], device=A.device))
@@ -93,7 +106,46 @@ def structural_features(E_onehot: Tensor, mask: Tensor, bond_orders: Tensor) -> 
     valence = (E_onehot * bond_orders.to(E_onehot)).sum(-1).mul(pair).sum(-1)
     cyc_node, cyc_graph = cycle_counts(A)
     node = torch.cat([degree[..., None] / 4, valence[..., None] / 4, cyc_node / 4], -1) * mask[..., None]
-    return node, cyc_graph / 8
+    graph = cyc_graph / 8
+    if spectral:
+        spec_node, spec_graph = spectral_features(A, mask)
+        node, graph = torch.cat([node, spec_node], -1), torch.cat([graph, spec_graph], -1)
+    return node, graph
+
+
+def component_sizes(A: Tensor, mask: Tensor) -> Tensor:
+    """Size of the connected component of each real node (B, N) of a symmetric 0/1 adjacency A
+    (B, N, N); 0 on padding. Reachability R = (I + A)^(2^k) > 0 with 2^k >= N - 1, by squaring."""
+    N = A.shape[-1]
+    R = ((A > 0) | torch.eye(N, dtype=torch.bool, device=A.device)).float()
+    for _ in range(max(1, math.ceil(math.log2(max(N - 1, 1))))):
+        R = ((R @ R) > 0).float()
+    m = mask.to(R.dtype)
+    return (R * m[:, None, :]).sum(-1) * m
+
+
+def spectral_features(A: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Connectivity and Laplacian-spectrum features of a (noisy) graph, both permutation invariant.
+
+    Per node (B, N, 2): the size of its connected component / n, and 1 if that component is a
+    largest one. Per graph (B, 6): the number of components c = sum_i 1 / size_i, divided by N,
+    and the 5 smallest nonzero eigenvalues of L = D - A on the real nodes (L has exactly c zero
+    eigenvalues), divided by N, zero where the graph has fewer. Padding nodes get L_ii = 2N, above
+    every real eigenvalue (at most 2 max degree < 2N), so they sort last.
+    """
+    N = mask.shape[1]
+    m = mask.to(A.dtype)
+    n = m.sum(-1).clamp_min(1)
+    size = component_sizes(A, mask)
+    comps = (m / size.clamp_min(1)).sum(-1)
+    largest = (size == size.amax(-1, keepdim=True)).to(A.dtype) * m
+    L = torch.diag_embed(A.sum(-1) + (1 - m) * 2 * N) - A
+    eig = torch.linalg.eigvalsh(L.double()).to(A.dtype)                   # ascending
+    idx = comps.round().long()[:, None] + torch.arange(N_EIGENVALUES, device=A.device)
+    vals = eig.gather(1, idx.clamp(max=N - 1))
+    vals = vals * (idx < n.round().long()[:, None]).to(A.dtype)
+    node = torch.stack([size / n[:, None], largest], -1) * m[..., None]
+    return node, torch.cat([comps[:, None], vals], -1) / N
 
 
 def _pool(h: Tensor, mask: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -117,11 +169,13 @@ class XEyLayer(nn.Module):
         super().__init__()
         dx, de, dy, h = cfg.dx, cfg.de, cfg.dy, cfg.heads
         self.heads, self.dh = h, dx // h
+        self.per_feature = cfg.attention == "feature"
+        ns = dx if self.per_feature else h          # score channels: one per feature or one per head
         self.qkv = nn.Linear(dx, 3 * dx)
-        self.e_film = nn.Linear(de, 2 * h)         # multiplicative and additive FiLM of the scores
-        self.ye_film = nn.Linear(dy, 2 * h)
+        self.e_film = nn.Linear(de, 2 * ns)        # multiplicative and additive FiLM of the scores
+        self.ye_film = nn.Linear(dy, 2 * ns)
         self.yx_film = nn.Linear(dy, 2 * dx)
-        self.e_out = nn.Linear(h, de)
+        self.e_out = nn.Linear(ns, de)
         self.x_pair = nn.Linear(dx, 2 * de)        # node pairs into the edges: (X_i W_a) * (X_j W_b)
         self.x_out = nn.Linear(dx, dx)
         self.y_y = nn.Linear(dy, dy)
@@ -136,19 +190,17 @@ class XEyLayer(nn.Module):
         self.ff_y = nn.Sequential(nn.Linear(dy, cfg.ff_y), nn.ReLU(), nn.Linear(cfg.ff_y, dy))
 
     def forward(self, X: Tensor, E: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        B, N, dx = X.shape
         xm = mask[..., None].to(X.dtype)
         pair = mask[:, :, None] & mask[:, None, :]
         em = pair[..., None].to(X.dtype)
-        q, k, v = self.qkv(X).view(B, N, 3, self.heads, self.dh).unbind(2)
-        S = torch.einsum("bihd,bjhd->bijh", q, k) / math.sqrt(self.dh)          # (B, N, N, H)
+        S, v = self._scores(X)
         e_mul, e_add = self.e_film(E).chunk(2, -1)
         S = S * (e_mul + 1) + e_add
         y_mul, y_add = self.ye_film(y)[:, None, None, :].chunk(2, -1)
         pa, pb = self.x_pair(X).chunk(2, -1)
         newE = (self.e_out(y_add + (y_mul + 1) * S) + pa[:, :, None, :] * pb[:, None, :, :]) * em
         att = torch.softmax(S.masked_fill(~pair[..., None], -1e9), dim=2)       # over j
-        wv = torch.einsum("bijh,bjhd->bihd", att, v).reshape(B, N, dx)
+        wv = self._attend(att, v)
         x_mul, x_add = self.yx_film(y)[:, None, :].chunk(2, -1)
         newX = self.x_out(x_add + (x_mul + 1) * wv) * xm
         newy = self.y_out(self.y_y(y) + self.x_y(_pool(X, xm, (1,))) + self.e_y(_pool(E, em, (1, 2))))
@@ -159,6 +211,23 @@ class XEyLayer(nn.Module):
         E = self.norm_e2(E + self.ff_e(E)) * em
         y = self.norm_y2(y + self.ff_y(y))
         return X, E, y
+
+    def _scores(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention scores S (B, N, N, H or dx) and values V (B, N, H, d) from the nodes."""
+        B, N, dx = X.shape
+        q, k, v = self.qkv(X).view(B, N, 3, self.heads, self.dh).unbind(2)
+        if self.per_feature:
+            S = (q.reshape(B, N, 1, dx) * k.reshape(B, 1, N, dx)) / math.sqrt(self.dh)
+        else:
+            S = torch.einsum("bihd,bjhd->bijh", q, k) / math.sqrt(self.dh)
+        return S, v
+
+    def _attend(self, att: Tensor, v: Tensor) -> Tensor:
+        """sum_j a_ij V_j with one weight per head (B, N, N, H) or per feature (B, N, N, dx)."""
+        B, N = v.shape[:2]
+        if self.per_feature:
+            return torch.einsum("bijf,bjf->bif", att, v.reshape(B, N, -1))
+        return torch.einsum("bijh,bjhd->bihd", att, v).reshape(B, N, -1)
 
 
 class GraphTransformer(nn.Module):

@@ -59,10 +59,12 @@ def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0,
 def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batch_size: int = 128,
                       lr: float = 3e-4, net: TransformerConfig | None = None, seed: int = 0,
                       checkpoint_every: int = 200, device: str | None = None, progress: bool = True,
-                      max_atoms: int = 9, properties: Sequence[str] = ("logp",), log=print) -> GraphDiffusion:
+                      max_atoms: int = 9, properties: Sequence[str] = ("logp",), log=print,
+                      spectral: bool = False) -> GraphDiffusion:
     """Train a graph model on `source` with core's Trainer (constant rate after a warm-up, EMA
     0.998), conditioned on `properties` (() for an unconditional model); resumes from the newest
-    checkpoint in `out_dir`. Returns the EMA model."""
+    checkpoint in `out_dir`. `spectral` adds the connectivity and Laplacian features of the noisy
+    graph (`graph_model.spectral_features`). Returns the EMA model."""
     from sciffusion.core.train.trainer import TrainConfig
 
     unknown = [p for p in properties if p not in PROPERTIES]
@@ -74,7 +76,7 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
     train = splits["train"]
     log(f"training on {len(train)} graphs ({source}, split seed {seed})")
     model = GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, properties=tuple(properties),
-                                                net=net or TransformerConfig()))
+                                                spectral=spectral, net=net or TransformerConfig()))
     cfg = TrainConfig(steps=steps, batch_size=min(batch_size, len(train)), lr=lr, lr_schedule="constant",
                       warmup_steps=min(300, steps // 10), ema_decay=0.998, checkpoint_every=checkpoint_every,
                       keep_last=3, log_every=20, seed=seed, out_dir=str(out_dir), device=device)

@@ -20,7 +20,11 @@ from sciffusion.plugins.molecules.graph_diffusion import (
     load_graph_model,
     save_graph_model,
 )
-from sciffusion.plugins.molecules.graph_model import TransformerConfig, cycle_counts
+from sciffusion.plugins.molecules.graph_model import (
+    TransformerConfig,
+    cycle_counts,
+    spectral_features,
+)
 
 SMILES = ["CCO", "CC(=O)O", "c1ccoc1", "C[NH3+]", "OCCO", "C#N", "C1CC1", "CNC=O", "O=C1CC=CN1", "C1CCCCC1"]
 TINY = TransformerConfig(layers=2, dx=16, de=8, dy=8, heads=2, ff_x=16, ff_e=8, ff_y=8)
@@ -58,16 +62,47 @@ def test_cycle_counts_equal_brute_force_enumeration():
     assert graph.max() > 3  # the random graphs do hold cycles of every length
 
 
-def _model(seed=0, **kw):
+def _model(seed=0, net=TINY, **kw):
     torch.manual_seed(seed)
     data, _ = smiles_to_data(SMILES)
-    m = GraphDiffusion(GraphDiffusionConfig(net=TINY, **kw))
+    m = GraphDiffusion(GraphDiffusionConfig(net=net, **kw))
     m.set_statistics(data)
     return m.eval(), data
 
 
-def test_denoiser_is_permutation_equivariant():
-    model, data = _model()
+def test_spectral_features_match_scipy_components_and_numpy_eigenvalues():
+    import numpy as np
+    from scipy.sparse.csgraph import connected_components
+
+    g = torch.Generator().manual_seed(3)
+    B, N = 40, 9
+    A = (torch.rand(B, N, N, generator=g) < 0.18).float()
+    A = torch.triu(A, 1)
+    A = A + A.transpose(1, 2)
+    sizes = torch.randint(1, N + 1, (B,), generator=g)
+    mask = torch.arange(N)[None, :] < sizes[:, None]
+    A = A * (mask[:, :, None] & mask[:, None, :])
+    node, graph = spectral_features(A, mask)
+    for b in range(B):
+        n = int(sizes[b])
+        a = A[b, :n, :n].numpy()
+        c, labels = connected_components(a, directed=False)
+        comp_size = np.bincount(labels)[labels]
+        np.testing.assert_allclose(node[b, :n, 0].numpy(), comp_size / n, rtol=1e-6)
+        np.testing.assert_array_equal(node[b, :n, 1].numpy(), (comp_size == comp_size.max()).astype(float))
+        assert float(graph[b, 0]) * N == pytest.approx(c)
+        ev = np.linalg.eigvalsh(np.diag(a.sum(1)) - a)[c:c + 5]
+        want = np.zeros(5)
+        want[:len(ev)] = ev
+        np.testing.assert_allclose(graph[b, 1:].numpy() * N, want, atol=1e-5)
+    assert node[~mask].abs().max() == 0
+    assert (graph[:, 0] * N).max() > 2  # the random graphs do have several components
+
+
+@pytest.mark.parametrize("attention,spectral", [("head", False), ("feature", True)])
+def test_denoiser_is_permutation_equivariant(attention, spectral):
+    net = TransformerConfig(**{**TINY.to_dict(), "attention": attention})
+    model, data = _model(net=net, spectral=spectral)
     dense = to_dense(collate_graphs(data[:4]))
     g = torch.Generator().manual_seed(1)
     t = torch.rand(4, dtype=torch.float64, generator=g)
