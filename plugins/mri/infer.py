@@ -41,7 +41,7 @@ class SRResult:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_SW_BATCH = 2  # windows per forward on the CPU: more only adds memory, the cores are busy already
 MAX_CUDA_SW_BATCH = 16  # a 48^3 window already fills a GPU; larger batches only add memory
-ACTIVATION_FACTOR = 12  # peak live activations of one window, in units of `channels[0] * prod(roi)` values
+ACTIVATION_FACTOR = 16  # peak live activations of one window, in units of `channels[0] * prod(roi)` values
 
 
 def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
@@ -67,9 +67,11 @@ def default_sw_batch_size(device: str | torch.device, roi: tuple[int, int, int],
 
     One window of `prod(roi)` low-res voxels keeps at most about `ACTIVATION_FACTOR * channels[0] *
     prod(roi)` activation values alive in the UNet's forward (the skip connections of the first level
-    dominate), so `n = floor(free / 4 / (ACTIVATION_FACTOR * channels[0] * prod(roi) * bytes))`,
-    clipped to `[1, MAX_CUDA_SW_BATCH]`. For the shipped 2x model (48^3 windows, 32 channels, fp32)
-    one window is about 170 MB, so a GPU with 11 GB free or more gets 16.
+    dominate; the shipped 2x model peaks at 13-16 on the CPU), so
+    `n = floor(free / 4 / (ACTIVATION_FACTOR * channels[0] * prod(roi) * bytes))`, clipped to
+    `[1, MAX_CUDA_SW_BATCH]`, with 2 bytes per value under bf16/fp16 autocast. For the shipped 2x
+    model (48^3 windows, 32 channels, fp32) one window is about 230 MB, so a GPU with 15 GB free or
+    more gets 16 windows, one with 8 GB free gets 8.
     """
     dev = torch.device(device)
     if dev.type != "cuda":

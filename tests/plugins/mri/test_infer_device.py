@@ -122,7 +122,7 @@ def test_autocast_dtype_follows_the_hardware(monkeypatch):
 def test_window_batch_scales_with_free_gpu_memory(monkeypatch):
     roi, channels = (48, 48, 48), (32, 48, 64)
     assert default_sw_batch_size("cpu", roi, channels) == infer.CPU_SW_BATCH == 2
-    per_window = infer.ACTIVATION_FACTOR * 32 * 48**3 * 4  # about 170 MB
+    per_window = infer.ACTIVATION_FACTOR * 32 * 48**3 * 4  # about 230 MB
     for free, expected in ((80e9, 16), (4 * 5 * per_window + 1, 5), (1e8, 1)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free: (int(f), int(2 * f)))
         assert default_sw_batch_size("cuda", roi, channels) == expected
