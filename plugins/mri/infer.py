@@ -131,13 +131,13 @@ class WindowedDenoiser(torch.nn.Module):
         if all(n <= r for n, r in zip(x_t.shape[2:], self.roi)):
             return self._net(x_t, t, cond)
         t0 = t.reshape(-1)[:1]
-        fch = x_t.shape[1]
 
-        def predictor(w: Tensor) -> Tensor:
-            return self._net(w[:, :fch], t0.expand(w.shape[0]), w[:, fch:])
+        def predictor(w: Tensor, condition: Tensor) -> Tensor:
+            return self._net(w, t0.expand(w.shape[0]), condition)
 
-        out = sliding_window_inference(torch.cat([x_t, cond], 1), self.roi, self.sw_batch_size,
-                                       predictor, overlap=self.overlap, mode="gaussian", progress=False,
+        # `condition` is cut into the same windows as `x_t`: no concatenated copy of the two volumes
+        out = sliding_window_inference(x_t, self.roi, self.sw_batch_size, predictor, overlap=self.overlap,
+                                       mode="gaussian", progress=False, condition=cond.expand_as(x_t),
                                        roi_weight_map=self.blending_weights(x_t.device))
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 
