@@ -125,6 +125,13 @@ def table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def inference_options(args: argparse.Namespace) -> dict:
+    """The GPU settings of `infer.super_resolve` from the command line (`--sw-batch-size`, `--precision`)."""
+    if args.sw_batch_size is not None and args.sw_batch_size < 1:
+        raise ValueError(f"--sw-batch-size must be >= 1, got {args.sw_batch_size}")
+    return {"sw_batch_size": args.sw_batch_size, "precision": args.precision}
+
+
 def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: tuple[int, int, int], say):
     """The `Run` of one scan (`--input`), one reference (`--reference`) or the MNI152 demo."""
     from sciffusion.plugins.mri.pipeline import (
@@ -135,7 +142,7 @@ def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: t
 
     common = {"samples": args.samples, "steps": args.steps, "method": args.sampler, "seed": args.seed,
               "estimate": args.estimate, "device": args.device, "progress": not args.quiet, "scale": scale,
-              "adapt": args.adapt}
+              "adapt": args.adapt, **inference_options(args)}
     if args.input:
         say(f"input {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm -> scale {scale}")
         return super_resolve_volume(vol, model, **common)
@@ -182,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.adapt < 0:
             raise ValueError(f"--adapt: the number of steps must be >= 0, got {args.adapt}")
+        inference_options(args)  # a bad value fails here, before any scan or training
         if args.input_dir:
             from sciffusion.plugins.mri.cohort import run_cohort
 
@@ -230,6 +238,12 @@ def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentPars
     p.add_argument("--estimate", default="posterior_mean", choices=["posterior_mean", "sample_mean"],
                    help="point estimate: the denoiser's E[y | low-res] (default) or the mean of the K samples")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--sw-batch-size", type=int, default=None,
+                   help="sliding windows per UNet forward (default: 2 on the CPU; on CUDA as many as a quarter "
+                   "of the free GPU memory holds, at most 16)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="UNet autocast at inference (default auto: bf16 on GPUs with native bf16, fp16 on "
+                   "older GPUs, fp32 on the CPU); the sampler's arithmetic stays fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="mri_superres_out", help="output folder (default ./mri_superres_out)")

@@ -75,7 +75,7 @@ def is_done(out: Path) -> bool:
 
 def process_scan(path: Path, out: Path, args: argparse.Namespace, models: dict, device: str, say=print) -> dict:
     """Super-resolve one scan into `out`; returns its status record (never raises for a bad scan)."""
-    from sciffusion.plugins.mri.cli import load_model_for, scale_for
+    from sciffusion.plugins.mri.cli import inference_options, load_model_for, scale_for
     from sciffusion.plugins.mri.io import load_volume
     from sciffusion.plugins.mri.pipeline import super_resolve_volume, write_outputs
 
@@ -92,7 +92,7 @@ def process_scan(path: Path, out: Path, args: argparse.Namespace, models: dict, 
         model, ckpt = models[key]
         run = super_resolve_volume(vol, model, samples=args.samples, steps=args.steps, method=args.sampler,
                                    seed=args.seed, device=device, estimate=args.estimate, scale=scale,
-                                   adapt=args.adapt)
+                                   adapt=args.adapt, **inference_options(args))
         write_outputs(run, out, {"checkpoint": str(ckpt), "argv": list(args.argv)})
         rec["status"] = "done"
     except (VolumeError, ValueError, FileNotFoundError) as err:

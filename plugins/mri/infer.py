@@ -38,41 +38,107 @@ class SRResult:
     samples: np.ndarray | None = None  # (K, ...) when keep_samples
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CPU_SW_BATCH = 2  # windows per forward on the CPU: more only adds memory, the cores are busy already
+MAX_CUDA_SW_BATCH = 16  # a 48^3 window already fills a GPU; larger batches only add memory
+ACTIVATION_FACTOR = 16  # peak live activations of one window, in units of `channels[0] * prod(roi)` values
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The UNet's autocast dtype for `precision` on `device`; None means plain fp32.
+
+    `auto` is bf16 on CUDA devices with native bf16 (`is_bf16_supported(including_emulation=False)`:
+    Ampere and newer), fp16 on older CUDA devices (emulated bf16 is slower than fp16 there), fp32 on
+    the CPU. Only the network's forward is autocast; the sampler's arithmetic stays fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    if precision == "auto":
+        if dev.type != "cuda":
+            return None
+        precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def default_sw_batch_size(device: str | torch.device, roi: tuple[int, int, int], channels: tuple[int, ...],
+                          precision: torch.dtype | None = None) -> int:
+    """Windows per UNet forward: `CPU_SW_BATCH` on the CPU; on CUDA what a quarter of free memory holds.
+
+    One window of `prod(roi)` low-res voxels keeps at most about `ACTIVATION_FACTOR * channels[0] *
+    prod(roi)` activation values alive in the UNet's forward (the skip connections of the first level
+    dominate; the shipped 2x model peaks at 13-16 on the CPU), so
+    `n = floor(free / 4 / (ACTIVATION_FACTOR * channels[0] * prod(roi) * bytes))`, clipped to
+    `[1, MAX_CUDA_SW_BATCH]`, with 2 bytes per value under bf16/fp16 autocast. For the shipped 2x
+    model (48^3 windows, 32 channels, fp32) one window is about 230 MB, so a GPU with 15 GB free or
+    more gets 16 windows, one with 8 GB free gets 8.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return CPU_SW_BATCH
+    free, _ = torch.cuda.mem_get_info(dev)
+    itemsize = 4 if precision is None else 2
+    per_window = ACTIVATION_FACTOR * channels[0] * int(np.prod(roi)) * itemsize
+    return int(min(MAX_CUDA_SW_BATCH, max(1, free // 4 // per_window)))
+
+
 class WindowedDenoiser(torch.nn.Module):
     """`model(x_t, t, cond)` evaluated by sliding windows over the low-res grid.
 
     Windows of `roi` low-res voxels (multiples of the UNet's `multiple`) overlap by `overlap`
-    and are blended with Gaussian weights; `sw_batch_size` windows go through the network at once.
-    A volume no larger than `roi` is evaluated in one pass.
+    and are blended with Gaussian weights `w` (MONAI's importance map, built once per denoiser and
+    device): the prediction at a voxel is `sum_w w f(window) / sum_w w`. `sw_batch_size` windows go
+    through the network at once, under autocast to `dtype` when given (the output is cast back to
+    the input's dtype). A volume no larger than `roi` is evaluated in one pass.
+
+    With a `process`, the first call's prediction is kept as `x0` (`self.first_x0`,
+    `process.predict_x0`): at `t = 1` it is the regression `E[x_0 | cond]`.
     """
 
     def __init__(self, model: SRDenoiser, roi: tuple[int, int, int], overlap: float = 0.25,
-                 sw_batch_size: int = 4) -> None:
+                 sw_batch_size: int = CPU_SW_BATCH, dtype: torch.dtype | None = None, process=None) -> None:
         super().__init__()
         self.model, self.roi, self.overlap, self.sw_batch_size = model, tuple(roi), overlap, sw_batch_size
-        self.first: tuple[Tensor, Tensor, Tensor] | None = None  # (output, x_t, t) of the first call
+        self.dtype, self.process = dtype, process
+        self.first_x0: Tensor | None = None
+        self._weights: Tensor | None = None
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Prediction of `x_t`'s shape; the first call's output is kept (`self.first`)."""
+        """Prediction of `x_t`'s shape; the first call's `x0` prediction is kept when a process is given."""
         out = self._predict(x_t, t, cond)
-        if self.first is None:
-            self.first = (out, x_t, t)
+        if self.first_x0 is None and self.process is not None:
+            self.first_x0 = self.process.predict_x0(out, x_t, t)
         return out
+
+    def _net(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(x, t, cond)
+        return out.to(x.dtype)
+
+    def blending_weights(self, device: torch.device) -> Tensor:
+        """MONAI's Gaussian importance map of one window (`sigma = 0.125 roi`), built once per device."""
+        from monai.data.utils import compute_importance_map
+
+        if self._weights is None or self._weights.device != device:
+            self._weights = compute_importance_map(self.roi, mode="gaussian", sigma_scale=0.125, device=device,
+                                                   dtype=torch.float32)
+        return self._weights
 
     def _predict(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """`t` must be the same for the whole batch (as in the core samplers)."""
         from monai.inferers import sliding_window_inference
 
         if all(n <= r for n, r in zip(x_t.shape[2:], self.roi)):
-            return self.model(x_t, t, cond)
+            return self._net(x_t, t, cond)
         t0 = t.reshape(-1)[:1]
-        fch = x_t.shape[1]
 
-        def predictor(w: Tensor) -> Tensor:
-            return self.model(w[:, :fch], t0.expand(w.shape[0]), w[:, fch:])
+        def predictor(w: Tensor, condition: Tensor) -> Tensor:
+            return self._net(w, t0.expand(w.shape[0]), condition)
 
-        out = sliding_window_inference(torch.cat([x_t, cond], 1), self.roi, self.sw_batch_size, predictor,
-                                       overlap=self.overlap, mode="gaussian", progress=False)
+        # `condition` is cut into the same windows as `x_t`: no concatenated copy of the two volumes
+        out = sliding_window_inference(x_t, self.roi, self.sw_batch_size, predictor, overlap=self.overlap,
+                                       mode="gaussian", progress=False, condition=cond.expand_as(x_t),
+                                       roi_weight_map=self.blending_weights(x_t.device))
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 
 
@@ -95,8 +161,9 @@ def super_resolve(
     seed: int = 0,
     roi: tuple[int, int, int] | None = None,
     overlap: float = 0.25,
-    sw_batch_size: int = 2,
+    sw_batch_size: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
     progress: bool = False,
     keep_samples: bool = False,
     estimate: str = "posterior_mean",
@@ -116,6 +183,14 @@ def super_resolve(
       of sampling noise to its squared error, so this is the better point estimate;
     - `"sample_mean"`: the mean of the K final samples.
 
+    `sw_batch_size` windows go through the UNet at once (None: `default_sw_batch_size`, 2 on the
+    CPU, up to 16 on CUDA). `precision` is the UNet's autocast (`autocast_dtype`; `auto`: bf16 on
+    recent GPUs, fp16 on older ones, fp32 on the CPU); the sampler's arithmetic stays fp32.
+
+    Device memory holds the sampler's state and the windows' activations; the first step's `x0`
+    prediction (one K-volume) is the only tensor kept beside them, and the float64 results are
+    made on the CPU.
+
     `std` is always the spread of the K final samples (the uncertainty map): with K = 4 a per-voxel
     variance has 3 degrees of freedom, so the variance is pooled over a Gaussian neighbourhood of
     `std_sigma` refined voxels, `std = sqrt(G_sigma * var_K)` (`std_sigma=0`: per voxel).
@@ -125,20 +200,21 @@ def super_resolve(
     from sciffusion.core.diffusion.schedules import get_schedule
 
     cfg = model.config
-    _check_arguments(method, estimate, samples, steps)
-    scaler, cubic, trilinear = _normalise_and_interpolate(lr, cfg)
+    _check_arguments(method, estimate, samples, steps, sw_batch_size)
     dev = torch.device(device)
+    dtype = autocast_dtype(precision, dev)
+    scaler, cubic, trilinear = _normalise_and_interpolate(lr, cfg)
     model = model.to(dev).eval()
     cond = space_to_depth(torch.from_numpy(cubic)[None, None].to(dev), cfg.scale)
     cond, size = _pad_to(cond, model.multiple)
     roi = tuple(max(model.multiple, r // model.multiple * model.multiple) for r in (roi or tuple(2 * p for p in cfg.patch)))
-    net = WindowedDenoiser(model, roi, overlap, sw_batch_size)
+    sw_batch_size = sw_batch_size or default_sw_batch_size(dev, roi, tuple(cfg.channels), dtype)
     process = DiffusionProcess(get_schedule(cfg.schedule), prediction=cfg.prediction)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    net = WindowedDenoiser(model, roi, overlap, sw_batch_size, dtype=dtype, process=process)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))  # draws where the sampler runs: no copies
     x0 = sample(net, process, (samples, *cond.shape[1:]), method=method, steps=steps, generator=gen,
                 cond=cond.expand(samples, *cond.shape[1:]), progress=progress, device=dev)
-    first = process.predict_x0(*net.first)
-    ys, first_hr = (_refined(x[..., : size[0], : size[1], : size[2]], cubic, cfg) for x in (x0, first))
+    ys, first_hr = (_refined(x[..., : size[0], : size[1], : size[2]], cubic, cfg) for x in (x0, net.first_x0))
     sample_mean = scaler.inverse(ys.mean(0))
     posterior = scaler.inverse(first_hr.mean(0))
     mean = posterior if estimate == "posterior_mean" else sample_mean
@@ -154,18 +230,23 @@ def _normalise_and_interpolate(lr: np.ndarray, cfg) -> tuple[PercentileScaler, n
     return scaler, upsample(lr_n, cfg.scale, 3), upsample(lr_n, cfg.scale, 1)
 
 
-def _check_arguments(method: str, estimate: str, samples: int, steps: int) -> None:
+def _check_arguments(method: str, estimate: str, samples: int, steps: int, sw_batch_size: int | None) -> None:
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; expected one of {', '.join(SAMPLERS)}")
     if estimate not in ("posterior_mean", "sample_mean"):
         raise ValueError(f"unknown estimate {estimate!r}; expected 'posterior_mean' or 'sample_mean'")
     if samples < 1 or steps < 1:
         raise ValueError(f"samples and steps must be >= 1, got samples={samples}, steps={steps}")
+    if sw_batch_size is not None and sw_batch_size < 1:
+        raise ValueError(f"--sw-batch-size must be >= 1, got {sw_batch_size}")
 
 
 def _refined(x: Tensor, cubic: np.ndarray, cfg) -> np.ndarray:
-    """Normalised volumes on the refined grid from residuals `x` `(K, F, x, y, z)`: `cubic + r D2S(x)`."""
-    return cubic[None].astype(np.float64) + depth_to_space(x, cfg.scale)[:, 0].double().cpu().numpy() * cfg.residual_scale
+    """Normalised volumes on the refined grid from residuals `x` `(K, F, x, y, z)`: `cubic + r D2S(x)`.
+
+    `x` moves to the CPU first: the refined copy and the float64 arithmetic never take device memory.
+    """
+    return cubic[None].astype(np.float64) + depth_to_space(x.cpu(), cfg.scale)[:, 0].double().numpy() * cfg.residual_scale
 
 
 def _pooled_std(ys: np.ndarray, width: float, sigma: float) -> np.ndarray:
