@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> str:
     model, process, data = prepare(args.quick)
     res = {w: {"wall": [], "cpu": [], "workers_cpu": 0.0, "steps": 0} for w in WORKERS}
     for w in WORKERS:  # untimed warm-up
-        run(copy.deepcopy(model), process, data, w, 4, batch)
+        run(copy.deepcopy(model), process, data, w, 2 if args.quick else 4, batch)
     for r in range(rounds):
         for w in WORKERS[r % 3:] + WORKERS[: r % 3]:
             got = run(copy.deepcopy(model), process, data, w, steps, batch)
