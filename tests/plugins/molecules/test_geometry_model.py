@@ -95,7 +95,7 @@ def test_loss_is_rotation_invariant_and_samples_are_centred(device, monkeypatch)
         with torch.no_grad():
             l1 = model.loss(batch, generator=torch.Generator().manual_seed(3))
         rot = random_rotation(g)
-        batch.pos = batch.pos @ rot.T.float() + 3.0
+        batch.pos = batch.pos @ rot.T.float().to(device) + 3.0
         with torch.no_grad():
             l2 = model.loss(batch, generator=torch.Generator().manual_seed(3))
         assert torch.isfinite(l1) and abs(float(l1 - l2)) < 1e-3 * float(l1)
