@@ -543,16 +543,17 @@ def sample_von_mises_fisher(
     n: int, mean: Tensor, kappa: float, generator: torch.Generator | None = None
 ) -> Tensor:
     """``n`` points of ``S^2`` from ``vMF(mean, kappa)`` by the exact inverse CDF of ``w = <mean, x>``:
-    ``w = 1 + log(u + (1-u) e^{-2 kappa}) / kappa``, the azimuth uniform. Returns ``(n, 3)``."""
+    ``w = 1 + log(u + (1-u) e^{-2 kappa}) / kappa``, the azimuth uniform. Returns ``(n, 3)`` on
+    ``mean``'s device (drawn on the generator's)."""
     mean = mean / mean.norm()
-    dtype = mean.dtype
-    u = torch.rand(n, generator=generator, dtype=dtype)
+    dtype, dev = mean.dtype, mean.device
+    u = rng.rand((n,), generator, device=dev, dtype=dtype)
     w = 1 + torch.log(u + (1 - u) * math.exp(-2 * kappa)) / kappa
-    phi = TWO_PI * torch.rand(n, generator=generator, dtype=dtype)
+    phi = TWO_PI * rng.rand((n,), generator, device=dev, dtype=dtype)
     r = torch.sqrt((1 - w * w).clamp_min(0))
     local = torch.stack([r * torch.cos(phi), r * torch.sin(phi), w], -1)
     # rotate e_z to mean (Householder reflection; a reflection keeps the law, which is symmetric)
-    ez = torch.tensor([0.0, 0.0, 1.0], dtype=dtype)
+    ez = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=dev)
     v = ez - mean
     if float(v.norm()) < 1e-12:
         return local

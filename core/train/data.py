@@ -24,15 +24,20 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 __all__ = ["BatchStream", "init_distributed", "seed_everything", "to_device"]
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, memory_format: torch.memory_format | None = None) -> Any:
+    """`batch` (a tensor, or mappings, tuples and lists of them, or anything with `.to`) on `device`;
+    4-D floating tensors also in `memory_format` when one is given (`torch.channels_last`)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        out = batch.to(device, non_blocking=True)
+        if memory_format is not None and out.dim() == 4 and out.is_floating_point():
+            out = out.contiguous(memory_format=memory_format)
+        return out
     if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, memory_format) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
+        return type(batch)(*(to_device(v, device, memory_format) for v in batch))
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device, memory_format) for v in batch)
     if hasattr(batch, "to") and not isinstance(batch, type):  # e.g. a PyG Batch
         return batch.to(device)
     return batch
@@ -83,10 +88,17 @@ class ShardedIterable(IterableDataset):
 
 
 class SkipSampler(torch.utils.data.Sampler):
-    """A sampler's indices after the first `skip` (the part of an epoch already trained on)."""
+    """A sampler's indices after the first `skip` (the part of an epoch already trained on).
+
+    `set(epoch, skip)` moves it to another epoch, so that one loader (with persistent workers) serves all.
+    """
 
     def __init__(self, sampler: DistributedSampler, skip: int) -> None:
         self.sampler, self.skip = sampler, skip
+
+    def set(self, epoch: int, skip: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip = skip
 
     def __iter__(self):
         return itertools.islice(iter(self.sampler), self.skip, None)
@@ -102,6 +114,10 @@ class BatchStream:
     when not distributed), so the order depends only on the seed and the epoch; resuming
     skips the consumed indices without loading them. An iterable is sharded item by item
     across ranks and re-iterated each epoch; resuming skips the consumed items.
+
+    With `cfg.num_workers > 0` and `cfg.persistent_workers`, one loader and its worker processes
+    serve every epoch (the sampler moves to the next epoch), so a worker's state (a dataset's cache)
+    outlives the epoch; `close` ends the workers.
     """
 
     def __init__(
@@ -141,6 +157,11 @@ class BatchStream:
                 stacklevel=3,
             )
         self.epoch, self.batch, self._it = 0, 0, None
+        self._loader: DataLoader | None = None  # kept across epochs with persistent workers
+
+    def close(self) -> None:
+        """End the loader's worker processes (a later batch starts new ones)."""
+        self._it = self._loader = None
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}
@@ -150,6 +171,10 @@ class BatchStream:
 
     def _open(self) -> None:
         bs, cfg = self.cfg.batch_size, self.cfg
+        if self._loader is not None:  # persistent workers: the same loader, moved to this epoch
+            self._loader.sampler.set(self.epoch, self.batch * bs)
+            self._it = iter(self._loader)
+            return
         # a private generator: making the iterator must not draw from the global RNG
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch * 1009 + self.rank)
         common = dict(
@@ -169,12 +194,16 @@ class BatchStream:
                 drop_last=True,
             )
             sampler.set_epoch(self.epoch)
+            persistent = cfg.num_workers > 0 and getattr(cfg, "persistent_workers", False)
             loader = DataLoader(
                 self.source,
                 sampler=SkipSampler(sampler, self.batch * bs),
                 num_workers=cfg.num_workers,
+                persistent_workers=persistent,
                 **common,
             )
+            if persistent:
+                self._loader = loader
         else:
             shard = ShardedIterable(self.source, self.rank, self.world, self.batch * bs)
             loader = DataLoader(shard, num_workers=0, **common)

@@ -67,7 +67,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Fields that may change between a run and its resumption: they do not alter the trajectory
 # (steps only moves the finish line; with a decaying schedule a warning says the curve moved).
 RESUMABLE_FIELDS = frozenset(
-    {"steps", "checkpoint_every", "keep_last", "log_every", "out_dir", "num_workers", "device"}
+    {"steps", "checkpoint_every", "keep_last", "log_every", "out_dir", "num_workers", "persistent_workers",
+     "device", "tf32", "cudnn_benchmark", "channels_last"}
 )
 
 
@@ -86,7 +87,11 @@ class TrainConfig(JsonConfig):
     are always fp32. `lr_schedule` multiplies `lr` by `(s + 1) / warmup_steps` during warm-up,
     then by 1 ("constant"), or decays to `min_lr_ratio` by the last step ("cosine", "linear").
     `device` is where the run trains (default: CUDA when present, one GPU per process under
-    torchrun); `tf32` allows TF32 matmuls on Ampere and newer GPUs during `fit` only.
+    torchrun). `num_workers` loader processes prepare the batches (`persistent_workers`: the same
+    processes serve every epoch; batches are pinned for the copy to a GPU). On CUDA only, and during
+    `fit` only: `tf32` allows TF32 matmuls and convolutions (Ampere and newer), `cudnn_benchmark`
+    lets cuDNN time its convolution algorithms once per input shape (a win when the shapes are fixed),
+    and `channels_last` stores the weights of 2-D convolutions and 4-D batches as NHWC.
     """
 
     steps: int = 1000
@@ -109,8 +114,11 @@ class TrainConfig(JsonConfig):
     seed: int = 0
     out_dir: str = "runs/default"
     num_workers: int = 0
+    persistent_workers: bool = True
     device: str | None = None
     tf32: bool = True
+    cudnn_benchmark: bool = True
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
@@ -248,17 +256,27 @@ class _Window:
 
 
 @contextmanager
-def _tf32(device: torch.device, enabled: bool) -> Iterator[None]:
-    """TF32 matmuls and convolutions on Ampere and newer GPUs for the duration of a run, then restored."""
-    if device.type != "cuda" or not enabled:
+def _cuda_backends(device: torch.device, tf32: bool, cudnn_benchmark: bool = False) -> Iterator[None]:
+    """For the duration of a CUDA run: TF32 matmuls and convolutions (Ampere and newer) and cuDNN's
+    per-shape choice of convolution algorithm; the process-wide settings are restored after."""
+    if device.type != "cuda":
         yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def _memory_format(device: torch.device, channels_last: bool) -> torch.memory_format | None:
+    """`torch.channels_last` for a CUDA run that asks for it, else None (leave tensors as they are)."""
+    return torch.channels_last if channels_last and device.type == "cuda" else None
 
 
 def _run_device(requested: str | None, local_rank: int) -> torch.device:
@@ -298,7 +316,10 @@ class Trainer:
         self.device = _run_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.rank, self.world_size, _ = init_distributed(self.device.type)
         self.out_dir = Path(cfg.out_dir)
+        self.memory_format = _memory_format(self.device, cfg.channels_last)
         self.model = model.to(self.device)
+        if self.memory_format is not None:  # only 4-D weights change layout
+            self.model = self.model.to(memory_format=self.memory_format)
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -459,13 +480,14 @@ class Trainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.progress and self.is_main and sys.stderr.isatty()))
         try:
-            with _tf32(self.device, self.cfg.tf32):
+            with _cuda_backends(self.device, self.cfg.tf32, self.cfg.cudnn_benchmark):
                 while self.step < self.cfg.steps:
                     lr_used = self._optimiser_step(window)
                     bar.update(1)
                     self._end_of_step(window, lr_used, bar)
         finally:
             bar.close()
+            self.data.close()
         if self.is_main:
             self.plot_loss()
 
@@ -541,7 +563,7 @@ class Trainer:
         """Loss of one (micro-)batch, back-propagated with weight 1 / grad_accum; returns it detached."""
         dev = self.device
         with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = self.loss_fn(self.train_model, self.process, to_device(batch, dev))
+            loss = self.loss_fn(self.train_model, self.process, to_device(batch, dev, self.memory_format))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TypeError(
                 f"loss_fn must return a scalar tensor, got {type(loss).__name__} "

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
     p.add_argument("--train", action="store_true", help="train a new model on the training times")
     p.add_argument("--train-steps", type=int, default=2500, help="optimiser steps with --train (default 2500)")
     p.add_argument("--batch-size", type=int, default=8, help="training batch (strips) with --train")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="with --train: DataLoader processes preparing training strips (default 0: the main process)")
     p.add_argument("--widths", default="24,48,96", help="UNet widths per level with --train")
     p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
@@ -82,7 +84,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
     return ExperimentConfig(
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
         factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
-        train_steps=a.train_steps, batch_size=a.batch_size, widths=tuple(int(w) for w in a.widths.split(",")),
+        train_steps=a.train_steps, batch_size=a.batch_size, loader_workers=a.loader_workers, widths=tuple(int(w) for w in a.widths.split(",")),
         solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
         crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
         quiet=a.quiet, time_chunk=a.time_chunk, workers=a.workers, scheduler=a.scheduler,

@@ -56,6 +56,7 @@ class ExperimentConfig(JsonConfig):
     train: bool = False
     train_steps: int = 2500
     batch_size: int = 8
+    loader_workers: int = 0        # --train: DataLoader processes preparing training strips
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
@@ -130,7 +131,8 @@ def train_bundle(cfg: ExperimentConfig, ds: xr.Dataset, dcfg: DownscaleConfig, t
     run_dir = Path(cfg.out) / "train"
     _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")
     bundle = train(ds, dcfg, train_idx, run_dir, steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
-                   progress=not cfg.quiet, device=cfg.device, checkpoint_every=max(cfg.train_steps // 5, 1))
+                   progress=not cfg.quiet, device=cfg.device, checkpoint_every=max(cfg.train_steps // 5, 1),
+                   num_workers=cfg.loader_workers)
     path = bundle.save(Path(cfg.checkpoint) if cfg.checkpoint else Path(cfg.out) / "downscale.pt",
                        extra={"train_steps": cfg.train_steps, "batch_size": cfg.batch_size})
     return bundle, path
@@ -207,6 +209,8 @@ def check_options(cfg: ExperimentConfig) -> None:
         raise ValueError(f"mode must be 'downscale' or 'infill', got {cfg.mode!r}")
     if cfg.members < 1 or cfg.steps < 1:
         raise ValueError("members and steps must be >= 1")
+    if cfg.loader_workers < 0:
+        raise ValueError(f"--loader-workers must be >= 0, got {cfg.loader_workers}")
 
 
 def split_times(n: int, holdout: int) -> tuple[list[int], list[int]]:

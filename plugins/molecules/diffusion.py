@@ -30,7 +30,7 @@ from sciffusion.core.diffusion.process import DiffusionProcess
 from sciffusion.core.diffusion.samplers import sample as core_sample
 from sciffusion.core.diffusion.schedules import Schedule, get_schedule
 
-from .geometry import centered_noise, fully_connected_edges, graph_sizes, remove_mean
+from .geometry import GraphLayout, centered_noise, graph_layout, graph_sizes, remove_mean
 from .model import EGNN, EGNNConfig
 
 
@@ -112,10 +112,11 @@ class MolDiffusion(torch.nn.Module):
         onehot = torch.nn.functional.one_hot(z, self.cfg.n_types).float()
         return torch.cat([onehot * self.cfg.type_scale, charges[:, None].float() * self.cfg.charge_scale], 1)
 
-    def denoise(self, x: Tensor, h: Tensor, t_node: Tensor, batch: Tensor,
+    def denoise(self, x: Tensor, h: Tensor, t_node: Tensor, batch: Tensor | GraphLayout,
                 edge_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Network output at (x_t, h_t, t): (eps_x_hat, out_h) where out_h is eps_h_hat (continuous)
-        or [type logits (K), eps_charge_hat] (categorical)."""
+        or [type logits (K), eps_charge_hat] (categorical). `batch` is the batch vector or, inside a
+        loop, the batch's `GraphLayout` (no host sync)."""
         return self.net(x, h, t_node, batch, edge_index, residual=self.cfg.prediction == "eps")
 
     def _weight(self, t_node: Tensor) -> Tensor:
@@ -125,6 +126,14 @@ class MolDiffusion(torch.nn.Module):
             return torch.ones_like(t_node)
         snr = torch.exp(self.process.log_snr(t_node))
         return torch.clamp(snr + 1, max=self.cfg.snr_cap)
+
+    @staticmethod
+    def layout(batch) -> GraphLayout:
+        """The `GraphLayout` of a PyG batch: sizes from its `ptr` offsets when it has them (no host
+        sync), else counted from the batch vector; built once per batch, before the network runs."""
+        ptr = getattr(batch, "ptr", None)
+        sizes = ptr[1:] - ptr[:-1] if ptr is not None else graph_sizes(batch.batch, int(batch.num_graphs))
+        return graph_layout(batch.batch, sizes)
 
     # ----- training loss ----------------------------------------------------------------------
     def loss(self, batch, generator: torch.Generator | None = None) -> Tensor:
@@ -138,19 +147,20 @@ class MolDiffusion(torch.nn.Module):
 
         y is eps (w = 1) or x0 (w = min(SNR + 1, snr_cap)), by `prediction`.
         """
-        b, x0 = batch.batch, remove_mean(batch.pos.float(), batch.batch)
-        g = int(batch.num_graphs)
+        layout = self.layout(batch)
+        b = layout.batch
+        x0 = remove_mean(batch.pos.float(), layout)
+        g = layout.num_graphs
         dev = x0.device
-        t = torch.rand(g, generator=generator, device=dev)
+        t = rng.rand((g,), generator, device=dev)
         t_node = t[b]
-        edge_index = fully_connected_edges(b)
-        eps_x = centered_noise(x0.shape, b, generator=generator, device=dev)
+        eps_x = centered_noise(x0.shape, layout, generator=generator, device=dev)
         x_t, _ = self.process.add_noise(x0, t_node, noise=eps_x)
-        sizes = graph_sizes(b, g).float()
+        sizes = layout.sizes.float()
         h0 = self.encode(batch.z, batch.charges)
         if self.cfg.type_mode == "continuous":
             h_t, eps_h = self.process.add_noise(h0, t_node, generator=generator)
-            ex, out = self.denoise(x_t, h_t, t_node, b, edge_index)
+            ex, out = self.denoise(x_t, h_t, t_node, layout)
             tx, th = (eps_x, eps_h) if self.cfg.prediction == "eps" else (x0, h0)
             err = (((ex - tx) ** 2).sum(1) + ((out - th) ** 2).sum(1)) * self._weight(t_node)
             per_mol = torch.zeros(g, device=dev).index_add_(0, b, err) / (sizes * (3 + h0.shape[1]))
@@ -160,7 +170,7 @@ class MolDiffusion(torch.nn.Module):
         z_t = cat.sample_xt(batch.z, t_node, generator=generator)
         h_t = torch.cat([torch.nn.functional.one_hot(z_t, self.cfg.n_types).float() * self.cfg.type_scale,
                          q_t], 1)
-        ex, out = self.denoise(x_t, h_t, t_node, b, edge_index)
+        ex, out = self.denoise(x_t, h_t, t_node, layout)
         logits, eq = out[:, :-1], out[:, -1:]
         tx, tq = (eps_x, eps_q) if self.cfg.prediction == "eps" else (x0, h0[:, -1:])
         err = (((ex - tx) ** 2).sum(1) / 3 + ((eq - tq) ** 2).sum(1)) * self._weight(t_node)
@@ -193,17 +203,17 @@ class MolDiffusion(torch.nn.Module):
         if int(sizes.max()) > self.cfg.max_atoms:
             raise ValueError(f"requested {int(sizes.max())} atoms, the model allows at most {self.cfg.max_atoms}")
         b = torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(device)
-        edge_index = fully_connected_edges(b)
+        layout = graph_layout(b, sizes)  # once, outside the loop: the steps below never read back
         k = self.cfg.n_types
         if self.cfg.type_mode == "categorical":
-            x, h, types = self._sample_categorical(b, edge_index, steps, generator, device)
+            x, h, types = self._sample_categorical(layout, steps, generator, device)
         else:
             def model(zx: Tensor, t: Tensor) -> Tensor:
-                ex, eh = self.denoise(zx[:, :3], zx[:, 3:], t, b, edge_index)
+                ex, eh = self.denoise(zx[:, :3], zx[:, 3:], t, layout)
                 return torch.cat([ex, eh], 1)
 
             def project(zx: Tensor) -> Tensor:
-                return torch.cat([remove_mean(zx[:, :3], b), zx[:, 3:]], 1)
+                return torch.cat([remove_mean(zx[:, :3], layout), zx[:, 3:]], 1)
 
             zx = core_sample(model, self.process, (len(b), 3 + k + 1), method=method, steps=steps,
                              generator=generator, progress=progress, device=device, project=project)
@@ -212,22 +222,22 @@ class MolDiffusion(torch.nn.Module):
         charges = torch.round(h[:, -1] / self.cfg.charge_scale).clamp(-3, 3).long()
         return {"pos": x.cpu(), "z": types.cpu(), "charges": charges.cpu(), "batch": b.cpu(), "sizes": sizes}
 
-    def _sample_categorical(self, b: Tensor, edge_index: Tensor, steps: int,
-                            gen: torch.Generator | None, device: torch.device):
-        n, k = len(b), self.cfg.n_types
+    def _sample_categorical(self, layout: GraphLayout, steps: int, gen: torch.Generator | None,
+                            device: torch.device):
+        n, k = len(layout.batch), self.cfg.n_types
         cat = self.categorical()
 
         def randn(shape):
             return rng.randn(shape, gen, device=device)
 
-        x, h = remove_mean(randn((n, 3)), b), randn((n, 1))
+        x, h = remove_mean(randn((n, 3)), layout), randn((n, 1))
         z_t = rng.multinomial(cat.prior().float().expand(n, k).to(device), 1, generator=gen).flatten()
         grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         for i in range(steps):
             t = torch.full((n,), float(grid[i]), device=device)
             s = torch.full((n,), float(grid[i + 1]), device=device)
             h_in = torch.cat([torch.nn.functional.one_hot(z_t, k).float() * self.cfg.type_scale, h], 1)
-            ex, out = self.denoise(x, h_in, t, b, edge_index)
+            ex, out = self.denoise(x, h_in, t, layout)
             zx, eps = torch.cat([x, h], 1), torch.cat([ex, out[:, -1:]], 1)
             z0 = self.process.predict_x0(eps, zx, t)
             if i == steps - 1:
@@ -235,10 +245,10 @@ class MolDiffusion(torch.nn.Module):
             else:
                 mean, var = self.process.posterior(z0, zx, s, t)
                 noise = randn(zx.shape)
-                noise[:, :3] = remove_mean(noise[:, :3], b)
+                noise[:, :3] = remove_mean(noise[:, :3], layout)
                 zx = mean + var.sqrt()[:, None].float() * noise
                 z_t = cat.step(z_t, out[:, :-1], s.double(), t.double(), generator=gen)
-            x, h = remove_mean(zx[:, :3], b), zx[:, 3:]
+            x, h = remove_mean(zx[:, :3], layout), zx[:, 3:]
         return x, h, z_t
 
 

@@ -22,7 +22,7 @@ from torch_geometric.nn import MessagePassing
 
 from sciffusion.core.config import JsonConfig
 
-from .geometry import fully_connected_edges, remove_mean
+from .geometry import GraphLayout, fully_connected_edges, remove_mean
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class EGNN(nn.Module):
     """Denoiser eps_hat(z_t, t) for molecules.
 
     Input: positions x (N, 3), node features h (N, F) (scaled types and charges), t per node (N,),
-    batch vector (N,). Output: (out_x (N, 3) in the zero-CoM subspace, out_h (N, F_out)), with
+    batch vector (N,) or the batch's `GraphLayout` (its edges and sizes then cost no host sync). Output: (out_x (N, 3) in the zero-CoM subspace, out_h (N, F_out)), with
     out_x = x_L - x_0 (eps prediction) or x_L (x0 prediction), equivariant, and out_h a read-out
     of h_L (invariant).
     """
@@ -86,10 +86,10 @@ class EGNN(nn.Module):
                                     for _ in range(cfg.layers))
         self.out = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, n_out))
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
+    def forward(self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, batch: torch.Tensor | GraphLayout,
                 edge_index: torch.Tensor | None = None, residual: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         if edge_index is None:
-            edge_index = fully_connected_edges(batch)
+            edge_index = batch.edge_index if isinstance(batch, GraphLayout) else fully_connected_edges(batch)
         diff = x[edge_index[1]] - x[edge_index[0]]
         edge_attr = (diff * diff).sum(1, keepdim=True)
         feat = self.embed(torch.cat([h, t[:, None].to(h.dtype)], dim=1))

@@ -69,8 +69,8 @@ class JitteredPoints(torch.utils.data.Dataset):
 
 
 def noisy_loss(model, process, batch: torch.Tensor) -> torch.Tensor:
-    """A denoising loss on x_t = (1 - t) x0 + t eps, drawing t and eps from the global torch RNG."""
-    t = torch.rand(batch.shape[0])
+    """A denoising loss on x_t = (1 - t) x0 + t eps, drawing t and eps from the global RNG of the batch's device."""
+    t = torch.rand(batch.shape[0], device=batch.device)
     eps = torch.randn_like(batch)
     x_t = (1 - t[:, None]) * batch + t[:, None] * eps
     return ((model(x_t, t) - eps) ** 2).mean()
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-every", type=int, default=10)
     p.add_argument("--hang-at", type=int, default=0)
     p.add_argument("--loss", choices=["default", "custom"], default="custom")
+    p.add_argument("--device", default="cpu", help="the TrainConfig device (cpu, cuda)")
     p.add_argument(
         "--extend-to", type=int, default=0, help="then resume, in new Trainer, to this step"
     )
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         log_every=5,
         seed=3,
         out_dir=args.out,
+        device=args.device,
     )
     process = None
     if args.mode == "ddp":

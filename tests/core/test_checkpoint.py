@@ -253,7 +253,7 @@ class _Crash(Exception):
 
 
 @pytest.mark.parametrize("iterable", [False, True])
-def test_in_process_resume_is_bitwise(tmp_path, iterable):
+def test_in_process_resume_is_bitwise(tmp_path, iterable, device):
     """Crash at step 13 (checkpoint at 10), rebuild everything, resume: same weights as 25 steps straight."""
     points = gaussian_mixture(40, seed=4)
 
@@ -273,7 +273,8 @@ def test_in_process_resume_is_bitwise(tmp_path, iterable):
             else JitteredPoints(points)
         )
         cfg = _cfg(
-            tmp_path, out_dir=str(tmp_path / out), steps=25, checkpoint_every=5, batch_size=8
+            tmp_path, out_dir=str(tmp_path / out), steps=25, checkpoint_every=5, batch_size=8,
+            device=str(device),
         )
         return Trainer(ToyMLP(hidden=16), None, data, cfg, loss_fn=loss_fn, progress=False)
 

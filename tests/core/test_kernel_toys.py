@@ -21,9 +21,10 @@ from sciffusion.core.kernel_toys import (
 
 
 @pytest.mark.parametrize("method", ["rdks", "oism", "dks", "rdks-spectral"])
-def test_recipe_writes_outputs(tmp_path, method):
+def test_recipe_writes_outputs(tmp_path, method, device):
     small = ["--n-train", "300", "--n-test", "200", "--n-samples", "200", "--steps", "30", "--degree", "4"]
-    assert main(["--dataset", "pinwheel", "--method", method, "--out", str(tmp_path), "--quiet", *small]) == 0
+    argv = ["--dataset", "pinwheel", "--method", method, "--out", str(tmp_path), "--quiet", "--device", str(device)]
+    assert main([*argv, *small]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     files = {p.name for p in tmp_path.iterdir()}
     assert {"samples.npy", "figure.png", "metrics.json", "config.json"} <= files
@@ -36,6 +37,7 @@ def test_recipe_writes_outputs(tmp_path, method):
     for name in ("precision", "recall", "density", "coverage"):
         assert 0.3 < saved[f"{name}_heldout"] < 1.5 and 0.8 < saved[f"{name}_train_vs_heldout"] < 1.2, name
     assert json.loads((tmp_path / "config.json").read_text())["method"] == method
+    assert json.loads((tmp_path / "config.json").read_text())["device"] == str(device)
 
 
 def test_rdks_spectral_and_kernel_forms_give_the_same_numbers(tmp_path):
@@ -86,3 +88,11 @@ def test_unknown_dataset_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--dataset", "moons", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "invalid choice: 'moons'" in capsys.readouterr().err
+
+
+def test_device_is_printed_to_stderr_and_stdout_stays_json(tmp_path, capsys):
+    small = ["--n-train", "50", "--n-test", "20", "--n-samples", "20", "--steps", "5", "--method", "dks"]
+    assert main(["--device", "cpu", "--out", str(tmp_path), *small]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == "device: cpu"
+    assert json.loads(out)["method"] == "dks"

@@ -7,9 +7,9 @@ from sciffusion.core import DiffusionProcess, GaussianMixture, get_schedule, log
 from tests.core.gaussians import gaussian_2d, gaussian_16d
 
 
-def test_denoising_loss_of_the_exact_model_is_the_irreducible_error():
+def test_denoising_loss_of_the_exact_model_is_the_irreducible_error(device):
     # per element, E|eps - E[eps | x_t]|^2 = alpha^2 s^2 / (alpha^2 s^2 + sigma^2) for N(m, s^2) data
-    gm = GaussianMixture.gaussian(torch.tensor([0.3]), torch.tensor([0.7]))
+    gm = GaussianMixture.gaussian(torch.tensor([0.3]), torch.tensor([0.7])).to(device)
     proc = DiffusionProcess("cosine", "eps")
     g = torch.Generator().manual_seed(0)
     x0 = gm.sample(400_000, g)
@@ -117,12 +117,14 @@ def _elbo_closed_form(proc, m, s, num_steps):
 
 
 @pytest.mark.parametrize("num_steps", [10, 1000])
-def test_elbo_terms_match_their_closed_forms_on_gaussian_data(num_steps):
+def test_elbo_terms_match_their_closed_forms_on_gaussian_data(num_steps, device):
     gm = gaussian_2d()
     proc = DiffusionProcess("linear", "eps")
     g = torch.Generator().manual_seed(0)
     x0 = gm.sample(4000 if num_steps == 10 else 300, g)
-    terms = losses.elbo(gm.denoiser(proc), proc, x0, num_steps=num_steps, generator=g, chunk=250)
+    on_device = losses.elbo(gm.to(device).denoiser(proc), proc, x0.to(device), num_steps=num_steps, generator=g, chunk=250)
+    assert on_device.total.device.type == device.type
+    terms = type(on_device)(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(on_device).items()})
     m, s = gm.means[0], gm.stds[0]
     prior, diffusion, reconstruction = _elbo_closed_form(proc, m, s, num_steps)
     n = len(x0)
@@ -195,11 +197,13 @@ def test_elbo_bad_inputs():
 
 
 @pytest.mark.parametrize("gm_fn", [gaussian_2d, gaussian_16d], ids=["d2", "d16"])
-def test_probability_flow_likelihood_matches_the_exact_density(gm_fn):
+def test_probability_flow_likelihood_matches_the_exact_density(gm_fn, device):
     gm = gm_fn()
     proc = DiffusionProcess("cosine", "eps")
     x0 = gm.sample(64, torch.Generator().manual_seed(0))
-    ll = log_likelihood(gm.denoiser(proc), proc, x0, steps=40)
+    ll = log_likelihood(gm.to(device).denoiser(proc), proc, x0.to(device), steps=40)
+    assert ll.device.type == device.type
+    ll = ll.cpu()
     exact = gm.log_prob(x0)
     assert ((ll - exact).abs() / exact.abs()).max() < 0.01
     assert (ll - exact).abs().mean() < 0.01 * exact.abs().mean()

@@ -197,14 +197,15 @@ def test_geometry_tangent_retraction_uniform():
     assert float(Sphere(4).sample_uniform(5, g).norm(dim=-1).sub(1).abs().max()) < 1e-12
 
 
-def test_distribution_samplers():
+def test_distribution_samplers(device):
     g = torch.Generator().manual_seed(0)
     th = sample_von_mises(40000, 3.0, loc=1.0, generator=g)
     from scipy.special import iv
 
     assert abs(float(torch.cos(th - 1.0).mean()) - iv(1, 3.0) / iv(0, 3.0)) < 0.01
-    m = torch.tensor([1.0, 2.0, 2.0], dtype=F64) / 3
+    m = torch.tensor([1.0, 2.0, 2.0], dtype=F64, device=device) / 3
     x = sample_von_mises_fisher(40000, m, 5.0, generator=g)
+    assert x.device.type == device.type
     rbar = x.mean(0)
     assert float(torch.dot(rbar / rbar.norm(), m)) > 0.999
     assert abs(float(rbar.norm()) - (1 / math.tanh(5.0) - 1 / 5.0)) < 0.01

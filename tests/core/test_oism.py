@@ -207,17 +207,18 @@ def test_moments_once_equal_monte_carlo_over_forward_samples():
 
 
 # ---------------------------------------------------------------- variance reduction (section 3.3a)
-def test_dsm_oism_gradient_variance_ratio_against_closed_form():
+def test_dsm_oism_gradient_variance_ratio_against_closed_form(device):
     doc = {1e-3: 63.6, 1e-2: 7.2, 0.1: 2.0, 0.5: 4.5, 1.0: 13.8, 2.0: 108}
     g = torch.Generator().manual_seed(5)
     s0 = 0.5
-    x0 = s0 * torch.randn(400000, generator=g, dtype=F64)
+    x0 = s0 * torch.randn(400000, generator=g, dtype=F64).to(device)
     for t, ref in doc.items():
         cf = gradient_variance_closed_form(s0, t)
         assert abs(cf["ratio"] - ref) / ref < 0.03 and cf["ratio"] >= 2
         assert abs(cf["ratio"] - cf["dsm"] / cf["oism"]) < 1e-9 * cf["ratio"]
         a, sg2 = math.exp(-t), -math.expm1(-2 * t)
         g_dsm, g_oism = linear_score_gradients(x0, t, -1 / (a * a * s0 * s0 + sg2), generator=g)
+        assert g_dsm.device.type == g_oism.device.type == device.type
         assert abs(float(g_dsm.mean())) < 5 * math.sqrt(cf["dsm"] / len(x0))  # unbiased at the optimum
         assert abs(float(g_dsm.var()) / cf["dsm"] - 1) < 0.05
         assert abs(float(g_oism.var()) / cf["oism"] - 1) < 0.05

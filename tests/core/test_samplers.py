@@ -16,12 +16,14 @@ def _std_error(x: torch.Tensor, gm: GaussianMixture) -> float:
 
 @pytest.mark.parametrize("gm_fn", [gaussian_2d, gaussian_16d], ids=["d2", "d16"])
 @pytest.mark.parametrize("method", list(BUDGET))
-def test_every_sampler_reproduces_gaussian_moments(gm_fn, method):
+def test_every_sampler_reproduces_gaussian_moments(gm_fn, method, device):
     gm = gm_fn()
     proc = DiffusionProcess("cosine", "eps")
     n = 20_000 if gm.dim == 2 else 8_000
-    x = sample(gm.denoiser(proc), proc, (n, gm.dim), method, BUDGET[method], t_max=1.0,
-               generator=torch.Generator().manual_seed(0), progress=False, dtype=torch.float64)
+    x = sample(gm.to(device).denoiser(proc), proc, (n, gm.dim), method, BUDGET[method], t_max=1.0,
+               generator=torch.Generator().manual_seed(0), progress=False, dtype=torch.float64, device=device)
+    assert x.device.type == device.type
+    x = x.cpu()
     z = (x - gm.means[0]) / gm.stds[0]
     assert z.mean(0).abs().max() < 4.5 / math.sqrt(n) + 0.01
     assert _std_error(x, gm) < 0.05
@@ -182,19 +184,20 @@ def test_euler_maruyama_is_the_older_name_of_ddpm_beta():
     assert SAMPLERS["euler_maruyama"].step is SAMPLERS["ddpm_beta"].step
 
 
-def test_seeded_runs_repeat_and_ddim_is_deterministic():
-    gm = gaussian_2d()
+def test_seeded_runs_repeat_and_ddim_is_deterministic(device):
+    gm = gaussian_2d().to(device)
     proc = DiffusionProcess("linear", "v")
     model = gm.denoiser(proc)
-    a = sample(model, proc, (64, 2), "ddpm", 30, generator=torch.Generator().manual_seed(5), progress=False)
-    b = sample(model, proc, (64, 2), "ddpm", 30, generator=torch.Generator().manual_seed(5), progress=False)
-    c = sample(model, proc, (64, 2), "ddpm", 30, generator=torch.Generator().manual_seed(6), progress=False)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    x_init = torch.randn(64, 2)
-    d1 = sample(model, proc, (64, 2), "ddim", 10, x_init=x_init, progress=False)
-    d2 = sample(model, proc, (64, 2), "ddim", 10, x_init=x_init, progress=False, generator=torch.Generator().manual_seed(9))
+    kw = dict(progress=False, device=device)
+    a = sample(model, proc, (64, 2), "ddpm", 30, generator=torch.Generator().manual_seed(5), **kw)
+    b = sample(model, proc, (64, 2), "ddpm", 30, generator=torch.Generator().manual_seed(5), **kw)
+    c = sample(model, proc, (64, 2), "ddpm", 30, generator=torch.Generator().manual_seed(6), **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.device.type == device.type
+    x_init = torch.randn(64, 2, device=device)
+    d1 = sample(model, proc, (64, 2), "ddim", 10, x_init=x_init, **kw)
+    d2 = sample(model, proc, (64, 2), "ddim", 10, x_init=x_init, generator=torch.Generator().manual_seed(9), **kw)
     assert torch.equal(d1, d2)
-    e = sample(model, proc, (64, 2), "ddim", 10, x_init=x_init, eta=1.0, progress=False)
+    e = sample(model, proc, (64, 2), "ddim", 10, x_init=x_init, eta=1.0, **kw)
     assert not torch.allclose(d1, e)
 
 

@@ -72,9 +72,10 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bitwise(tmp_path):
+def test_resume_after_sigkill_is_bitwise(tmp_path, device):
     """N=40 steps straight == killed at step 27 (last checkpoint: 20) and resumed to 40."""
-    common = ["--mode", "resume", "--steps", "40", "--ckpt-every", "10", "--loss", "default"]
+    common = ["--mode", "resume", "--steps", "40", "--ckpt-every", "10", "--loss", "default",
+              "--device", str(device)]
     victim = _start([*common, "--out", str(tmp_path / "b"), "--hang-at", "27"])
     _in_process([*common, "--out", str(tmp_path / "a")])  # straight, meanwhile, in this process
     deadline = time.monotonic() + 120

@@ -9,7 +9,7 @@ from torch import nn
 from sciffusion.core import DiffusionProcess, get_schedule
 from sciffusion.core.train.checkpoint import list_checkpoints, restore_cuda_rng
 from sciffusion.core.train.data import init_distributed
-from sciffusion.core.train.trainer import NonFiniteLossError, TrainConfig, Trainer, _tf32
+from sciffusion.core.train.trainer import NonFiniteLossError, TrainConfig, Trainer, _cuda_backends
 
 
 class _FailAt:
@@ -60,10 +60,15 @@ def test_cuda_random_states_of_missing_gpus_are_dropped_with_a_warning():
         restore_cuda_rng(saved)                                    # the same count: silent
 
 
-def test_tf32_is_allowed_only_during_a_cuda_run_and_restored_after():
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with _tf32(torch.device("cpu"), True):
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
-    with _tf32(torch.device("cuda"), True):
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+def test_tf32_and_cudnn_benchmark_only_during_a_cuda_run_and_restored_after():
+    def flags():
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+
+    before = flags()
+    with _cuda_backends(torch.device("cpu"), True, True):
+        assert flags() == before
+    with _cuda_backends(torch.device("cuda"), True, True):
+        assert flags() == (True, True, True)
+    with _cuda_backends(torch.device("cuda"), False, False):
+        assert flags() == before
+    assert flags() == before

@@ -135,14 +135,17 @@ def test_help_runs_as_a_module():
 
 
 @pytest.mark.slow
-def test_a_regional_grid_of_any_size_trains_and_downscales(tmp_path, capsys):
+def test_a_regional_grid_of_any_size_trains_and_downscales(tmp_path, capsys, device):
+    """Also: the strips are prepared in a loader worker, and the run uses the given device."""
     ref = tmp_path / "box.nc"
     make_regional(n_time=8, n_lat=15, n_lon=21).to_netcdf(ref, engine="h5netcdf")
     out = tmp_path / "out"
     args = ["--reference", str(ref), "--train", "--factor", "3", "--train-steps", "2", "--widths", "8,8,8", "--batch-size", "4",
-            "--holdout", "2", "--members", "2", "--steps", "2", "--out", str(out)]
+            "--holdout", "2", "--members", "2", "--steps", "2", "--out", str(out), "--device", str(device),
+            "--loader-workers", "1"]
     assert main(args) == 0
     log = capsys.readouterr().out
+    assert f"device: {device}" in log
     assert "domain: 15 x 21 cells" in log and "regional: longitude does not close the circle" in log
     ds = xr.open_dataset(out / "downscaled.nc")
     assert ds["t2m"].shape == (2, 2, 15, 21) and np.isfinite(ds["t2m"].values).all()

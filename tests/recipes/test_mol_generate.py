@@ -62,9 +62,9 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_shipped_checkpoint_is_small_and_samples():
+def test_shipped_checkpoint_is_small_and_samples(device):
     assert DEFAULT_CHECKPOINT.exists() and DEFAULT_CHECKPOINT.stat().st_size < 20 * 2**20
-    model = load_model(DEFAULT_CHECKPOINT)
+    model = load_model(DEFAULT_CHECKPOINT, str(device))
     out = model.sample(model.sample_sizes(3), steps=3)
     assert out["pos"].shape[1] == 3 and out["batch"].max() == 2
 

@@ -64,12 +64,12 @@ def test_reference_mode_writes_every_output(tmp_path, ckpt, capsys):
     assert cfg["samples"] == 2 and cfg["steps"] == 2 and cfg["model"]["scale"] == [2, 2, 2]
 
 
-def test_input_mode_overlays_the_input(tmp_path, ckpt):
+def test_input_mode_overlays_the_input(tmp_path, ckpt, device):
     scan = tmp_path / "scan.nii"
     nib.save(nib.Nifti1Image(phantom((12, 10, 14)), _affine()), str(scan))
     out = tmp_path / "o"
     assert main(["--input", str(scan), "--checkpoint", str(ckpt), "--steps", "2", "--samples", "2",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out), "--quiet", "--device", str(device)]) == 0
     sr = nib.load(str(out / "sr.nii.gz"))
     assert sr.shape == (24, 20, 28)
     np.testing.assert_allclose(sr.affine, sr_affine(_affine(), (2, 2, 2)), atol=1e-6)

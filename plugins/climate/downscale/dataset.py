@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import xarray as xr
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from sciffusion.plugins.climate.downscale.config import DownscaleConfig, condition
 from sciffusion.plugins.climate.downscale.grids import (
@@ -27,6 +28,17 @@ from sciffusion.plugins.climate.downscale.statistics import (
 from sciffusion.plugins.climate.normalise import Normaliser
 
 
+def _loader_worker_scheduler():
+    """Inside a DataLoader worker, dask computes in that process (its synchronous scheduler): a worker is
+    forked, and the thread pool of dask's default scheduler does not survive a fork (a compute would wait
+    forever). Elsewhere dask's own choice stands."""
+    if get_worker_info() is None:
+        return nullcontext()
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
+
+
 class ResidualStrips(Dataset):
     """Training examples (x0, cond, w): strips of `strip_height` latitude rows, full longitude on a
     global grid (on a regional one with several alignments, the W - factor columns every alignment
@@ -36,7 +48,8 @@ class ResidualStrips(Dataset):
     `ResidualStats` per block alignment of `alignments(cfg)`, in that order. One prepared
     (time, alignment) is kept per cache slot (`cache` slots), so memory is bounded by the cache,
     not by the dataset. `w` (C, strip, lon) holds the latitude weights times the variable's loss
-    weight, 0 where the truth is NaN.
+    weight, 0 where the truth is NaN. Loader workers (`num_workers`) each keep their own cache and read
+    the fields with dask's synchronous scheduler.
     """
 
     def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,
@@ -70,7 +83,8 @@ class ResidualStrips(Dataset):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        fine, grids, lon = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, self.grids, self.alignments[k])
+        with _loader_worker_scheduler():
+            fine, grids, lon = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, self.grids, self.alignments[k])
         b, r, valid = normalised_residual(fine, self.norm, grids)
         tval = time_values(self.ds, [self.times[ti]])
         f = residual_features(tval, grids.lat, lon, 1)[0]

@@ -48,15 +48,22 @@ def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tup
 
 def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_dir: str | Path,
           steps: int = 2500, batch_size: int = 8, lr: float = 7e-4, seed: int = 0,
-          progress: bool = False, checkpoint_every: int = 200, device: str | None = None) -> Downscaler:
-    """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle."""
+          progress: bool = False, checkpoint_every: int = 200, device: str | None = None,
+          num_workers: int = 0, persistent_workers: bool = True, channels_last: bool = False) -> Downscaler:
+    """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle.
+
+    `num_workers` loader processes prepare the strips (each keeps its own cache of prepared times, for
+    the whole run with `persistent_workers`); `channels_last` stores the UNet's convolutions as NHWC on
+    CUDA (see `TrainConfig`).
+    """
     from sciffusion.core.train.trainer import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     bundle, data = build(ds, cfg, train_idx)
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", warmup_steps=min(100, steps // 10 + 1),
                        min_lr_ratio=0.05, ema_half_life=max(steps / 20, 5), checkpoint_every=checkpoint_every,
-                       keep_last=2, log_every=20, seed=seed, out_dir=str(out_dir), device=device)
+                       keep_last=2, log_every=20, seed=seed, out_dir=str(out_dir), device=device,
+                       num_workers=num_workers, persistent_workers=persistent_workers, channels_last=channels_last)
     trainer = Trainer(bundle.model, bundle.process(), data, tcfg, loss_fn=weighted_loss, progress=progress)
     trainer.fit(resume=True)
     bundle.model = trainer.ema_model

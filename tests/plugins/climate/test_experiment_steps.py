@@ -47,6 +47,8 @@ def test_split_times_and_options():
         check_options(ExperimentConfig(mode="sr"))
     with pytest.raises(ValueError, match="members and steps must be >= 1"):
         check_options(ExperimentConfig(steps=0))
+    with pytest.raises(ValueError, match="--loader-workers must be >= 0, got -1"):
+        check_options(ExperimentConfig(loader_workers=-1))
 
 
 def test_load_reference_skips_empty_times_and_holds_out_the_last(tmp_path, capsys):

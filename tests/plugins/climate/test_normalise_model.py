@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -47,16 +48,23 @@ def test_pad_sphere_wraps_longitude_and_repeats_latitude_edges():
     assert torch.equal(p[0, 0, 0, 1:-1], x[0, 0, 0]) and torch.equal(p[0, 0, -1, 1:-1], x[0, 0, -1])
 
 
-def test_unet_is_equivariant_to_longitude_rolls():
+def test_unet_is_equivariant_to_longitude_rolls(device):
+    """Also: the same numbers with NHWC (channels_last) weights and inputs. On CUDA, convolutions may
+    use TF32 (PyTorch's default for cuDNN), hence the looser tolerance there."""
     torch.manual_seed(0)
     net = ClimateUNet(UNetConfig(2, 3, (8, 8, 16), groups=4))
     for p in net.parameters():  # the zero-initialised output layers would hide the check
         torch.nn.init.normal_(p, std=0.2)
     x, c, t = torch.randn(2, 2, 8, 32), torch.randn(2, 3, 8, 32), torch.rand(2)
+    net, x, c, t = net.to(device), x.to(device), c.to(device), t.to(device)
+    tol = dict(rtol=1e-4, atol=1e-4) if device.type == "cpu" else dict(rtol=1e-2, atol=1e-2)
     out = net(x, t, c)
     assert out.shape == x.shape
     shifted = net(torch.roll(x, 4, -1), t, torch.roll(c, 4, -1))
-    torch.testing.assert_close(shifted, torch.roll(out, 4, -1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(shifted, torch.roll(out, 4, -1), **tol)
+    nhwc = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    torch.testing.assert_close(nhwc(x.contiguous(memory_format=cl), t, c.contiguous(memory_format=cl)), out, **tol)
     with pytest.raises(ValueError, match="expects 3 conditioning channels, got 2"):
         net(x, t, c[:, :2])
 

@@ -10,6 +10,7 @@ from sciffusion.plugins.molecules.diffusion import (
 from sciffusion.plugins.molecules.geometry import (
     centered_noise,
     fully_connected_edges,
+    graph_layout,
     random_rotation,
     remove_mean,
     scatter_mean,
@@ -51,45 +52,54 @@ def test_log_normal_uses_zero_com_dimension():
     assert torch.allclose(log_normal_zero_com(x, b), torch.tensor([-3.0 * torch.log(torch.tensor(2 * torch.pi))]))
 
 
-def test_egnn_is_e3_equivariant():
+def test_egnn_is_e3_equivariant(device):
     torch.manual_seed(0)
-    net = EGNN(EGNNConfig(n_types=5, hidden=32, layers=3), n_in=6, n_out=6).double()
+    net = EGNN(EGNNConfig(n_types=5, hidden=32, layers=3), n_in=6, n_out=6).double().to(device)
     g = torch.Generator().manual_seed(1)
-    b = _batch([5, 9, 3])
-    x = remove_mean(torch.randn(17, 3, generator=g, dtype=torch.float64), b)
-    h = torch.randn(17, 6, generator=g, dtype=torch.float64)
-    t = torch.rand(3, generator=g, dtype=torch.float64)[b]
-    rot = random_rotation(g)
-    shift = torch.randn(1, 3, generator=g, dtype=torch.float64) * 10
+    b = _batch([5, 9, 3]).to(device)
+    x = remove_mean(torch.randn(17, 3, generator=g, dtype=torch.float64).to(device), b)
+    h = torch.randn(17, 6, generator=g, dtype=torch.float64).to(device)
+    t = torch.rand(3, generator=g, dtype=torch.float64).to(device)[b]
+    rot = random_rotation(g).to(device)
+    shift = torch.randn(1, 3, generator=g, dtype=torch.float64).to(device) * 10
     ex, eh = net(x, h, t, b)
     ex2, eh2 = net(x @ rot.T + shift, h, t, b)
     assert (ex2 - ex @ rot.T).abs().max() < 1e-5                # positions rotate, ignore translation
     assert (eh2 - eh).abs().max() < 1e-5                        # types invariant
     assert ex.abs().max() > 1e-3                                # the test is not trivially satisfied
-    reflect = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    reflect = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64, device=device))
     ex3, eh3 = net(x @ reflect.T, h, t, b)                      # E(3) includes reflections
     assert (ex3 - ex @ reflect.T).abs().max() < 1e-5 and (eh3 - eh).abs().max() < 1e-5
+    ex4, eh4 = net(x, h, t, graph_layout(b))                    # the precomputed layout: the same numbers
+    assert torch.equal(ex4, ex) and torch.equal(eh4, eh)
 
 
-def test_loss_is_rotation_invariant_and_samples_are_centred():
+def test_loss_is_rotation_invariant_and_samples_are_centred(device, monkeypatch):
+    """Also: neither the loss nor the sampler counts molecules from the batch vector (a host sync on a
+    GPU): the sizes come from the batch's offsets and the requested sizes."""
     from torch_geometric.data import Batch, Data
 
+    from sciffusion.plugins.molecules import geometry
+
+    counted = []
+    monkeypatch.setattr(geometry, "num_graphs", lambda b: counted.append(1) or int(b.max()) + 1)
     torch.manual_seed(0)
     cfg = MolDiffusionConfig(max_atoms=9, egnn=EGNNConfig(hidden=16, layers=2))
     for mode, pred in (("continuous", "eps"), ("categorical", "eps"), ("continuous", "x0")):
-        model = MolDiffusion(MolDiffusionConfig(**{**cfg.__dict__, "type_mode": mode, "prediction": pred}))
+        model = MolDiffusion(MolDiffusionConfig(**{**cfg.__dict__, "type_mode": mode, "prediction": pred})).to(device)
         g = torch.Generator().manual_seed(2)
         pos = torch.randn(9, 3, generator=g)
         data = [Data(pos=pos[:4], z=torch.tensor([1, 0, 0, 3]), charges=torch.zeros(4), num_nodes=4),
                 Data(pos=pos[4:], z=torch.tensor([1, 1, 2, 0, 0]), charges=torch.zeros(5), num_nodes=5)]
-        batch = Batch.from_data_list(data)
+        batch = Batch.from_data_list(data).to(device)
         with torch.no_grad():
             l1 = model.loss(batch, generator=torch.Generator().manual_seed(3))
         rot = random_rotation(g)
-        batch.pos = batch.pos @ rot.T.float() + 3.0
+        batch.pos = batch.pos @ rot.T.float().to(device) + 3.0
         with torch.no_grad():
             l2 = model.loss(batch, generator=torch.Generator().manual_seed(3))
         assert torch.isfinite(l1) and abs(float(l1 - l2)) < 1e-3 * float(l1)
         out = model.sample(torch.tensor([2, 5, 9]), steps=3, generator=torch.Generator().manual_seed(0))
-        assert out["pos"].shape == (16, 3) and out["z"].max() < 5
-        assert scatter_mean(out["pos"], out["batch"]).abs().max() < 1e-4
+        assert out["pos"].shape == (16, 3) and out["z"].max() < 5 and out["pos"].device.type == "cpu"
+        assert counted == [], mode
+        assert scatter_mean(out["pos"], out["batch"], n_graphs=3).abs().max() < 1e-4
