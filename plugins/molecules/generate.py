@@ -73,7 +73,7 @@ def generate(model: MolDiffusion, n: int = 100, steps: int = 500, method: str = 
              train_smiles: list[str] | None = None, progress: bool = False) -> Generation:
     """Sample `n` molecules (sizes from the training histogram unless given), in batches of
     `batch_size` molecules of mixed sizes, then build and score them (metrics.py)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)  # draws where the model runs
     model = model.to(device).eval()
     if sizes is None:
         sizes = model.sample_sizes(n, generator=gen)

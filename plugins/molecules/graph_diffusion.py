@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sciffusion.core import rng
 from sciffusion.core.config import JsonConfig
 from sciffusion.core.diffusion.categorical import CategoricalProcess, JointCategoricalProcess
 from sciffusion.core.diffusion.schedules import get_schedule
@@ -170,8 +171,8 @@ class GraphDiffusion(nn.Module):
 
     # ----- sampling ---------------------------------------------------------------------------------
     def sample_sizes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n graph sizes drawn from the training histogram."""
-        return torch.multinomial(self.size_hist.cpu().float(), n, replacement=True, generator=generator)
+        """n graph sizes drawn from the training histogram (on the generator's device; returned on the CPU)."""
+        return rng.multinomial(self.size_hist.float(), n, generator, replacement=True).cpu()
 
     def cond_tensors(self, targets: dict[str, float] | None, B: int) -> tuple[Tensor | None, Tensor | None]:
         """Normalised property targets and 'given' flags (B, P) from {property: value}."""

@@ -109,7 +109,7 @@ def sample_graphs(model: GraphDiffusion, n: int, steps: int = 100, seed: int = 0
                             "guidance needs a conditional model")
     if guidance and not targets:
         raise MolInputError("--guidance needs --property NAME --target VALUE")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=model.node_marginal.device).manual_seed(seed)  # draws where the model runs
     sizes = torch.full((n,), size) if size is not None else model.sample_sizes(n, gen)
     graphs, seconds = [], 0.0
     for start in tqdm(range(0, n, batch_size), disable=not progress or n <= batch_size, desc="batches"):
@@ -181,7 +181,7 @@ def evaluate_nll(model: GraphDiffusion, graphs: Sequence, num_steps: int = 100, 
     (`GraphDiffusion.nll`: size, prior, diffusion and reconstruction of X and E, total)."""
     from .graph_data import collate_graphs, to_dense
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=model.node_marginal.device).manual_seed(seed)
     sums: dict[str, float] = {}
     for start in range(0, len(graphs), batch_size):
         dense = to_dense(collate_graphs(graphs[start: start + batch_size]), model.cfg.max_atoms)
