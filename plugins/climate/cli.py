@@ -18,7 +18,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from sciffusion.core.devices import DEVICE_HELP, resolve_device
+from sciffusion.core.devices import DEVICE_HELP, PRECISIONS, resolve_device
 from sciffusion.core.memory import retain_freed_memory
 from sciffusion.plugins.climate.coarse_input import downscale_input
 from sciffusion.plugins.climate.experiment import ExperimentConfig, run
@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="UNet autocast when sampling: auto = bf16 where CUDA has it natively, fp16 on older GPUs, fp32 on the CPU")
     p.add_argument("--out", default="./climate_downscale_out", help="output folder (or a .zarr store with --input)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
         factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, loader_workers=a.loader_workers, widths=tuple(int(w) for w in a.widths.split(",")),
         solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
-        crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, out=a.out,
+        crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, precision=a.precision, out=a.out,
         quiet=a.quiet, time_chunk=a.time_chunk, workers=a.workers, scheduler=a.scheduler,
     )
 

@@ -34,7 +34,7 @@ def downscale_input(cfg: ExperimentConfig) -> Path:
     coarse = load_times(coarse_ds, slice(None), bundle.cfg.variables)
     times = coarse_ds["time"].values if "time" in coarse_ds.coords else None
     ens = bundle.sample(coarse, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device, times=times,
-                        conserve=cfg.conserve)
+                        conserve=cfg.conserve, precision=cfg.precision)
     template = xr.Dataset(
         {v: (("time", "latitude", "longitude"), np.zeros((coarse.shape[0], len(bundle.grids.lat), len(bundle.grids.lon)), np.float32),
              dict(coarse_ds[v].attrs)) for v in bundle.cfg.variables},

@@ -69,6 +69,7 @@ class ExperimentConfig(JsonConfig):
     gap_fraction: float = 0.2
     seed: int = 0
     device: str | None = None
+    precision: str = "auto"
     out: str = "climate_downscale_out"
     quiet: bool = False
     time_chunk: int = 8            # --input into a .zarr --out: times per task and per zarr chunk
@@ -271,7 +272,8 @@ def downscale_held_out(cfg: ExperimentConfig, bundle: Downscaler, ref: Reference
     truth = load_times(ref.fields, ref.test_idx, ref.variables)
     coarse = coarse_fields(truth, bundle.grids, fill=False)
     ens = bundle.sample(coarse, members=cfg.members, steps=cfg.steps, seed=cfg.seed, device=cfg.device,
-                        times=ref.times(ref.test_idx), conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps)
+                        times=ref.times(ref.test_idx), conserve=cfg.conserve, coarse_gaps=cfg.coarse_gaps,
+                        precision=cfg.precision)
     ens = np.where(np.isnan(truth)[None], np.nan, ens)
     return HeldOut(truth, bundle.fill_coarse(coarse, cfg.coarse_gaps), truth, ens, k_min=len(bundle.grids.lon_c) // 2)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import Tensor
 
+from sciffusion.core.devices import autocast_dtype
 from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
 from sciffusion.plugins.mri.transforms import PercentileScaler
@@ -38,27 +39,9 @@ class SRResult:
     samples: np.ndarray | None = None  # (K, ...) when keep_samples
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_SW_BATCH = 2  # windows per forward on the CPU: more only adds memory, the cores are busy already
 MAX_CUDA_SW_BATCH = 16  # a 48^3 window already fills a GPU; larger batches only add memory
 ACTIVATION_FACTOR = 16  # peak live activations of one window, in units of `channels[0] * prod(roi)` values
-
-
-def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
-    """The UNet's autocast dtype for `precision` on `device`; None means plain fp32.
-
-    `auto` is bf16 on CUDA devices with native bf16 (`is_bf16_supported(including_emulation=False)`:
-    Ampere and newer), fp16 on older CUDA devices (emulated bf16 is slower than fp16 there), fp32 on
-    the CPU. Only the network's forward is autocast; the sampler's arithmetic stays fp32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    dev = torch.device(device)
-    if precision == "auto":
-        if dev.type != "cuda":
-            return None
-        precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def default_sw_batch_size(device: str | torch.device, roi: tuple[int, int, int], channels: tuple[int, ...],

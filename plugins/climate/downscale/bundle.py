@@ -125,7 +125,8 @@ class Downscaler:
                seed: int = 0, batch_size: int = 8, device: str | None = None,
                known: np.ndarray | None = None, mask: np.ndarray | None = None,
                progress: bool = False, times: np.ndarray | None = None, conserve: bool = True,
-               coarse_gaps: str = "infill", time_seeds: Sequence[int] | None = None) -> np.ndarray:
+               coarse_gaps: str = "infill", time_seeds: Sequence[int] | None = None,
+               precision: str = "auto") -> np.ndarray:
         """Ensemble of fine fields (member, T, C, H, W) in physical units from coarse (T, C, h, w).
 
         A member is z = B + m + s x0 in normalised units, with x0 drawn by the core sampler
@@ -139,10 +140,11 @@ class Downscaler:
         day (`diurnal`). `known`/`mask` (T, C, H, W), physical units and 1 where known, turn
         sampling into inpainting (core `sample(known=, mask=)`): observed cells are kept, the
         rest is drawn. `time_seeds` (T,): draw each time's members from its own seed.
+        `precision`: the UNet's autocast (`core.devices.autocast_dtype`; `auto` is fp32 on the CPU).
         """
         from sciffusion.plugins.climate.downscale.sampling import SamplingOptions, sample_ensemble
 
         opts = SamplingOptions(members=members, steps=steps, method=method, seed=seed, batch_size=batch_size,
                                device=device, progress=progress, conserve=conserve, coarse_gaps=coarse_gaps,
-                               time_seeds=time_seeds)
+                               time_seeds=time_seeds, precision=precision)
         return sample_ensemble(self, coarse, opts, times=times, known=known, mask=mask)

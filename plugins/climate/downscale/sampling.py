@@ -45,6 +45,7 @@ class SamplingOptions:
     conserve: bool = True
     coarse_gaps: str = "infill"
     time_seeds: Sequence[int] | None = None
+    precision: str = "auto"
 
 
 @dataclass
@@ -97,15 +98,17 @@ def draw(model: torch.nn.Module, process, prep: Prepared, ts: list[int], gen: to
     """Standardised residuals x0 (len(ts), C, H, W), float64 on the host, for the times `ts`,
     clamped to +-CLAMP; with `prep.known_x`, the cells of `mask` are imposed (inpainting)."""
     from sciffusion.core import sample as core_sample
+    from sciffusion.core.devices import AutocastModel, autocast_dtype
 
     kw = {}
     if prep.known_x is not None:
         kw = {"known": torch.from_numpy(prep.known_x[ts]).to(dev),
               "mask": torch.from_numpy(mask[ts].astype(np.float32)).to(dev)}
+    model = AutocastModel(model, autocast_dtype(opts.precision, dev))
     x = core_sample(model, process, (len(ts), *prep.b.shape[1:]), method=opts.method, steps=opts.steps,
                     generator=gen, cond=torch.from_numpy(prep.cond[ts]).to(dev), progress=opts.progress,
                     device=dev, **kw)
-    return x.clamp(-CLAMP, CLAMP).double().cpu().numpy()
+    return x.clamp(-CLAMP, CLAMP).cpu().double().numpy()
 
 
 def to_physical(bundle: Downscaler, x: np.ndarray, prep: Prepared, ts: list[int], conserve: bool,

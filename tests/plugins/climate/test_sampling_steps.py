@@ -3,6 +3,8 @@ and the checkpoint read onto any device."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,20 @@ def test_a_checkpoint_loads_onto_any_device_and_samples_there(setup, device, tmp
     np.testing.assert_allclose(again.coef, bundle.coef, atol=1e-3)   # stored as float16
     ens = again.sample(coarse, members=2, steps=2, seed=0, device=str(device))
     assert ens.shape == (2, *coarse.shape[:2], 16, 32) and np.isfinite(ens).all()
+
+
+def test_bf16_autocast_rounds_the_members_slightly_and_fp32_is_the_cpu_default(setup):
+    bundle, truth, coarse = setup
+    bundle = copy.deepcopy(bundle)  # the module's fixture stays untouched
+    torch.manual_seed(0)
+    for p in bundle.model.parameters():  # an untrained UNet can predict exactly zero; make it say something
+        p.data.normal_(0, 0.2)
+    kw = {"members": 2, "steps": 2, "seed": 3}
+    fp32 = bundle.sample(coarse, precision="fp32", **kw)
+    assert np.array_equal(bundle.sample(coarse, **kw), fp32)  # auto is fp32 on the CPU
+    bf16 = bundle.sample(coarse, precision="bf16", **kw)
+    diff = np.abs(bf16 - fp32)
+    scale = truth.std(axis=(0, 2, 3))[None, None, :, None, None]
+    assert 0 < float((diff / scale).max()) < 0.05
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        bundle.sample(coarse, precision="fp8", **kw)

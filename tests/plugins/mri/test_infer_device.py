@@ -16,7 +16,6 @@ from sciffusion.core.diffusion.schedules import get_schedule
 from sciffusion.plugins.mri import cli, infer
 from sciffusion.plugins.mri.infer import (
     WindowedDenoiser,
-    autocast_dtype,
     default_sw_batch_size,
     super_resolve,
 )
@@ -104,19 +103,6 @@ def test_bf16_autocast_runs_the_unet_in_bf16_and_stays_close_to_fp32(tiny_model)
     for a, b in ((bf16.mean, fp32.mean), (bf16.sample_mean, fp32.sample_mean)):
         diff = np.abs(a - b)
         assert 0 < diff.max() < 0.01 * width, diff.max()  # rounded, but by much less than 1 % of the range
-
-
-def test_autocast_dtype_follows_the_hardware(monkeypatch):
-    assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cuda") is None
-    assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp16", "cuda") == torch.float16
-    asked = []
-    for native, expected in ((True, torch.bfloat16), (False, torch.float16)):  # V100, T4: fp16, not emulated bf16
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                            lambda including_emulation=True, n=native: asked.append(including_emulation) or n)
-        assert autocast_dtype("auto", "cuda:0") == expected
-    assert asked == [False, False]
-    with pytest.raises(ValueError, match="--precision: unknown precision 'fp8'"):
-        autocast_dtype("fp8", "cpu")
 
 
 def test_window_batch_scales_with_free_gpu_memory(monkeypatch):
