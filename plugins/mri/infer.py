@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import Tensor
 
-from sciffusion.core.devices import autocast_dtype
+from sciffusion.core.devices import AutocastModel, autocast_dtype
 from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
 from sciffusion.plugins.mri.transforms import PercentileScaler
@@ -71,8 +71,8 @@ class WindowedDenoiser(torch.nn.Module):
     Windows of `roi` low-res voxels (multiples of the UNet's `multiple`) overlap by `overlap`
     and are blended with Gaussian weights `w` (MONAI's importance map, built once per denoiser and
     device): the prediction at a voxel is `sum_w w f(window) / sum_w w`. `sw_batch_size` windows go
-    through the network at once, under autocast to `dtype` when given (the output is cast back to
-    the input's dtype). A volume no larger than `roi` is evaluated in one pass.
+    through the network at once, under autocast to `dtype` when given (`core.devices.AutocastModel`:
+    the output comes back in float32). A volume no larger than `roi` is evaluated in one pass.
 
     With a `process`, the first call's prediction is kept as `x0` (`self.first_x0`,
     `process.predict_x0`): at `t = 1` it is the regression `E[x_0 | cond]`.
@@ -83,6 +83,7 @@ class WindowedDenoiser(torch.nn.Module):
         super().__init__()
         self.model, self.roi, self.overlap, self.sw_batch_size = model, tuple(roi), overlap, sw_batch_size
         self.dtype, self.process = dtype, process
+        self.net = AutocastModel(model, dtype)
         self.first_x0: Tensor | None = None
         self._weights: Tensor | None = None
 
@@ -92,11 +93,6 @@ class WindowedDenoiser(torch.nn.Module):
         if self.first_x0 is None and self.process is not None:
             self.first_x0 = self.process.predict_x0(out, x_t, t)
         return out
-
-    def _net(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.model(x, t, cond)
-        return out.to(x.dtype)
 
     def blending_weights(self, device: torch.device) -> Tensor:
         """MONAI's Gaussian importance map of one window (`sigma = 0.125 roi`), built once per device."""
@@ -112,11 +108,11 @@ class WindowedDenoiser(torch.nn.Module):
         from monai.inferers import sliding_window_inference
 
         if all(n <= r for n, r in zip(x_t.shape[2:], self.roi)):
-            return self._net(x_t, t, cond)
+            return self.net(x_t, t, cond)
         t0 = t.reshape(-1)[:1]
 
         def predictor(w: Tensor, condition: Tensor) -> Tensor:
-            return self._net(w, t0.expand(w.shape[0]), condition)
+            return self.net(w, t0.expand(w.shape[0]), condition)
 
         # `condition` is cut into the same windows as `x_t`: no concatenated copy of the two volumes
         out = sliding_window_inference(x_t, self.roi, self.sw_batch_size, predictor, overlap=self.overlap,
