@@ -9,6 +9,11 @@ crop (PSNR, SSIM; `metrics`). Reported per cell: the mean over the crops for tri
 B-spline and sciffusion, sciffusion minus cubic, and Spearman(std, |error|). `--mni` adds the MNI152
 held-out slab at 2x with the same sampler settings (the no-regression check). `--quick` runs a tiny
 random model on one 32^3 MNI crop (checks the harness; the numbers mean nothing).
+
+A model conditioned on the degradation (`SRConfig.conditioned`) is run once per setting of
+`--conditioning`: `known` tells it each cell's slice profile and true noise std, `auto` the profile
+and the noise std estimated from the low-resolution crop (`conditioning.estimate_noise_sigma`, what
+`--noise-sigma auto` does), `unknown` nothing (blind). An unconditioned model is run once.
 """
 
 from __future__ import annotations
@@ -30,18 +35,37 @@ CROPS = ((44, 24, 44), (44, 64, 52), (44, 104, 40))
 SIZE = 96
 
 
+SETTINGS = ("known", "auto", "unknown")
+
+
 def cell_lowres(hr: np.ndarray, scale: tuple[int, int, int], profile: str, snr: float | None,
-                seed: int) -> np.ndarray:
-    """The whole low-resolution volume of one cell: slice profile along every reduced axis, then noise."""
-    from sciffusion.plugins.mri.degrade import SliceProfile, add_noise, degrade_profile
+                seed: int) -> tuple[np.ndarray, float]:
+    """The whole low-resolution volume of one cell (slice profile along every reduced axis, then noise)
+    and its noise std `sigma = S / snr` (0 without noise; `degrade.add_noise`)."""
+    from sciffusion.plugins.mri.degrade import (
+        SliceProfile,
+        add_noise,
+        degrade_profile,
+        signal_level,
+    )
 
     kind, fwhm = PROFILES[profile]
     lr = degrade_profile(hr, scale, SliceProfile(kind, fwhm=fwhm, width=1.0))
-    return add_noise(lr, snr, "rician", seed)
+    return add_noise(lr, snr, "rician", seed), 0.0 if snr is None else signal_level(lr) / snr
+
+
+def cell_conditioning(setting: str, profile: str, sigma: float):
+    """What a conditioned model is told in one cell: `known`, `auto` or `unknown` (see the module docstring)."""
+    from sciffusion.plugins.mri.conditioning import BLIND, Conditioning
+    from sciffusion.plugins.mri.degrade import SliceProfile
+
+    kind, fwhm = PROFILES[profile]
+    prof = SliceProfile(kind, fwhm=fwhm, width=1.0)
+    return {"known": Conditioning(sigma, prof), "auto": Conditioning("auto", prof), "unknown": BLIND}[setting]
 
 
 def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], size: int, samples: int,
-               steps: int, adapt=None) -> dict:
+               steps: int, adapt=None, conditioning=None) -> dict:
     """Super-resolve one crop of `lr` and score it against the same crop of `hr` inside the head mask."""
     from sciffusion.plugins.mri.infer import super_resolve
     from sciffusion.plugins.mri.metrics import evaluate, uncertainty_correlation
@@ -52,7 +76,7 @@ def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], si
     low = lr[tuple(slice(s // fi, (s + size) // fi) for s, fi in zip(start, f))]
     if adapt is not None:
         model = adapt(model, low)
-    r = super_resolve(model, low, samples=samples, steps=steps, seed=0)
+    r = super_resolve(model, low, samples=samples, steps=steps, seed=0, conditioning=conditioning)
     mask = foreground_mask(ref)
     out = evaluate({"trilinear": r.trilinear, "cubic": r.cubic, "sciffusion": r.mean}, ref, mask)
     out["spearman"] = uncertainty_correlation(r.std, r.mean, ref, mask) if samples > 1 else float("nan")
@@ -60,17 +84,20 @@ def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], si
 
 
 def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int, adapt=None,
-              log: Path | None = None) -> list[dict]:
+              log: Path | None = None, setting: str | None = None) -> list[dict]:
     """One row per cell: the metrics averaged over the crops (each row also appended to `log`, JSON lines,
-    so that an interrupted run keeps the cells it finished)."""
+    so that an interrupted run keeps the cells it finished). `setting`: what a conditioned model is told."""
     from sciffusion.plugins.mri.degrade import crop_to_multiple
 
     hr = crop_to_multiple(hr, model.config.scale)
     rows = []
     for k, (profile, snr) in enumerate((p, s) for p in PROFILES for s in NOISE.values()):
-        lr = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
-        per = [score_crop(model, hr, lr, c, size, samples, steps, adapt) for c in crops]
+        lr, sigma = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
+        told = None if setting is None else cell_conditioning(setting, profile, sigma)
+        per = [score_crop(model, hr, lr, c, size, samples, steps, adapt, told) for c in crops]
         row = {"profile": profile, "noise": "none" if snr is None else f"Rician SNR {snr:g}"}
+        if setting is not None:
+            row["setting"] = setting
         for m in ("trilinear", "cubic", "sciffusion"):
             for q in ("psnr", "ssim"):
                 row[f"{m}_{q}"] = float(np.mean([p[m][q] for p in per]))
@@ -79,7 +106,7 @@ def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int,
         if log is not None:
             with open(log, "a") as fh:
                 fh.write(json.dumps({"scale": list(model.config.scale), **row}) + "\n")
-        print(f"  {row['profile']:<20} {row['noise']:<14} cubic {row['cubic_psnr']:.2f} "
+        print(f"  {setting or '':<8} {row['profile']:<20} {row['noise']:<14} cubic {row['cubic_psnr']:.2f} "
               f"sciffusion {row['sciffusion_psnr']:.2f}", flush=True)
     return rows
 
@@ -98,7 +125,7 @@ def adapt_rows(model, hr: np.ndarray, crops, size: int, n_steps: int, cells: lis
     rows = []
     for k in cells:
         profile, snr = cell_list[k]
-        lr = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
+        lr, _ = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
         plain = [score_crop(model, hr, lr, c, size, 1, 1) for c in crops]
         secs = []
 
@@ -136,11 +163,16 @@ def scale_table(rows: list[dict]) -> tuple[str, dict]:
     return C.table(head, body), checks
 
 
-def mni_slab(model, samples: int, steps: int) -> dict:
-    """The MNI152 held-out slab (never trained on), same settings: `pipeline.evaluate_demo`."""
+def mni_slab(model, samples: int, steps: int, setting: str | None = None) -> dict:
+    """The MNI152 held-out slab (never trained on), same settings: `pipeline.evaluate_demo` (Gaussian
+    FWHM f, no noise; that is what `known` tells a conditioned model)."""
+    from sciffusion.plugins.mri.conditioning import BLIND, Conditioning
+    from sciffusion.plugins.mri.degrade import SliceProfile
     from sciffusion.plugins.mri.pipeline import evaluate_demo
 
-    return evaluate_demo(model, samples=samples, steps=steps).metrics["methods"]
+    prof = SliceProfile("gaussian", fwhm=model.config.fwhm)
+    told = {None: None, "known": Conditioning(0.0, prof), "auto": Conditioning("auto", prof), "unknown": BLIND}[setting]
+    return evaluate_demo(model, samples=samples, steps=steps, conditioning=told).metrics["methods"]
 
 
 def load_inputs(args):
@@ -159,6 +191,9 @@ def load_inputs(args):
         hr = mni_volume(2).data[16:64, 24:72, 16:64]
         models = {s: SRDenoiser(SRConfig(scale=s, channels=(8, 16), patch=p, norm_num_groups=8)).eval()
                   for s, p in (((2, 2, 2), (8, 8, 8)), ((1, 1, 4), (16, 16, 4))) if s in args.scales}
+        if args.quick_conditioned:
+            models = {s: SRDenoiser(SRConfig(**{**m.config.to_dict(), "conditioned": True})).eval()
+                      for s, m in models.items()}
         return hr, ((8, 8, 8),), 32, models, "MNI152 2 mm, one 32^3 crop, random tiny models"
     from sciffusion.plugins.mri.colin27 import load_colin27
 
@@ -183,6 +218,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--adapt", type=int, default=0,
                    help="instead of the cell table: 1x1x4 with and without N steps of --adapt")
     p.add_argument("--cells", default="0,1,2,3,4,5", help="with --adapt: cell indices (profile-major, 0..5)")
+    p.add_argument("--conditioning", default="known,auto,unknown",
+                   help="for a conditioned model: what it is told, one table each (known, auto, unknown)")
+    p.add_argument("--quick-conditioned", action="store_true", help="with --quick: tiny conditioned models")
     args = C.parse(p, argv)
     args.scales = [(2, 2, 2), (1, 1, 4)] if args.only is None else [tuple(int(v) for v in args.only.split("x"))]
     started = time.perf_counter()
@@ -191,22 +229,27 @@ def main(argv: list[str] | None = None) -> str:
     crops = crops[: args.crops] if args.crops else crops
     if args.adapt:
         return adapt_page(args, hr, crops, size, models, desc, started)
+    settings = parse_settings(args.conditioning)
     sections, checks = [], {}
     for scale, model in models.items():
-        s = "x".join(map(str, scale))
-        print(f"scale {s}", flush=True)
-        t0 = time.process_time()
-        log = None if args.no_write or args.quick else Path(args.out) / f"{args.name}.jsonl"
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-        rows = run_scale(model, hr, crops, size, args.samples, args.steps, log=log)
-        tab, checks[s] = scale_table(rows)
-        sections.append((f"{s}", tab + f"\n\n{time.process_time() - t0:.0f} s CPU for this scale."))
+        for setting in (settings if model.config.conditioned else [None]):
+            s = "x".join(map(str, scale)) + ("" if setting is None else f", told {setting}")
+            print(f"scale {s}", flush=True)
+            t0 = time.process_time()
+            log = None if args.no_write or args.quick else Path(args.out) / f"{args.name}.jsonl"
+            if log is not None:
+                log.parent.mkdir(parents=True, exist_ok=True)
+            rows = run_scale(model, hr, crops, size, args.samples, args.steps, log=log, setting=setting)
+            tab, checks[s] = scale_table(rows)
+            sections.append((f"{s}", tab + f"\n\n{time.process_time() - t0:.0f} s CPU for this table."))
     if args.mni and (2, 2, 2) in models and not args.quick:
-        m = mni_slab(models[(2, 2, 2)], args.samples, args.steps)
-        sections.append(("MNI152 held-out slab, 2x (same settings)", C.table(
-            ["method", "PSNR (dB)", "SSIM"], [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}"] for k, v in m.items()])
-            + f"\n\nsciffusion - cubic: {m['sciffusion']['psnr'] - m['cubic']['psnr']:+.2f} dB."))
+        model = models[(2, 2, 2)]
+        for setting in (settings if model.config.conditioned else [None]):
+            m = mni_slab(model, args.samples, args.steps, setting)
+            told = "" if setting is None else f", told {setting}"
+            sections.append((f"MNI152 held-out slab, 2x (same settings{told})", C.table(
+                ["method", "PSNR (dB)", "SSIM"], [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}"] for k, v in m.items()])
+                + f"\n\nsciffusion - cubic: {m['sciffusion']['psnr'] - m['cubic']['psnr']:+.2f} dB."))
     summary = (f"{desc}; {len(crops)} crops of {size}^3 voxels, K = {args.samples} samples, {args.steps} "
                f"dpmpp_2m steps, estimate = the denoiser's posterior mean, {args.threads} thread(s). Each cell: "
                "PSNR (dB) / SSIM inside the head mask, the mean over the crops.\n\n"
@@ -217,6 +260,15 @@ def main(argv: list[str] | None = None) -> str:
                           for s, c in checks.items()]))
     sections.append(("How the cells are made", __doc__.split("\n\n", 1)[1].strip()))
     return _report(args, "MRI super-resolution on an unseen brain (Colin27)", summary, sections, started)
+
+
+def parse_settings(text: str) -> list[str]:
+    """`--conditioning`: a comma-separated subset of `SETTINGS`."""
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in out if t not in SETTINGS]
+    if bad or not out:
+        raise SystemExit(f"--conditioning: expected a comma-separated subset of {', '.join(SETTINGS)}, got {text!r}")
+    return out
 
 
 def _report(args, title: str, summary: str, sections, started: float) -> str:

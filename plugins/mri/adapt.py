@@ -5,7 +5,8 @@ interpolated (cubic B-spline) by `f` along its thick axis, so that every axis ha
 spacing; permuting an in-plane axis into the model's thick-slice position then gives volumes whose
 thick-slice axis is truly high-resolution, with the anatomy at its true proportions. Degrading that
 axis by `f` (slice profiles drawn from `blind.BlindFamily`, no added noise: the scan's own noise is
-in the data) makes training pairs with this scan's contrast, noise and anatomy. `adapt_model` fine-tunes a copy of the model on them for `steps` steps with the core
+in the data) makes training pairs with this scan's contrast, noise and anatomy. A conditioned model
+is told each pair's slice profile and an unknown noise level. `adapt_model` fine-tunes a copy of the model on them for `steps` steps with the core
 denoising loss
 
     L = E_{t, eps} || f_theta(alpha_t x_0 + sigma_t eps, t, cond) - v ||^2
@@ -90,7 +91,7 @@ def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int =
     vols = inplane_volumes(np.asarray(lr, np.float32), cfg.scale)
     patch = tuple(min(p) for p in zip(*(adapt_patch(v.shape, cfg, model.multiple) for v in vols)))
     pcfg = SRConfig(**{**cfg.to_dict(), "patch": patch, "scale": cfg.scale, "channels": cfg.channels})
-    data = BlindPatchDataset(vols, pcfg, ADAPT_FAMILY, seed=seed, min_foreground=0.1)
+    data = BlindPatchDataset(vols, pcfg, ADAPT_FAMILY, seed=seed, min_foreground=0.1, noise_known=False)
     net = copy.deepcopy(model).train()
     process = DiffusionProcess(get_schedule(cfg.schedule), prediction=cfg.prediction)
     opt = torch.optim.AdamW(net.parameters(), lr=lr_rate)
@@ -101,8 +102,8 @@ def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int =
 
         it = tqdm(it, desc="adapt", leave=False)
     for step in it:
-        items = [data[step * batch_size + k] for k in range(batch_size)]
-        x0, cond = torch.stack([a for a, _ in items]), torch.stack([c for _, c in items])
+        batch = [torch.stack(parts) for parts in zip(*(data[step * batch_size + k] for k in range(batch_size)))]
+        x0, cond = batch[0], (batch[1] if len(batch) == 2 else tuple(batch[1:]))  # (image, d) when conditioned
         loss = denoising_loss(net, process, x0, cond=cond, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sciffusion.core.devices import DEVICE_HELP, resolve_device
+from sciffusion.plugins.mri.conditioning import NOISE_HELP, PROFILE_HELP
 from sciffusion.plugins.mri.io import Volume, VolumeError
 
 INTEGER_TOLERANCE = 0.02  # relative distance of a spacing ratio from an integer that still counts as one
@@ -100,17 +101,21 @@ def train(args: argparse.Namespace, scale: tuple[int, int, int], out: Path, say=
     family = BlindFamily(p_synth=args.synth) if args.blind else None
     if args.synth and not args.blind:
         raise ValueError("--synth needs --blind (synthetic contrasts are part of the blind family)")
+    if args.conditioned and not args.blind:
+        raise ValueError("--conditioned needs --blind (the model is told the degradation the blind family draws)")
+    if not 0.0 <= args.p_unknown <= 1.0:
+        raise ValueError(f"--p-unknown must be in [0, 1], got {args.p_unknown}")
     if not 0.0 <= args.terminal_fraction < 1.0:
         raise ValueError(f"--terminal-fraction must be in [0, 1), got {args.terminal_fraction}")
     common = {"steps": args.train_steps, "batch_size": args.batch_size, "seed": args.seed, "progress": not args.quiet,
               "export": ckpt, "device": args.device, "family": family, "init": args.init, "lr": args.lr,
-              "p_terminal": args.terminal_fraction}
+              "p_terminal": args.terminal_fraction, "p_unknown": args.p_unknown}
     if args.train_data:
         vols = [load_volume(p, args.volume).data for p in args.train_data]
         patch = tuple(32 if f == 1 else max(4, (48 // f) // 4 * 4) for f in scale)
-        train_sr(vols, SRConfig(scale=scale, patch=patch), run_dir, **common)
+        train_sr(vols, SRConfig(scale=scale, patch=patch, conditioned=args.conditioned), run_dir, **common)
     else:
-        train_on_mni(scale, run_dir, **common)
+        train_on_mni(scale, run_dir, conditioned=args.conditioned, **common)
     say(f"trained checkpoint: {ckpt}")
     return ckpt
 
@@ -126,10 +131,29 @@ def table(metrics: dict) -> str:
 
 
 def inference_options(args: argparse.Namespace) -> dict:
-    """The GPU settings of `infer.super_resolve` from the command line (`--sw-batch-size`, `--precision`)."""
+    """The settings of `infer.super_resolve` beyond the sampler from the command line: the GPU ones
+    (`--sw-batch-size`, `--precision`) and what a conditioned model is told (`--noise-sigma`,
+    `--slice-profile`)."""
     if args.sw_batch_size is not None and args.sw_batch_size < 1:
         raise ValueError(f"--sw-batch-size must be >= 1, got {args.sw_batch_size}")
-    return {"sw_batch_size": args.sw_batch_size, "precision": args.precision}
+    return {"sw_batch_size": args.sw_batch_size, "precision": args.precision, "conditioning": conditioning_of(args)}
+
+
+def conditioning_of(args: argparse.Namespace):
+    """`conditioning.Conditioning` from `--noise-sigma` and `--slice-profile` (bad values: ValueError)."""
+    from sciffusion.plugins.mri.conditioning import (
+        Conditioning,
+        parse_noise_sigma,
+        parse_slice_profile,
+    )
+
+    return Conditioning(parse_noise_sigma(args.noise_sigma), parse_slice_profile(args.slice_profile))
+
+
+def note_unconditioned(args: argparse.Namespace, model, ckpt, say) -> None:
+    """Say so when --noise-sigma/--slice-profile were given but the checkpoint cannot use them."""
+    if not model.config.conditioned and (args.noise_sigma != "auto" or args.slice_profile != "unknown"):
+        say(f"note: {ckpt} is not conditioned on the degradation; --noise-sigma and --slice-profile are ignored")
 
 
 def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: tuple[int, int, int], say):
@@ -169,6 +193,7 @@ def single(args: argparse.Namespace, say=print) -> int:
     if args.train:
         args.checkpoint = str(train(args, scale, out, say))
     model, ckpt = load_model_for(scale, args.checkpoint)
+    note_unconditioned(args, model, ckpt, say)
     run = _super_resolve(args, vol, model, scale, say)
     files = write_outputs(run, out, {"checkpoint": str(ckpt), "argv": list(args.argv)})
     if run.metrics:
@@ -229,6 +254,8 @@ def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentPars
     p.add_argument("--scale", default="2", help="2 (isotropic) or per axis such as 1,1,4 or 4,1,1 (default 2)")
     p.add_argument("--target-spacing", type=float, default=None,
                    help="mm: per-axis factors from the header's voxel sizes (integer ratios only)")
+    p.add_argument("--slice-profile", default="unknown", help=f"for a conditioned checkpoint: {PROFILE_HELP}")
+    p.add_argument("--noise-sigma", default="auto", help=f"for a conditioned checkpoint: {NOISE_HELP}")
     p.add_argument("--adapt", type=int, default=0,
                    help="fine-tune on the scan's own in-plane data for N steps first (thick-slice inputs)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one for --scale)")
@@ -264,6 +291,12 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blind", action="store_true", help="train on the blind degradation family")
     p.add_argument("--synth", type=float, default=0.0,
                    help="with --blind: probability of a synthetic contrast from the MNI152 tissue maps")
+    p.add_argument("--conditioned", action="store_true",
+                   help="with --blind: a model told each patch's noise level and slice profile (inference: "
+                   "--noise-sigma, --slice-profile); it may start (--init) from an unconditioned checkpoint")
+    p.add_argument("--p-unknown", type=float, default=0.25,
+                   help="with --conditioned: probability that the noise, and separately the profile, is hidden "
+                   "from the model in training (so that it also works blind)")
     p.add_argument("--init", default=None, help="start training from this checkpoint's weights")
     p.add_argument("--train-dir", default=None, help="training run folder (checkpoints, resume; default OUT/train)")
     p.add_argument("--export", default=None, help="where the trained EMA weights go (default OUT/train/model.pt)")

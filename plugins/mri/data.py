@@ -178,14 +178,20 @@ class BlindPatchDataset(Dataset):
     `volumes` are high-resolution arrays; each is normalised by the percentiles of its default
     degradation (as `make_pair`). `maps` (optional, one `(C, X, Y, Z)` array per volume) are tissue
     probability maps for synthetic contrasts. Item `i` is a pure function of `(seed, i)`.
-    Returns `(x_0, cond)` as `PatchDataset`.
+    Returns `(x_0, cond)` as `PatchDataset`; for a conditioned config `(x_0, cond, d)` with `d` the
+    drawn degradation (`degradation_item`): each part dropped to unknown with probability
+    `p_unknown`, and the noise always unknown when `noise_known` is False (pairs made from a scan that
+    carries its own noise, as `adapt` does).
     """
 
     def __init__(self, volumes: list[np.ndarray], config: SRConfig, family, regions: list[np.ndarray] | None = None,
                  maps: list[np.ndarray] | None = None, length: int = 100_000, seed: int = 0,
-                 min_foreground: float = 0.25) -> None:
+                 min_foreground: float = 0.25, p_unknown: float = 0.25, noise_known: bool = True) -> None:
         from sciffusion.plugins.mri.degrade import signal_level
 
+        if not 0.0 <= p_unknown <= 1.0:
+            raise ValueError(f"the probability of an unknown degradation must be in [0, 1], got {p_unknown}")
+        self.p_unknown, self.noise_known = p_unknown, noise_known
         self.config, self.family, self.length, self.seed = config, family, length, seed
         self.min_foreground = min_foreground
         self.hr_patch = tuple(p * f for p, f in zip(config.patch, config.scale))
@@ -214,12 +220,33 @@ class BlindPatchDataset(Dataset):
         hr, mask, region, maps, signal = self.items[int(rng.integers(len(self.items)))]
         c = pick_corner(rng, mask, region, self.block, self.config.scale, self.min_foreground)
         sl = tuple(slice(ci, ci + b) for ci, b in zip(c, self.block))
-        y, cubic, _ = blind_pair(hr[sl], self.config.scale, self.margin, self.family, rng, signal,
-                                 None if maps is None else maps[(slice(None), *sl)])
+        y, cubic, acq = blind_pair(hr[sl], self.config.scale, self.margin, self.family, rng, signal,
+                                   None if maps is None else maps[(slice(None), *sl)])
         pair = torch.from_numpy(np.stack([(y - cubic) / self.config.residual_scale, cubic]).astype(np.float32))
         pair = flip_rotate(pair, self.planes, rng)
         pair = space_to_depth(pair[:, None].contiguous(), self.config.scale)
-        return pair[0].contiguous(), pair[1].contiguous()
+        if not self.config.conditioned:
+            return pair[0].contiguous(), pair[1].contiguous()
+        d = degradation_item(acq, signal, np.random.default_rng((self.seed, int(i), 1)), self.p_unknown,
+                             self.noise_known)
+        return pair[0].contiguous(), pair[1].contiguous(), d
+
+
+def degradation_item(acq, signal: float, rng: np.random.Generator, p_unknown: float,
+                     noise_known: bool = True) -> torch.Tensor:
+    """The conditioning vector of one training patch from its drawn `blind.Acquisition`.
+
+    The noise std in normalised units is `signal / snr` (0 without noise), as `degrade.add_noise`
+    drew it; the profile is that of the reduced axes. Each part is independently replaced by
+    "unknown" with probability `p_unknown` (its own generator `rng`, so that the patch itself does
+    not depend on the dropout).
+    """
+    from sciffusion.plugins.mri.conditioning import degradation_vector
+
+    sigma = 0.0 if acq.noise is None else signal / acq.snr
+    drop_noise, drop_profile = rng.random(2) < p_unknown
+    return degradation_vector(None if drop_noise or not noise_known else sigma,
+                              None if drop_profile else acq.profiles[0])
 
 
 def mni_tissue_maps(resolution: int = 1) -> np.ndarray:

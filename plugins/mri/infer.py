@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 from torch import Tensor
 
 from sciffusion.core.devices import AutocastModel, autocast_dtype
+from sciffusion.plugins.mri.conditioning import Conditioning
 from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
 from sciffusion.plugins.mri.transforms import PercentileScaler
@@ -37,6 +38,7 @@ class SRResult:
     cubic: np.ndarray
     trilinear: np.ndarray
     samples: np.ndarray | None = None  # (K, ...) when keep_samples
+    conditioning: dict | None = None  # what a conditioned model was told (`conditioning.resolve`)
 
 
 CPU_SW_BATCH = 2  # windows per forward on the CPU: more only adds memory, the cores are busy already
@@ -75,13 +77,16 @@ class WindowedDenoiser(torch.nn.Module):
     the output comes back in float32). A volume no larger than `roi` is evaluated in one pass.
 
     With a `process`, the first call's prediction is kept as `x0` (`self.first_x0`,
-    `process.predict_x0`): at `t = 1` it is the regression `E[x_0 | cond]`.
+    `process.predict_x0`): at `t = 1` it is the regression `E[x_0 | cond]`. `degradation` (the
+    vector `d` of a conditioned model, the same for every window) goes to the model with each window.
     """
 
     def __init__(self, model: SRDenoiser, roi: tuple[int, int, int], overlap: float = 0.25,
-                 sw_batch_size: int = CPU_SW_BATCH, dtype: torch.dtype | None = None, process=None) -> None:
+                 sw_batch_size: int = CPU_SW_BATCH, dtype: torch.dtype | None = None, process=None,
+                 degradation: Tensor | None = None) -> None:
         super().__init__()
         self.model, self.roi, self.overlap, self.sw_batch_size = model, tuple(roi), overlap, sw_batch_size
+        self.degradation = degradation
         self.dtype, self.process = dtype, process
         self.net = AutocastModel(model, dtype)
         self.first_x0: Tensor | None = None
@@ -107,12 +112,13 @@ class WindowedDenoiser(torch.nn.Module):
         """`t` must be the same for the whole batch (as in the core samplers)."""
         from monai.inferers import sliding_window_inference
 
+        d = self.degradation
         if all(n <= r for n, r in zip(x_t.shape[2:], self.roi)):
-            return self.net(x_t, t, cond)
+            return self.net(x_t, t, cond if d is None else (cond, d))
         t0 = t.reshape(-1)[:1]
 
         def predictor(w: Tensor, condition: Tensor) -> Tensor:
-            return self.net(w, t0.expand(w.shape[0]), condition)
+            return self.net(w, t0.expand(w.shape[0]), condition if d is None else (condition, d))
 
         # `condition` is cut into the same windows as `x_t`: no concatenated copy of the two volumes
         out = sliding_window_inference(x_t, self.roi, self.sw_batch_size, predictor, overlap=self.overlap,
@@ -147,6 +153,7 @@ def super_resolve(
     keep_samples: bool = False,
     estimate: str = "posterior_mean",
     std_sigma: float = 1.0,
+    conditioning: Conditioning | None = None,
 ) -> SRResult:
     """Super-resolve a low-resolution volume `lr` (scanner units, shape `(x, y, z)`) by the model's scale.
 
@@ -173,6 +180,11 @@ def super_resolve(
     `std` is always the spread of the K final samples (the uncertainty map): with K = 4 a per-voxel
     variance has 3 degrees of freedom, so the variance is pooled over a Gaussian neighbourhood of
     `std_sigma` refined voxels, `std = sqrt(G_sigma * var_K)` (`std_sigma=0`: per voxel).
+
+    A conditioned model (`config.conditioned`) is told the degradation: `conditioning` (a
+    `conditioning.Conditioning`; None: blind) gives the slice profile and the noise std in `lr`'s
+    units or `"auto"` to estimate it from `lr`; the result's `conditioning` records what was used.
+    An unconditioned model ignores it.
     """
     from sciffusion.core.diffusion.process import DiffusionProcess
     from sciffusion.core.diffusion.samplers import sample
@@ -189,7 +201,9 @@ def super_resolve(
     roi = tuple(max(model.multiple, r // model.multiple * model.multiple) for r in (roi or tuple(2 * p for p in cfg.patch)))
     sw_batch_size = sw_batch_size or default_sw_batch_size(dev, roi, tuple(cfg.channels), dtype)
     process = DiffusionProcess(get_schedule(cfg.schedule), prediction=cfg.prediction)
-    net = WindowedDenoiser(model, roi, overlap, sw_batch_size, dtype=dtype, process=process)
+    degradation, told = _degradation(model, conditioning, lr, scaler)
+    net = WindowedDenoiser(model, roi, overlap, sw_batch_size, dtype=dtype, process=process,
+                           degradation=None if degradation is None else degradation.to(dev))
     gen = torch.Generator(device=dev).manual_seed(int(seed))  # draws where the sampler runs: no copies
     x0 = sample(net, process, (samples, *cond.shape[1:]), method=method, steps=steps, generator=gen,
                 cond=cond.expand(samples, *cond.shape[1:]), progress=progress, device=dev)
@@ -198,7 +212,18 @@ def super_resolve(
     posterior = scaler.inverse(first_hr.mean(0))
     mean = posterior if estimate == "posterior_mean" else sample_mean
     return SRResult(mean, _pooled_std(ys, scaler.b - scaler.a, std_sigma), sample_mean, posterior,
-                    scaler.inverse(cubic), scaler.inverse(trilinear), scaler.inverse(ys) if keep_samples else None)
+                    scaler.inverse(cubic), scaler.inverse(trilinear), scaler.inverse(ys) if keep_samples else None,
+                    told)
+
+
+def _degradation(model: SRDenoiser, conditioning: Conditioning | None, lr: np.ndarray, scaler: PercentileScaler
+                 ) -> tuple[Tensor | None, dict | None]:
+    """The degradation vector of a conditioned model and its record (`conditioning.resolve`); None otherwise."""
+    if not model.config.conditioned:
+        return None, None
+    from sciffusion.plugins.mri.conditioning import resolve
+
+    return resolve(conditioning, lr, scaler.b - scaler.a)
 
 
 def _normalise_and_interpolate(lr: np.ndarray, cfg) -> tuple[PercentileScaler, np.ndarray, np.ndarray]:

@@ -45,6 +45,7 @@ class SRConfig(JsonConfig):
     patch: tuple[int, int, int] = (24, 24, 24)  # low-resolution patch for training
     time_scale: float = 1000.0  # t in [0, 1] is fed to the UNet's sinusoidal embedding as t * 1000
     notes: dict = field(default_factory=dict)
+    conditioned: bool = False  # told the degradation (noise, slice profile): `conditioning.degradation_vector`
 
     @property
     def factor(self) -> int:
@@ -66,7 +67,15 @@ def depth_to_space(x: Tensor, scale: tuple[int, int, int]) -> Tensor:
 
 
 class SRDenoiser(nn.Module):
-    """`model(x_t, t, cond) -> prediction` for the core samplers; x_t, cond: `(B, F, x, y, z)`."""
+    """`model(x_t, t, cond) -> prediction` for the core samplers; x_t: `(B, F, x, y, z)`.
+
+    `cond` is the image condition `S2D(cubic(l))` of `x_t`'s shape, or the pair `(image, d)` with
+    `d` the degradation vector (`conditioning.degradation_vector`, `(D,)` or `(B, D)`; None for
+    unknown). A conditioned model (`config.conditioned`) adds `g(d)` to the UNet's time embedding,
+    `emb = T(t) + g(d)` with `g` = Linear-SiLU-Linear whose last layer starts at zero, so a conditioned
+    model holding an unconditioned model's UNet weights computes exactly that model's output until
+    training moves `g`. An unconditioned model ignores `d`.
+    """
 
     def __init__(self, config: SRConfig) -> None:
         super().__init__()
@@ -83,18 +92,54 @@ class SRDenoiser(nn.Module):
             attention_levels=(False,) * len(config.channels),
             norm_num_groups=config.norm_num_groups,
         )
+        if config.conditioned:
+            from sciffusion.plugins.mri.conditioning import DEGRADATION_DIM
+
+            dim = self.unet.time_embed[-1].out_features
+            self.degradation_embed = nn.Sequential(nn.Linear(DEGRADATION_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
+            nn.init.zeros_(self.degradation_embed[-1].weight)
+            nn.init.zeros_(self.degradation_embed[-1].bias)
 
     @property
     def multiple(self) -> int:
         """Spatial sizes (low-resolution grid) must be multiples of this (one halving per level)."""
         return 2 ** (len(self.config.channels) - 1)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Predict the config's target (`v` by default) from `concat(x_t, cond)` at time `t` (B,)."""
-        if cond is None:
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | tuple | None = None) -> Tensor:
+        """Predict the config's target (`v` by default) from `concat(x_t, image)` at time `t` (B,),
+        told the degradation `d` when conditioned (`cond = (image, d)`; `d` None or absent: unknown)."""
+        image, d = cond if isinstance(cond, (tuple, list)) else (cond, None)
+        if image is None:
             raise ValueError("SRDenoiser needs cond = S2D(cubic(low-res)) of x_t's shape")
         t = t.reshape(-1).to(x_t.dtype).expand(x_t.shape[0]) * self.config.time_scale
-        return self.unet(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t)
+        x = torch.cat([x_t, image.to(x_t.dtype)], dim=1)
+        if not self.config.conditioned:
+            return self.unet(x, t)
+        if d is None:
+            from sciffusion.plugins.mri.conditioning import degradation_vector
+
+            d = degradation_vector(None, None)
+        d = d.to(device=x.device, dtype=x.dtype).reshape(-1, d.shape[-1]).expand(x.shape[0], -1)
+        return self._unet(x, t, self.degradation_embed(d))
+
+    def _unet(self, x: Tensor, t: Tensor, extra: Tensor) -> Tensor:
+        """MONAI `DiffusionModelUNet.forward` (no context, no class labels) with `emb = T(t) + extra`."""
+        from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+
+        u = self.unet
+        emb = u.time_embed(get_timestep_embedding(t, u.block_out_channels[0]).to(dtype=x.dtype))
+        emb = emb + extra.to(emb.dtype)
+        h = u.conv_in(x)
+        skips = [h]
+        for block in u.down_blocks:
+            h, res = block(hidden_states=h, temb=emb, context=None)
+            skips.extend(res)
+        h = u.middle_block(hidden_states=h, temb=emb, context=None)
+        for block in u.up_blocks:
+            n = len(block.resnets)
+            h = block(hidden_states=h, res_hidden_states_list=skips[-n:], temb=emb, context=None)
+            skips = skips[:-n]
+        return u.out(h)
 
 
 def save_checkpoint(model: SRDenoiser, path: str | Path, extra: dict | None = None) -> Path:
@@ -107,6 +152,20 @@ def save_checkpoint(model: SRDenoiser, path: str | Path, extra: dict | None = No
     }
     atomic_torch_save(blob, path)
     return path
+
+
+def load_weights(model: SRDenoiser, source: SRDenoiser) -> SRDenoiser:
+    """Copy `source`'s weights into `model` (fine-tuning start); returns `model`.
+
+    The two must have the same UNet. A conditioned `model` may start from an unconditioned `source`:
+    its degradation embedding then keeps its initialisation (zero output), so it starts as `source`.
+    """
+    state = source.state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("degradation_embed.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"the initial weights do not fit this model (first mismatched key: {bad[0]})")
+    return model
 
 
 def load_checkpoint(path: str | Path, scale: tuple[int, int, int] | None = None) -> SRDenoiser:

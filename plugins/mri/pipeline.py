@@ -77,7 +77,7 @@ def _transpose_result(res: SRResult, order: tuple[int, ...]) -> SRResult:
         return None if a is None else np.ascontiguousarray(np.transpose(a, order if a.ndim == 3 else (0, *[o + 1 for o in order])))
 
     return SRResult(t(res.mean), t(res.std), t(res.sample_mean), t(res.posterior_mean), t(res.cubic),
-                    t(res.trilinear), t(res.samples))
+                    t(res.trilinear), t(res.samples), res.conditioning)
 
 
 def check_adaptable(vol: Volume, scale: tuple[int, int, int]) -> None:
@@ -126,7 +126,9 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
     settings = _settings(model, samples=samples, steps=steps, method=method, seed=seed, device=str(device),
                          seconds=round(time.time() - t0, 1), mode="input", scale=list(scale),
                          axis_permutation=list(perm), adapt_steps=adapt, adapt_seconds=round(t_adapt, 1),
-                         estimate=kw.get("estimate", "posterior_mean"))
+                         estimate=kw.get("estimate", "posterior_mean"), conditioned=model.config.conditioned)
+    if res.conditioning is not None:
+        settings["conditioning"] = res.conditioning
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 
 

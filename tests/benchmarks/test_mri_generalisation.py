@@ -27,7 +27,37 @@ def test_cells_differ_in_profile_and_noise():
     from benchmarks.mri_generalisation import cell_lowres
 
     hr = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) + 1
-    box = cell_lowres(hr, (2, 2, 2), "box (block mean)", None, 0)
+    box, none = cell_lowres(hr, (2, 2, 2), "box (block mean)", None, 0)
     np.testing.assert_allclose(box, hr.reshape(8, 2, 8, 2, 8, 2).mean((1, 3, 5)), atol=1e-6)
-    noisy = cell_lowres(hr, (2, 2, 2), "box (block mean)", 20.0, 0)
-    assert 0.5 * box.mean() / 20 < (noisy - box).std() < 2 * box.mean() / 20
+    noisy, sigma = cell_lowres(hr, (2, 2, 2), "box (block mean)", 20.0, 0)
+    assert none == 0.0 and 0.5 * box.mean() / 20 < sigma < 2 * box.mean() / 20
+    assert 0.8 * sigma < (noisy - box).std() < 1.2 * sigma  # high SNR: Rician is nearly Gaussian of std sigma
+
+
+def test_a_conditioned_model_is_told_each_cell():
+    from benchmarks.mri_generalisation import cell_conditioning, parse_settings
+    from sciffusion.plugins.mri.conditioning import BLIND, Conditioning
+    from sciffusion.plugins.mri.degrade import SliceProfile
+
+    prof = SliceProfile("gaussian", fwhm=0.6)
+    assert cell_conditioning("known", "Gaussian FWHM 0.6 f", 3.0) == Conditioning(3.0, prof)
+    assert cell_conditioning("auto", "Gaussian FWHM 0.6 f", 3.0) == Conditioning("auto", prof)
+    assert cell_conditioning("unknown", "box (block mean)", 3.0) == BLIND
+    assert parse_settings("known, unknown") == ["known", "unknown"]
+    with pytest.raises(SystemExit, match="--conditioning"):
+        parse_settings("known,guess")
+
+
+@pytest.mark.slow
+def test_quick_mode_tables_each_setting_of_a_conditioned_model(tmp_path):
+    from benchmarks import mri_generalisation as B
+
+    threads = torch.get_num_threads()
+    try:
+        page = B.main(["--quick", "--quick-conditioned", "--only", "2x2x2", "--conditioning", "known,unknown",
+                       "--no-write"])
+    finally:
+        torch.set_num_threads(threads)
+    assert "## 2x2x2, told known" in page and "## 2x2x2, told unknown" in page
+    rows = [ln for ln in page.splitlines() if ln.startswith("| Gaussian") or ln.startswith("| box")]
+    assert len(rows) == 12 and "nan" not in "\n".join(rows)

@@ -117,12 +117,15 @@ def test_window_batch_scales_with_free_gpu_memory(monkeypatch):
 
 
 def test_command_line_passes_the_gpu_settings(monkeypatch, capsys):
+    from sciffusion.plugins.mri.conditioning import Conditioning
+
     seen = {}
     monkeypatch.setattr(cli, "single", lambda args, say: seen.update(cli.inference_options(args)) or 0)
     assert cli.main(["--device", "cpu", "--quiet"]) == 0
-    assert seen == {"sw_batch_size": None, "precision": "auto"}
+    blind_profile = Conditioning("auto", None)  # the defaults: noise estimated, slice profile unknown
+    assert seen == {"sw_batch_size": None, "precision": "auto", "conditioning": blind_profile}
     assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "8", "--precision", "bf16"]) == 0
-    assert seen == {"sw_batch_size": 8, "precision": "bf16"}
+    assert seen == {"sw_batch_size": 8, "precision": "bf16", "conditioning": blind_profile}
     assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --sw-batch-size must be >= 1, got 0"
 
