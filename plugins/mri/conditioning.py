@@ -147,11 +147,12 @@ def estimate_noise_sigma(x: np.ndarray, iterations: int = 4) -> float:
     The separable high-pass `h = d3 (x) d3 (x) d3` with `d3 = [1, -3, 3, -1] / sqrt(20)` has unit
     norm, so white noise of std `sigma` gives `h * x ~ N(0, sigma^2)` at every voxel, while a signal
     that is locally a polynomial of degree < 3 along any one axis gives 0. Edges are a minority, so
-    `sigma = 1.4826 median |h * x|` (MAD) over tissue voxels. Tissue is where the local 4^3 mean
-    exceeds `TISSUE_SNR sigma` (refined over `iterations` passes from all non-zero voxels): there
-    Rician (magnitude) noise is close to Gaussian of the same `sigma`, whereas the background's
-    Rayleigh noise is narrower (std 0.66 sigma) and a masked background is exactly zero.
-    Returns 0 for a constant or empty volume.
+    `sigma = 1.4826 median |h * x|` (MAD) over tissue voxels. A voxel counts as tissue when the
+    whole 4^3 support of `h` is: the smallest local 3^3 mean over the support exceeds
+    `TISSUE_SNR sigma` (refined over `iterations` passes from all non-zero voxels). There Rician
+    (magnitude) noise is close to Gaussian of the same `sigma`, whereas the background's Rayleigh
+    noise is narrower (std 0.66 sigma) and a masked background is exactly zero.
+    Meant for magnitude images (background near 0); returns 0 for a constant volume.
     """
     x = np.asarray(x, np.float64)
     if x.ndim != 3 or min(x.shape) < len(HIGH_PASS) + 1:
@@ -161,10 +162,8 @@ def estimate_noise_sigma(x: np.ndarray, iterations: int = 4) -> float:
         h = ndi.correlate1d(h, HIGH_PASS, axis=axis, mode="nearest")
     core = tuple(slice(2, n - 2) for n in x.shape)  # away from the replicated edges
     h = np.abs(h[core]).ravel()
-    m = ndi.uniform_filter(x, len(HIGH_PASS), mode="nearest")[core].ravel()
-    sel = m > 0
-    if not sel.any():
-        return 0.0
+    m = ndi.minimum_filter(ndi.uniform_filter(x, 3, mode="nearest"), len(HIGH_PASS), mode="nearest")[core].ravel()
+    sel = m > 0 if (m > 0).any() else np.ones_like(m, bool)
     sigma = MAD_TO_SIGMA * float(np.median(h[sel]))
     for _ in range(iterations):
         sel = m > max(TISSUE_SNR * sigma, 0.0)

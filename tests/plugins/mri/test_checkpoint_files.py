@@ -20,7 +20,8 @@ def test_shipped_checkpoints_load_and_their_configs_round_trip(scale):
     raw = json.loads(torch.load(path, map_location="cpu", weights_only=True)["config"])
     model = load_checkpoint(path, scale=scale)
     assert model.config.scale == scale and isinstance(model.config.channels, tuple)
-    assert model.config.to_dict() == raw  # every saved field is read back, none added or lost
+    # every saved field is read back, none lost; a field added later (conditioned) takes its default
+    assert model.config.to_dict() == {"conditioned": False, **raw}
     assert SRConfig.from_dict(raw) == model.config
 
 
