@@ -232,6 +232,23 @@ def _unipc_weights(h: float, rks: list[float], variant: str) -> tuple[float, flo
     return h_phi_1, b_h, b
 
 
+def _solve_small(a: list[list[float]], b: list[float]) -> list[float]:
+    """`x` with `a x = b` for a small dense system (Gaussian elimination with partial pivoting, python floats:
+    no tensor is made on the host in the sampling loop)."""
+    n = len(b)
+    m = [[*row, rhs] for row, rhs in zip(a, b, strict=True)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            m[r] = [v - f * w for v, w in zip(m[r], m[col], strict=True)]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return x
+
+
 def _unipc_update(x: Tensor, iv: Interval, target: tuple[float, float, float], x0: Tensor,
                   older: list[tuple[Tensor, float]], new: Tensor | None, variant: str) -> Tensor:
     """One UniPC update from `x` at `iv.t` (prediction `x0`) to the point `target = (lambda', alpha, sigma)`:
@@ -253,8 +270,7 @@ def _unipc_update(x: Tensor, iv: Interval, target: tuple[float, float, float], x
     if n == 1:
         rhos = [0.5]
     elif n > 1:
-        r_mat = torch.tensor([[r**i for r in rks[:n]] for i in range(n)], dtype=torch.float64)
-        rhos = torch.linalg.solve(r_mat, torch.tensor(b[:n], dtype=torch.float64)).tolist()
+        rhos = _solve_small([[r**i for r in rks[:n]] for i in range(n)], b[:n])
     for rho, d in zip(rhos if n else [], diffs, strict=True):
         out.add_(d, alpha=-alpha_s * b_h * rho)
     return out
