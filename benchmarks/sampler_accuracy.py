@@ -503,6 +503,10 @@ def main(argv: list[str] | None = None) -> str:
         + "\n\n" + NOTES
     )
     sections.insert(0, ("Where the core loses, and why", why))
+    if not args.quick:
+        from benchmarks.sampler_validation import heldout_section
+
+        sections.append(("Held-out mixtures", heldout_section()))
     writes = not args.no_write and not (args.quick and Path(args.out).resolve() == C.DOCS.resolve())
     if writes:
         plot(all_results, Path(args.out) / "sampler_accuracy.png")

@@ -55,7 +55,7 @@ __all__ = [
 
 HEUN_MAX_RATIO = 4.0
 PRIOR_MEAN_MIN_SIGMA_TILDE = 20.0  # default starts at least this noisy get the prior's mean alpha E[x_0]
-LOWER_ORDER_FINAL_BELOW = 15  # UniPC lowers its order over the last steps of grids shorter than this
+LOWER_ORDER_FINAL_BELOW = 15  # UniPC lowers its order over the last steps of grids shorter than this (or ending at 0)
 
 class Prediction:
     """The model's output at `(x_t, t)`; `x0` and `eps` are derived on first use, so a step pays only for
@@ -111,6 +111,7 @@ class Interval:
     lambda_s: float
     eta: float = 0.0
     count: int = 0  # number of steps in the whole grid (for lower-order final steps)
+    to_data: bool = False  # the grid ends at sigma = 0 (lambda' = +inf)
 
     @property
     def ancestral_std(self) -> float:
@@ -126,7 +127,7 @@ def step_intervals(process: DiffusionProcess, ts: Tensor, eta: float = 0.0) -> l
     alpha, sigma = process.alpha(ts), process.sigma(ts)
     a_ts, var_ts = process.transition(s, t)
     half_lam = 0.5 * process.log_snr(ts)
-    out = []
+    out, to_data = [], bool(sigma[-1] == 0)
     for i in range(len(t)):
         out.append(
             Interval(
@@ -135,6 +136,7 @@ def step_intervals(process: DiffusionProcess, ts: Tensor, eta: float = 0.0) -> l
                 alpha_s=float(alpha[i + 1]), sigma_s=float(sigma[i + 1]),
                 alpha_ts=float(a_ts[i]), var_ts=float(var_ts[i]),
                 lambda_t=float(half_lam[i]), lambda_s=float(half_lam[i + 1]), eta=eta, count=len(t),
+                to_data=to_data,
             )
         )
     return out
@@ -230,6 +232,23 @@ def _unipc_weights(h: float, rks: list[float], variant: str) -> tuple[float, flo
     return h_phi_1, b_h, b
 
 
+def _solve_small(a: list[list[float]], b: list[float]) -> list[float]:
+    """`x` with `a x = b` for a small dense system (Gaussian elimination with partial pivoting, python floats:
+    no tensor is made on the host in the sampling loop)."""
+    n = len(b)
+    m = [[*row, rhs] for row, rhs in zip(a, b, strict=True)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            m[r] = [v - f * w for v, w in zip(m[r], m[col], strict=True)]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return x
+
+
 def _unipc_update(x: Tensor, iv: Interval, target: tuple[float, float, float], x0: Tensor,
                   older: list[tuple[Tensor, float]], new: Tensor | None, variant: str) -> Tensor:
     """One UniPC update from `x` at `iv.t` (prediction `x0`) to the point `target = (lambda', alpha, sigma)`:
@@ -251,8 +270,7 @@ def _unipc_update(x: Tensor, iv: Interval, target: tuple[float, float, float], x
     if n == 1:
         rhos = [0.5]
     elif n > 1:
-        r_mat = torch.tensor([[r**i for r in rks[:n]] for i in range(n)], dtype=torch.float64)
-        rhos = torch.linalg.solve(r_mat, torch.tensor(b[:n], dtype=torch.float64)).tolist()
+        rhos = _solve_small([[r**i for r in rks[:n]] for i in range(n)], b[:n])
     for rho, d in zip(rhos if n else [], diffs, strict=True):
         out.add_(d, alpha=-alpha_s * b_h * rho)
     return out
@@ -262,9 +280,12 @@ def unipc_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: Noi
                variant: str = "bh2") -> tuple[Tensor, Any]:
     """UniPC (Zhao et al. 2023) in data prediction: correct the point just reached with the evaluation made
     there (UniC, no extra evaluation), then predict the next one (UniP) from up to `order` predictions;
-    first-order on the first step and on the last (to `sigma = 0`), and on grids of fewer than
-    `LOWER_ORDER_FINAL_BELOW` steps order `<= count - index` near the end (large steps near `sigma = 0` are
-    where extrapolating old predictions costs most). Order `p` with the corrector converges at order `p + 1`.
+    first-order on the first step and on the last (to `sigma = 0`), and order `<= count - index` near the end
+    on grids of fewer than `LOWER_ORDER_FINAL_BELOW` steps and on every grid that ends at `sigma = 0`: there
+    the last steps stay long in `lambda'` whatever the step count (on the `angle` grid the k-th step from the
+    end tends to `h = 2 * 1.2 * log((k + 1) / k)`), and extrapolating old predictions over them costs most.
+    Order `p` with the corrector converges at order `p + 1` (on grids that end at `sigma = 0`, at order above
+    2: the final steps do not shrink in `lambda'`).
     """
     x0 = denoise(x, iv.t).x0
     history: tuple[tuple[Tensor, float], ...] = ()
@@ -277,7 +298,7 @@ def unipc_step(denoise: Denoise, x: Tensor, iv: Interval, state: Any, noise: Noi
     if iv.sigma_s == 0.0:
         return x0 * iv.alpha_s, None
     this_order = min(order, len(history))
-    if iv.count < LOWER_ORDER_FINAL_BELOW:
+    if iv.count < LOWER_ORDER_FINAL_BELOW or iv.to_data:
         this_order = min(this_order, iv.count - iv.index)
     older = list(reversed(history[:-1]))[: this_order - 1]
     x_s = _unipc_update(x, iv, (iv.lambda_s, iv.alpha_s, iv.sigma_s), x0, older, None, variant)
