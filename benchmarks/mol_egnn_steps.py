@@ -51,17 +51,17 @@ def main(argv: list[str] | None = None) -> str:
     n = 10 if args.quick else args.n
     runs = [(None, int(s)) for s in args.steps.split(",")]
     runs += [(m, int(s)) for m, s in (c.split(":") for c in args.compare.split(",") if c)]
-    rows = []
-    for method, steps in runs:
+    rows, section = [], ""
+    for method, steps in runs:   # the section is rewritten after every run: a stopped sweep keeps its rows
         r = one_run(model, n, method, steps, args.seed)
-        print(r, flush=True)
         rows.append([r["method"] + (" (default)" if r["default"] else ""), steps]
                     + [f"{100 * r[k]:.1f}" for k in METRICS] + [f"{r['cpu_s']:.0f}"])
-    se = 100 * math.sqrt(0.25 / n)
-    text = NOTES.format(n=n, seed=args.seed, se=se) + "\n" + C.table(
-        ["sampler", "steps", "atom stable %", "mol stable %", "valid %", "valid & unique %", "connected %", "CPU s"],
-        rows)
-    return C.report_section("mol_egnn_steps", C.DOCS / "mol_egnn_choices.md", "Sampler steps", text, args, started)
+        text = NOTES.format(n=n, seed=args.seed, se=100 * math.sqrt(0.25 / n)) + "\n" + C.table(
+            ["sampler", "steps", "atom stable %", "mol stable %", "valid %", "valid & unique %", "connected %",
+             "CPU s"], rows)
+        section = C.report_section("mol_egnn_steps", C.DOCS / "mol_egnn_choices.md", "Sampler steps", text, args,
+                                   started)
+    return section
 
 
 NOTES = """The shipped `qm9_small` checkpoint, {n} molecules per run (the same atom counts in every run, seed {seed},

@@ -121,18 +121,18 @@ def steps_sweep(args, started: float) -> str:
         else load_model_for((2, 2, 2), None)[0]
     runs = [(None, int(s)) for s in args.steps_sweep.split(",")]
     runs += [(m, int(s)) for m, s in (c.split(":") for c in args.compare.split(",") if c)]
-    rows = []
-    for method, steps in runs:
+    rows, section = [], ""
+    for method, steps in runs:   # the section is rewritten after every run: a stopped sweep keeps its rows
         r = sweep_run(model, method, steps, args.quick)
-        print(f"{r['method']} {steps} steps: {r}", flush=True)
         rows.append([r["method"] + (" (default)" if method is None else ""), steps, f"{r['psnr']:.2f}",
                      f"{r['ssim']:.4f}", f"{r['sample_psnr']:.2f}", f"{r['sample_mean_psnr']:.2f}",
                      f"{r['std_mean']:.2f}", f"{r['spearman']:.3f}", f"{r['cpu_s']:.0f}", f"{r['wall_s']:.0f}"])
-    text = SWEEP_NOTES + "\n" + C.table(
-        ["sampler", "steps", "PSNR (dB)", "SSIM", "PSNR of one sample", "PSNR of the mean of 4",
-         "mean std", "Spearman(std, abs error)", "CPU s", "wall s"], rows)
-    return C.report_section("mri_superres", C.DOCS / "mri_superres.md", "Sampler steps on the shipped 2x model",
-                            text, args, started)
+        text = SWEEP_NOTES + "\n" + C.table(
+            ["sampler", "steps", "PSNR (dB)", "SSIM", "PSNR of one sample", "PSNR of the mean of 4",
+             "mean std", "Spearman(std, abs error)", "CPU s", "wall s"], rows)
+        section = C.report_section("mri_superres", C.DOCS / "mri_superres.md",
+                                   "Sampler steps on the shipped 2x model", text, args, started)
+    return section
 
 
 SWEEP_NOTES = """The shipped 2x checkpoint on the demo of `python -m recipes.mri_superres` (the held-out MNI slab, K = 4
