@@ -9,11 +9,15 @@ variable: the fair CRPS and spread/skill over the held-out times (`metrics.score
 against the first `--compare` run. `--noise-seed S` adds the default sampler at the first step count with
 sampling seed S: the CRPS change it shows is the size of a difference that sampling noise alone makes.
 The page section "Sampler steps" of docs/benchmarks/climate_downscale.md is replaced by the result.
+With `--cache DIR` each run's scores are kept in DIR (one JSON file per run) and reused, so runs can be
+spread over processes (each with `--no-write`) and the table made by one last call that finds them all.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,7 +60,7 @@ def scores(bundle, truth, coarse, times, variables, members: int, method: str | 
 
 def runs_of(args) -> list[tuple[str | None, int, int]]:
     """(method, steps, seed): the default sampler at each step count, the comparisons, the noise run."""
-    steps = [int(s) for s in args.steps.split(",")]
+    steps = [int(s) for s in args.steps.split(",") if s]
     runs = [(None, s, args.seed) for s in steps]
     runs += [(m, int(s), args.seed) for m, s in (c.split(":") for c in args.compare.split(",") if c)]
     if args.noise_seed is not None:
@@ -87,16 +91,26 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--noise-seed", type=int, default=None, help="one more default run with this sampling seed")
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=None, help="folder keeping each run's scores for reuse")
     args = C.parse(p, argv)
     started = time.perf_counter()
     C.setup(args.threads)
     torch.manual_seed(0)
+    from sciffusion.plugins import core_sampler
+
     bundle, truth, coarse, times, variables = held_out(args.quick)
     members = 2 if args.quick else args.members
     results = []
     for method, steps, seed in runs_of(args):
-        r = scores(bundle, truth, coarse, times, variables, members, method, steps, seed)
-        r["method_given"] = method is not None
+        name = core_sampler(method) + ("" if method else "-default")
+        key = Path(args.cache or ".") / f"{name}_{steps}_{seed}_{members}x{len(times)}.json"
+        if args.cache and key.exists():
+            r = json.loads(key.read_text())
+        else:
+            r = scores(bundle, truth, coarse, times, variables, members, method, steps, seed)
+            r["method_given"] = method is not None
+            if args.cache:
+                C.atomic_write(key, json.dumps(r))
         print(r, flush=True)
         results.append(r)
     text = NOTES.format(t=len(times), k=members) + "\n" + tables(results, variables)
