@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from sciffusion.core.devices import DEVICE_HELP, resolve_device
-from sciffusion.plugins import core_sampler
 
 USAGE = """Generate molecules with the shipped graph diffusion model (or the 3-D EGNN) and score them.
 
@@ -59,8 +58,8 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
                    help="graph model: last step returns the most probable clean graph (default) or a draw")
     p.add_argument("--size", type=int, default=None, help="graph model: heavy atoms per molecule (default: "
                    "drawn from the training histogram)")
-    p.add_argument("--method", default=None, help="egnn model: core sampler (default: the core's default sampler; "
-                   "or ddpm, ddim, heun, dpmpp_2m, ...)")
+    p.add_argument("--method", default="ddpm", help="egnn model: core sampler (default ddpm: ancestral steps gave "
+                   "more stable molecules than the deterministic samplers; or unipc, ddim, heun, dpmpp_2m, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", default="./mol_generate_out")
@@ -211,7 +210,6 @@ def _generate(args) -> int:
     if args.property or args.guidance:
         raise ValueError("--property/--target/--guidance need the graph model (--model graph)")
     args.steps = args.steps or DEFAULTS["egnn"]["steps"]
-    args.method = core_sampler(args.method)   # config.json records the sampler that ran
     from sciffusion.plugins.molecules.generate import (
         DEFAULT_CHECKPOINT,
         EDM_PUBLISHED,

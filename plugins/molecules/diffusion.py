@@ -185,14 +185,15 @@ class MolDiffusion(torch.nn.Module):
         return rng.multinomial(self.size_hist.float(), n, generator=generator)
 
     @torch.no_grad()
-    def sample(self, sizes: Tensor, steps: int = 500, method: str | None = None,
+    def sample(self, sizes: Tensor, steps: int = 500, method: str | None = "ddpm",
                generator: torch.Generator | None = None, device: str | torch.device | None = None,
                progress: bool = False) -> dict[str, Tensor]:
         """Sample molecules with the given atom counts (sizes (G,)), all in one batch.
 
-        continuous: `core.sample` with the sampler `method` (None: the core's default) on the node
-        matrix z = [x, h] (N, 3 + F), with `project` removing each molecule's centre of mass from x
-        after every step; types by argmax of h at t = 0.
+        continuous: `core.sample` with the sampler `method` (default ancestral `ddpm`, which gave more
+        stable and valid molecules than the core's deterministic default at 50 to 200 steps; None: the
+        core's default) on the node matrix z = [x, h] (N, 3 + F), with `project` removing each
+        molecule's centre of mass from x after every step; types by argmax of h at t = 0.
         categorical: ancestral steps on the uniform grid t_i = i / steps; positions (and charges)
         from the Gaussian posterior q(z_s | z_t, z0_hat), types from
         p(type_s | type_t) ∝ Q_{t|s}[type_s, type_t] sum_k p_hat(k | z_t) Qbar_s[k, type_s].
