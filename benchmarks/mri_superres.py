@@ -126,7 +126,7 @@ def steps_sweep(args, started: float) -> str:
         r = sweep_run(model, method, steps, args.quick)
         rows.append([r["method"] + (" (default)" if method is None else ""), steps, f"{r['psnr']:.2f}",
                      f"{r['ssim']:.4f}", f"{r['sample_psnr']:.2f}", f"{r['sample_mean_psnr']:.2f}",
-                     f"{r['std_mean']:.2f}", f"{r['spearman']:.3f}", f"{r['cpu_s']:.0f}", f"{r['wall_s']:.0f}"])
+                     f"{r['std_mean']:.3g}", f"{r['spearman']:.3f}", f"{r['cpu_s']:.0f}", f"{r['wall_s']:.0f}"])
         text = SWEEP_NOTES + "\n" + C.table(
             ["sampler", "steps", "PSNR (dB)", "SSIM", "PSNR of one sample", "PSNR of the mean of 4",
              "mean std", "Spearman(std, abs error)", "CPU s", "wall s"], rows)

@@ -134,7 +134,7 @@ def super_resolve(
     model: SRDenoiser,
     lr: np.ndarray,
     samples: int = 4,
-    steps: int = 10,
+    steps: int = 5,
     method: str | None = None,
     seed: int = 0,
     roi: tuple[int, int, int] | None = None,

@@ -96,7 +96,7 @@ def check_adaptable(vol: Volume, scale: tuple[int, int, int]) -> None:
                           "resolution to learn from")
 
 
-def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps: int = 10,
+def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps: int = 5,
                          method: str | None = None, seed: int = 0, device: str = "cpu",
                          progress: bool = False, scale: tuple[int, int, int] | None = None,
                          adapt: int = 0, **kw) -> Run:
@@ -131,7 +131,7 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 
 
-def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: int = 10,
+def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: int = 5,
                        method: str | None = None, seed: int = 0, device: str = "cpu",
                        crop: tuple[slice, slice, slice] | None = None,
                        eval_region: np.ndarray | None = None, progress: bool = False,
