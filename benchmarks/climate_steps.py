@@ -113,14 +113,15 @@ def main(argv: list[str] | None = None) -> str:
                 C.atomic_write(key, json.dumps(r))
         print(r, flush=True)
         results.append(r)
-    text = NOTES.format(t=len(times), k=members) + "\n" + tables(results, variables)
+    noise = "" if args.noise_seed is None else f"; the run with seed {args.noise_seed} shows how large those are"
+    text = NOTES.format(t=len(times), k=members, noise=noise) + "\n" + tables(results, variables)
     return C.report_section("climate_steps", C.DOCS / "climate_downscale.md", "Sampler steps", text, args, started)
 
 
 NOTES = """The shipped checkpoint on the {t} held-out times of `python -m recipes.climate_downscale` (K = {k} members
 conserving the coarse input, one thread), with the core's default sampler and with DPM-Solver++(2M)
 (`dpmpp_2m`). Runs with the same seed start from the same noise, so their differences are smaller than
-the differences between seeds; the run with another seed shows how large those are.
+the differences between seeds{noise}.
 """
 
 
