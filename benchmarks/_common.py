@@ -273,3 +273,29 @@ def report(
         return page  # a quick run never replaces the measured tables
     atomic_write(Path(args.out) / f"{name}.md", page)
     return page
+
+
+def report_section(name: str, page: Path, heading: str, text: str, args: argparse.Namespace, started: float) -> str:
+    """Print a `## heading` section (with machine and regenerating command) and (unless `--no-write` or a
+    quick run into docs/) put it into `page`: it replaces the section of that heading, up to the next `## `
+    heading, or is appended. For a measurement that extends a page another command made."""
+    section = "\n".join([
+        f"## {heading}", "",
+        f"Measured {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC on: {machine()}. Made by "
+        f"`{command_line(name, getattr(args, 'argv', None))}` ({time.perf_counter() - started:.0f} s wall, "
+        f"{time.process_time():.0f} s CPU" + (", quick mode: sizes too small to quote" if args.quick else "") + ").",
+        "", text.rstrip(), "",
+    ])
+    print(section)
+    if args.no_write or (args.quick and Path(args.out).resolve() == DOCS.resolve()):
+        return section
+    path = Path(args.out) / page.name
+    old = path.read_text() if path.exists() else ""
+    match = re.search(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", old, flags=re.M | re.S)
+    if match:
+        rest = old[match.end():]
+        new = old[: match.start()] + section + ("\n" + rest if rest else "")
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + section
+    atomic_write(path, new)
+    return section

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks import _common as C
+from sciffusion.plugins import core_sampler
 
 PROFILES = {"Gaussian FWHM f": ("gaussian", 1.0), "box (block mean)": ("box", 1.0),
             "Gaussian FWHM 0.6 f": ("gaussian", 0.6)}
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> str:
                 ["method", "PSNR (dB)", "SSIM"], [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}"] for k, v in m.items()])
                 + f"\n\nsciffusion - cubic: {m['sciffusion']['psnr'] - m['cubic']['psnr']:+.2f} dB."))
     summary = (f"{desc}; {len(crops)} crops of {size}^3 voxels, K = {args.samples} samples, {args.steps} "
-               f"dpmpp_2m steps, estimate = the denoiser's posterior mean, {args.threads} thread(s). Each cell: "
+               f"{core_sampler()} steps, estimate = the denoiser's posterior mean, {args.threads} thread(s). Each cell: "
                "PSNR (dB) / SSIM inside the head mask, the mean over the crops.\n\n"
                + C.table(["scale", "mean gain over cubic (dB)", "smallest gain (dB)", "SSIM above cubic in every cell",
                           "mean Spearman"],

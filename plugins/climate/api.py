@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.climate.downscale import Downscaler
 from sciffusion.plugins.climate.io import open_fields
 from sciffusion.plugins.climate.output import global_attrs
@@ -96,7 +97,7 @@ def _carry_encoding(out: xr.Dataset, ds: xr.Dataset) -> None:
 
 
 def downscale(ds: xr.Dataset, model: Downscaler | str | os.PathLike, members: int = 8, steps: int = 10,
-              seed: int = 0, conserve: bool = True, coarse_gaps: str = "infill", method: str = "dpmpp_2m",
+              seed: int = 0, conserve: bool = True, coarse_gaps: str = "infill", method: str | None = None,
               batch_size: int = 8, device: str | None = None, time_chunk: int | None = None) -> xr.Dataset:
     """Fine-grid ensemble (realization, time, latitude, longitude) of the coarse fields in `ds`.
 
@@ -110,6 +111,7 @@ def downscale(ds: xr.Dataset, model: Downscaler | str | os.PathLike, members: in
     (`seed`, its time), not on the chunking.
     """
     bundle = _resolve(model)
+    method = core_sampler(method)
     coarse = open_fields(ds, list(bundle.cfg.variables))
     bundle.check_input(coarse, fine=False)
     if time_chunk is not None:
@@ -122,7 +124,8 @@ def downscale(ds: xr.Dataset, model: Downscaler | str | os.PathLike, members: in
     for v in bundle.cfg.variables:
         out[v].attrs = dict(coarse[v].attrs)
     out.attrs = global_attrs(ds, f"sciffusion climate downscale ({bundle.cfg.source or 'checkpoint'})",
-                             history=f"sciffusion.plugins.climate.downscale(members={members}, steps={steps}, seed={seed})")
+                             history=f"sciffusion.plugins.climate.downscale(members={members}, steps={steps}, "
+                                     f"sampler={method}, seed={seed})")
     _carry_encoding(out, ds)
     if _latitude_decreases(ds):
         out = out.isel(latitude=slice(None, None, -1))

@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from sciffusion.core.config import JsonConfig
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.climate.api import downscale, load_model
 from sciffusion.plugins.climate.io import open_fields
 
@@ -53,10 +54,12 @@ class ArchiveConfig(JsonConfig):
     retain_freed_memory: bool = False   # workers of a LocalCluster started here keep freed memory for reuse
 
     def fingerprint(self, n_times: int) -> dict:
-        """What makes two runs write the same store: input, model bytes, sampling settings, chunks."""
+        """What makes two runs write the same store: input, model bytes, sampling settings (with the
+        name of the core's default sampler, which `downscale` uses), chunks."""
         digest = hashlib.sha256(Path(self.checkpoint).read_bytes()).hexdigest()[:16]
         keep = ("members", "steps", "seed", "conserve", "coarse_gaps", "time_chunk")
         return {"input": str(Path(self.input).resolve()), "checkpoint_sha256": digest, "n_times": n_times,
+                "sampler": core_sampler(),
                 **{k: v for k, v in self.to_dict().items() if k in keep}}
 
 

@@ -20,6 +20,7 @@ import xarray as xr
 
 from sciffusion.core.config import JsonConfig
 from sciffusion.core.train.checkpoint import atomic_write_text
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.climate import figures, output
 from sciffusion.plugins.climate.baselines import StatisticalDownscaler
 from sciffusion.plugins.climate.distribution import distribution_scores, training_fields
@@ -338,6 +339,7 @@ def metrics_of(cfg: ExperimentConfig, ref: Reference, grids: Grids, held: HeldOu
     """The metrics.json of a run: settings, times, scores, distribution scores and block stripes."""
     metrics = {
         "mode": cfg.mode, "variables": list(ref.variables), "members": cfg.members, "steps": cfg.steps,
+        "sampler": core_sampler(),
         "train_times": [str(t) for t in ref.times(ref.train_idx)],
         "held_out_times": [str(t) for t in ref.times(ref.test_idx)],
         "model": how, "config": cfg.to_dict(), "credit": credit, "seconds": seconds,

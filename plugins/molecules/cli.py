@@ -58,7 +58,8 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
                    help="graph model: last step returns the most probable clean graph (default) or a draw")
     p.add_argument("--size", type=int, default=None, help="graph model: heavy atoms per molecule (default: "
                    "drawn from the training histogram)")
-    p.add_argument("--method", default="ddpm", help="core sampler: ddpm, ddim, euler_maruyama, heun, dpmpp_2m")
+    p.add_argument("--method", default="ddpm", help="egnn model: core sampler (default ddpm: ancestral steps gave "
+                   "more stable molecules than the deterministic samplers; or unipc, ddim, heun, dpmpp_2m, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", default="./mol_generate_out")

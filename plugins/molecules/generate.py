@@ -68,7 +68,7 @@ def training_smiles(path: str | Path = DEFAULT_CHECKPOINT) -> list[str] | None:
         return [line.strip() for line in fh if line.strip()]
 
 
-def generate(model: MolDiffusion, n: int = 100, steps: int = 500, method: str = "ddpm", seed: int = 0,
+def generate(model: MolDiffusion, n: int = 100, steps: int = 500, method: str | None = "ddpm", seed: int = 0,
              device: str = "cpu", sizes: torch.Tensor | None = None, batch_size: int = 250,
              train_smiles: list[str] | None = None, progress: bool = False) -> Generation:
     """Sample `n` molecules (sizes from the training histogram unless given), in batches of

@@ -260,8 +260,9 @@ def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentPars
                    help="fine-tune on the scan's own in-plane data for N steps first (thick-slice inputs)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one for --scale)")
     p.add_argument("--samples", type=int, default=4, help="K samples: their std is the uncertainty map")
-    p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
-    p.add_argument("--sampler", default="dpmpp_2m", help="core sampler (dpmpp_2m, ddim, heun, ...)")
+    p.add_argument("--steps", type=int, default=5, help="sampler steps (default 5)")
+    p.add_argument("--sampler", default=None,
+                   help="core sampler (default: the core's default sampler; or dpmpp_2m, ddim, heun, ...)")
     p.add_argument("--estimate", default="posterior_mean", choices=["posterior_mean", "sample_mean"],
                    help="point estimate: the denoiser's E[y | low-res] (default) or the mean of the K samples")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

@@ -19,12 +19,11 @@ from scipy import ndimage as ndi
 from torch import Tensor
 
 from sciffusion.core.devices import AutocastModel, autocast_dtype
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.mri.conditioning import Conditioning
 from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
 from sciffusion.plugins.mri.transforms import PercentileScaler
-
-SAMPLERS = ("dpmpp_2m", "unipc", "unipc_3", "ddim", "heun", "ddpm", "ddpm_beta", "euler_maruyama")
 
 
 @dataclass
@@ -141,8 +140,8 @@ def super_resolve(
     model: SRDenoiser,
     lr: np.ndarray,
     samples: int = 4,
-    steps: int = 10,
-    method: str = "dpmpp_2m",
+    steps: int = 5,
+    method: str | None = None,
     seed: int = 0,
     roi: tuple[int, int, int] | None = None,
     overlap: float = 0.25,
@@ -157,7 +156,9 @@ def super_resolve(
 ) -> SRResult:
     """Super-resolve a low-resolution volume `lr` (scanner units, shape `(x, y, z)`) by the model's scale.
 
-    `samples` = K draws with the core sampler `method` in `steps` steps, seeded by `seed`.
+    `samples` = K draws with the core sampler `method` (None: the core's default, `core_sampler`) in
+    `steps` steps, seeded by `seed`. The estimate below does not depend on `method` or `steps` (it is
+    the first evaluation); they change the samples, and so `std` and `sample_mean`.
     `roi` (low-res voxels) defaults to twice the training patch per axis: fewer, larger windows
     cost less than many overlapping small ones (the UNet's middle block attends over the whole
     window; on the held-out MNI slab this size scored as well as the training size).
@@ -191,6 +192,7 @@ def super_resolve(
     from sciffusion.core.diffusion.schedules import get_schedule
 
     cfg = model.config
+    method = core_sampler(method)
     _check_arguments(method, estimate, samples, steps, sw_batch_size)
     dev = torch.device(device)
     dtype = autocast_dtype(precision, dev)
@@ -235,8 +237,10 @@ def _normalise_and_interpolate(lr: np.ndarray, cfg) -> tuple[PercentileScaler, n
 
 
 def _check_arguments(method: str, estimate: str, samples: int, steps: int, sw_batch_size: int | None) -> None:
-    if method not in SAMPLERS:
-        raise ValueError(f"unknown sampler {method!r}; expected one of {', '.join(SAMPLERS)}")
+    from sciffusion.core.diffusion.samplers import available_samplers
+
+    if method not in available_samplers():
+        raise ValueError(f"unknown sampler {method!r}; expected one of {', '.join(available_samplers())}")
     if estimate not in ("posterior_mean", "sample_mean"):
         raise ValueError(f"unknown estimate {estimate!r}; expected 'posterior_mean' or 'sample_mean'")
     if samples < 1 or steps < 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sciffusion.core.atomic import atomic_write_text
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.mri.degrade import crop_to_multiple, degrade
 from sciffusion.plugins.mri.figures import nearest_up, slice_figure
 from sciffusion.plugins.mri.infer import SRResult, super_resolve
@@ -95,8 +96,8 @@ def check_adaptable(vol: Volume, scale: tuple[int, int, int]) -> None:
                           "resolution to learn from")
 
 
-def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps: int = 10,
-                         method: str = "dpmpp_2m", seed: int = 0, device: str = "cpu",
+def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps: int = 5,
+                         method: str | None = None, seed: int = 0, device: str = "cpu",
                          progress: bool = False, scale: tuple[int, int, int] | None = None,
                          adapt: int = 0, **kw) -> Run:
     """Super-resolve a user's low-resolution scan by `scale` (default: the model's; no metrics).
@@ -123,7 +124,7 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
     res = super_resolve(used, data, samples=samples, steps=steps, method=method, seed=seed, device=device,
                         progress=progress, **kw)
     res = _transpose_result(res, tuple(int(i) for i in np.argsort(perm)))
-    settings = _settings(model, samples=samples, steps=steps, method=method, seed=seed, device=str(device),
+    settings = _settings(model, samples=samples, steps=steps, method=core_sampler(method), seed=seed, device=str(device),
                          seconds=round(time.time() - t0, 1), mode="input", scale=list(scale),
                          axis_permutation=list(perm), adapt_steps=adapt, adapt_seconds=round(t_adapt, 1),
                          estimate=kw.get("estimate", "posterior_mean"), conditioned=model.config.conditioned)
@@ -132,8 +133,8 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 
 
-def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: int = 10,
-                       method: str = "dpmpp_2m", seed: int = 0, device: str = "cpu",
+def evaluate_reference(ref: Volume, model: SRDenoiser, samples: int = 4, steps: int = 5,
+                       method: str | None = None, seed: int = 0, device: str = "cpu",
                        crop: tuple[slice, slice, slice] | None = None,
                        eval_region: np.ndarray | None = None, progress: bool = False,
                        scale: tuple[int, int, int] | None = None, **kw) -> Run:

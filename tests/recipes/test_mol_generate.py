@@ -39,6 +39,7 @@ def test_train_then_generate_writes_every_file(tiny_run, capsys):
     assert "skipped" in metrics["distribution"]   # 5 molecules: too few for the k-NN scores
     config = json.loads((out / "config.json").read_text())
     assert config["args"]["steps"] == 4 and config["model"]["max_atoms"] == 12
+    assert config["args"]["method"] == "ddpm"
     printed = capsys.readouterr().out
     assert "sciffusion (this run)" in printed and "EDM, QM9 (published)" in printed
     assert main(["--score", str(out / "molecules.sdf"), "--out", str(root / "score"), "--quiet"]) == 0

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from recipes.mri_superres import main
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.mri.io import sr_affine
 from sciffusion.plugins.mri.model import (
     SRDenoiser,
@@ -62,6 +63,7 @@ def test_reference_mode_writes_every_output(tmp_path, ckpt, capsys):
     assert b"sciffusion SR 2x2x2" in sr.header["descrip"].tobytes()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["samples"] == 2 and cfg["steps"] == 2 and cfg["model"]["scale"] == [2, 2, 2]
+    assert cfg["method"] == core_sampler()  # the name of the sampler that ran, not None
 
 
 def test_input_mode_overlays_the_input(tmp_path, ckpt, device):

@@ -121,7 +121,7 @@ class Downscaler:
         return fill_by_neighbours(coarse, periodic=self.grids.periodic)
 
 
-    def sample(self, coarse: np.ndarray, members: int = 8, steps: int = 10, method: str = "dpmpp_2m",
+    def sample(self, coarse: np.ndarray, members: int = 8, steps: int = 10, method: str | None = None,
                seed: int = 0, batch_size: int = 8, device: str | None = None,
                known: np.ndarray | None = None, mask: np.ndarray | None = None,
                progress: bool = False, times: np.ndarray | None = None, conserve: bool = True,

@@ -37,7 +37,7 @@ class SamplingOptions:
 
     members: int = 8
     steps: int = 10
-    method: str = "dpmpp_2m"
+    method: str | None = None   # None: the core's default sampler (`sciffusion.plugins.core_sampler`)
     seed: int = 0
     batch_size: int = 8
     device: str | None = None
@@ -99,13 +99,14 @@ def draw(model: torch.nn.Module, process, prep: Prepared, ts: list[int], gen: to
     clamped to +-CLAMP; with `prep.known_x`, the cells of `mask` are imposed (inpainting)."""
     from sciffusion.core import sample as core_sample
     from sciffusion.core.devices import AutocastModel, autocast_dtype
+    from sciffusion.plugins import core_sampler
 
     kw = {}
     if prep.known_x is not None:
         kw = {"known": torch.from_numpy(prep.known_x[ts]).to(dev),
               "mask": torch.from_numpy(mask[ts].astype(np.float32)).to(dev)}
     model = AutocastModel(model, autocast_dtype(opts.precision, dev))
-    x = core_sample(model, process, (len(ts), *prep.b.shape[1:]), method=opts.method, steps=opts.steps,
+    x = core_sample(model, process, (len(ts), *prep.b.shape[1:]), method=core_sampler(opts.method), steps=opts.steps,
                     generator=gen, cond=torch.from_numpy(prep.cond[ts]).to(dev), progress=opts.progress,
                     device=dev, **kw)
     return x.clamp(-CLAMP, CLAMP).cpu().double().numpy()

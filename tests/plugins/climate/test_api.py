@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.climate.api import downscale, load_model, time_seed
 from sciffusion.plugins.climate.downscale import DownscaleConfig, train
 from sciffusion.plugins.climate.grid import coarsen_dataset
@@ -36,7 +37,7 @@ def test_downscale_is_lazy_and_carries_cf_metadata(model_and_coarse):
     assert out["t2m"].dims == ("realization", "time", "latitude", "longitude")
     assert out["t2m"].attrs["units"] == "K" and out["latitude"].attrs["units"] == "degrees_north"
     assert out.attrs["title"] == "synthetic test field" and out.attrs["Conventions"] == "CF-1.8"
-    assert "downscale(members=2" in out.attrs["history"]
+    assert "downscale(members=2" in out.attrs["history"] and f"sampler={core_sampler()}," in out.attrs["history"]
     assert out["time"].encoding["units"] == "hours since 2000-01-01" and out["t2m"].encoding["dtype"] == np.float32
     values = out.compute()
     assert np.isfinite(values["t2m"].values).all() and values["tp"].values.min() >= 0

@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from recipes.climate_downscale import main
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.climate.api import downscale
 from sciffusion.plugins.climate.archive import (
     ArchiveConfig,
@@ -80,6 +81,7 @@ def test_a_store_made_by_another_run_is_refused_before_sampling(setup, capsys):
                  "--steps", "2", "--seed", "3", "--time-chunk", "3", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {cfg.out}: exists and was made by another run (members is 2, this run has 3); choose another --out or delete it"
+    assert cfg.fingerprint(8)["sampler"] == core_sampler()   # a store sampled by another default is refused too
     (tmp / "notzarr.zarr").mkdir()
     assert main(["--input", cfg.input, "--checkpoint", cfg.checkpoint, "--out", str(tmp / "notzarr.zarr"), "--quiet"]) == 2
     assert "notzarr.zarr: exists and is not a zarr store made by this recipe" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sciffusion.plugins import core_sampler
 from sciffusion.plugins.mri.data import PatchDataset, heldout_crop, make_pair, training_region
 from sciffusion.plugins.mri.infer import WindowedDenoiser, super_resolve
 from sciffusion.plugins.mri.model import load_checkpoint
@@ -45,6 +46,19 @@ def test_super_resolve_shapes_seed_and_spread(tiny_checkpoint):
     assert not np.allclose(c.mean, a.mean) and (c.std == 0).all()
     with pytest.raises(ValueError, match="unknown sampler"):
         super_resolve(model, lr, method="magic")
+
+
+def test_default_sampler_is_the_cores_and_the_estimate_ignores_it(tiny_checkpoint):
+    """No `method`: the core's default sampler. The estimate is the first evaluation, the same for any
+    sampler and step count; the samples (and their spread) are not."""
+    model = load_checkpoint(tiny_checkpoint)
+    lr = phantom((8, 8, 8))
+    a = super_resolve(model, lr, samples=2, steps=3, seed=1)
+    b = super_resolve(model, lr, samples=2, steps=3, seed=1, method=core_sampler())
+    np.testing.assert_array_equal(a.std, b.std)
+    c = super_resolve(model, lr, samples=2, steps=2, seed=1, method="dpmpp_2m")
+    np.testing.assert_array_equal(a.mean, c.mean)
+    assert not np.allclose(a.std, c.std)
 
 
 def test_patch_dataset_respects_the_held_out_region():
