@@ -206,3 +206,24 @@ def test_cli_infill_input_and_bad_inputs(setup, tmp_path, capsys):
     assert main(["--input", str(src), "--checkpoint", str(ckpt), "--quiet", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "is a gap-filling checkpoint" in err and err.count("\n") == 1
+
+
+def test_cli_infill_scoring_mode_with_the_model(setup, tmp_path):
+    import json
+
+    from sciffusion.plugins.climate.cli import main
+
+    ds, *_, model = setup
+    ckpt = model.save(tmp_path / "gap.pt")
+    ref = tmp_path / "ref.nc"
+    make_fine(n_time=8).to_netcdf(ref, engine="h5netcdf")
+    out = tmp_path / "scores"
+    assert main(["--reference", str(ref), "--variables", ",".join(VARS), "--mode", "infill", "--checkpoint", str(ckpt),
+                 "--gap-family", "swaths", "--members", "2", "--steps", "2", "--holdout", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gap_family"] == "swaths" and len(metrics["held_out_times"]) == 2
+    assert metrics["scores"]["t2m"]["sciffusion"]["observed_exact"] == 1.0
+    assert set(metrics["scores"]["u10"]) == {"bilinear", "bicubic", "kriging", "sciffusion"}
+    assert main(["--reference", str(ref), "--variables", ",".join(VARS), "--mode", "infill", "--checkpoint", str(ckpt),
+                 "--gap-family", "dots", "--quiet", "--out", str(out)]) == 2
