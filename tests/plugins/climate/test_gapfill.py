@@ -213,7 +213,7 @@ def test_cli_infill_scoring_mode_with_the_model(setup, tmp_path):
 
     from sciffusion.plugins.climate.cli import main
 
-    ds, *_, model = setup
+    *_, model = setup
     ckpt = model.save(tmp_path / "gap.pt")
     ref = tmp_path / "ref.nc"
     make_fine(n_time=8).to_netcdf(ref, engine="h5netcdf")
