@@ -5,14 +5,17 @@
 
 Times 0..17 fit the baselines (statistical downscaler, kriging mean, scale and covariance); every mask
 family removes `--fraction` of the area of each held-out time 18..23 and the fills are scored on the
-removed cells: bilinear, bicubic, statistical, kriging (simple kriging, marginal Gaussian draws) and
-the shipped downscaling model used by inpainting (`infill.fill_gaps`, RePaint-style replacement).
+removed cells: bilinear, bicubic, statistical, kriging (simple kriging, marginal Gaussian draws), the
+shipped downscaling model used by inpainting (`infill.fill_gaps`, RePaint-style replacement) and the
+trained gap-filling model (`gapfill.GapFiller`, kriging plus a learned residual) when its checkpoint
+exists (`--gapfill-checkpoint`, default the shipped one).
 ERA5 single-level data. Source: ECMWF.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -47,8 +50,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model-members", type=int, default=4, help="members of the diffusion fill (0: skip the model)")
     p.add_argument("--steps", type=int, default=10, help="sampler steps of the diffusion fill")
     p.add_argument("--neighbours", type=int, default=32, help="observed cells per kriging prediction")
+    p.add_argument("--gapfill-checkpoint", type=Path, default=None,
+                   help="trained gap-filling model (default: the shipped one; skipped when absent)")
+    p.add_argument("--gapfill-members", type=int, default=8, help="members of the trained model's fill (0: skip it)")
+    p.add_argument("--gapfill-steps", type=int, default=6, help="sampler steps of the trained model's fill")
     p.add_argument("--families", default=",".join(masks.FAMILIES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="mask families scored in parallel processes (fork)")
     p.add_argument("--out", type=Path, default=DOCS, help="folder for climate_gapfill.md and climate_gapfill.png")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
@@ -86,8 +94,22 @@ def diffusion_fill(args, ds, variables, gappy, times):
     return fill_gaps(bundle, gappy, members=args.model_members, steps=args.steps, seed=args.seed, times=times)
 
 
-def run_family(args, family, i, ds, variables, truth, times, stat, krig) -> tuple[dict, dict, dict]:
-    """Scores, seconds per method and kriging spread-distance curves for one mask family."""
+def gapfill_model(args, variables, test_times):
+    """The trained gap-filling model, or None when skipped, absent or not applicable to this run."""
+    from sciffusion.plugins.climate.gapfill import GapFiller
+    from sciffusion.plugins.climate.gapfill_cli import SHIPPED_GAPFILL
+
+    path = args.gapfill_checkpoint or SHIPPED_GAPFILL
+    if args.quick or args.gapfill_members < 1 or not path.exists():
+        return None
+    model = GapFiller.load(path)
+    if tuple(model.cfg.variables) != tuple(variables) or set(model.cfg.train_times) & {str(t) for t in test_times}:
+        return None
+    return model
+
+
+def run_family(args, family, i, ds, variables, truth, times, stat, krig, gapfiller=None) -> tuple[dict, dict, dict]:
+    """Scores, seconds per method and spread-distance curves (kriging, and the trained model) for one mask family."""
     lat, lon = ds["latitude"].values, ds["longitude"].values
     rng = np.random.default_rng([args.seed, i])
     miss = masks.draw(family, lat, lon, args.fraction, rng, n=truth.shape[0])
@@ -105,15 +127,41 @@ def run_family(args, family, i, ds, variables, truth, times, stat, krig) -> tupl
     if model is not None:
         fills["sciffusion (RePaint)"] = model
         seconds["sciffusion (RePaint)"] = time.process_time() - t0
+    if gapfiller is not None:
+        t0 = time.process_time()
+        fills["sciffusion (trained)"] = gapfiller.sample(gappy, members=args.gapfill_members, steps=args.gapfill_steps,
+                                                        seed=args.seed)
+        seconds["sciffusion (trained)"] = time.process_time() - t0
     table = score_gaps(fills, truth, miss, lat, variables)
     score_truth = np.where(miss[:, None], truth, np.nan)
     for c, v in enumerate(variables):
         table[v]["kriging"]["crps_exact"] = gaussian_crps(mean[:, c], var[:, c], score_truth[:, c], lat)
     dist = np.stack([masks.distance_to_observed(m, lat, lon) for m in miss])
     edges = np.linspace(0, 1500, 16)
-    curves = {v: spread_by_distance(fills["kriging"][:, :, c], score_truth[:, c], np.where(miss, dist, np.nan), lat, edges)
-              for c, v in enumerate(variables)}
+    curves = {name: {v: spread_by_distance(fills[name][:, :, c], score_truth[:, c], np.where(miss, dist, np.nan), lat, edges)
+                     for c, v in enumerate(variables)}
+              for name in ("kriging", "sciffusion (trained)") if name in fills}
     return table, seconds, curves
+
+
+_STATE: dict = {}   # what forked workers read (set before the pool starts, so nothing large is pickled)
+
+
+def _family_job(i: int) -> tuple[dict, dict, dict]:
+    s = _STATE
+    return run_family(s["args"], s["families"][i], i, *s["data"])
+
+
+def run_families(args, families, data) -> list[tuple[dict, dict, dict]]:
+    """`run_family` for every family, in `args.jobs` forked processes (results identical to one process:
+    every family draws from its own seeded generators)."""
+    _STATE.update(args=args, families=families, data=data)
+    if args.jobs <= 1:
+        return [_family_job(i) for i in range(len(families))]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(min(args.jobs, len(families))) as pool:
+        return pool.map(_family_job, range(len(families)))
 
 
 def fit(train, ds, variables, seed):
@@ -148,11 +196,12 @@ def page(args, results, krig, variables, seconds_total, figure) -> str:
                          for v, c in zip(variables, krig.covariances, strict=True))
     parts = [
         "# Gap filling on the ERA5 sample, per mask family\n",
-        f"`{cmd}` ({seconds_total / 60:.1f} min CPU, one thread). {ERA5_CREDIT}\n",
+        f"`{cmd}` ({seconds_total / 60:.1f} min CPU in all, one thread per process). {ERA5_CREDIT}\n",
         f"Times 0..17 fit the baselines; each held-out time 18..23 loses {args.fraction:.0%} of its area to a mask "
         "of the family (see [the gap-filling guide](../climate_gapfill.md)), and the fills are scored on the removed "
         f"cells only (latitude-weighted). Ensembles: {args.members} members for the statistical and kriging fills, "
-        f"{args.model_members} for the diffusion fill ({args.steps} steps). Kriging uses the {args.neighbours} nearest "
+        f"{args.model_members} for the RePaint fill ({args.steps} steps), {args.gapfill_members} for the trained model "
+        f"({args.gapfill_steps} steps of the default sampler). Kriging uses the {args.neighbours} nearest "
         "observed cells and draws each cell from its predictive Gaussian independently; its CRPS in brackets is the "
         "closed form of that Gaussian (what infinitely many members would score).\n",
         "Fitted covariances of the standardised training anomalies (chordal distance):\n",
@@ -161,8 +210,9 @@ def page(args, results, krig, variables, seconds_total, figure) -> str:
     for family, (table, seconds) in results.items():
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
         parts.append(f"## {family}\n\nCPU time: {secs}.\n\n{family_table(table, variables)}\n")
-    parts.append(f"## Spread against distance to the nearest observed cell (kriging)\n\n![spread and RMSE of the kriging "
-                 f"ensemble against distance]({figure.name})\n")
+    for name, fig in figure.items():
+        parts.append(f"## Spread against distance to the nearest observed cell ({name})\n\n![spread and RMSE of the {name} "
+                     f"ensemble against distance]({fig.name})\n")
     return "\n".join(parts)
 
 
@@ -171,17 +221,24 @@ def main(argv: Sequence[str] | None = None) -> str:
     t_start = time.process_time()
     ds, variables, train, truth, times = load(args)
     stat, krig = fit(train, ds, variables, args.seed)
-    results, curves = {}, {v: {} for v in variables}
-    for i, family in enumerate(args.families.split(",")):
-        table, seconds, fam_curves = run_family(args, family, i, ds, variables, truth, times, stat, krig)
+    gapfiller = gapfill_model(args, variables, times)
+    results, curves = {}, {}
+    families = args.families.split(",")
+    outcomes = run_families(args, families, (ds, variables, truth, times, stat, krig, gapfiller))
+    for family, (table, seconds, fam_curves) in zip(families, outcomes, strict=True):
         results[family] = (table, seconds)
-        for v in variables:
-            curves[v][family] = fam_curves[v]
+        for name, per_var in fam_curves.items():
+            for v in variables:
+                curves.setdefault(name, {v: {} for v in variables})[v][family] = per_var[v]
         print(f"{family}\n{family_table(table, variables)}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    figure = plot_spread_distance(args.out / "climate_gapfill.png", curves, UNITS,
-                                  f"kriging spread (solid) and RMSE (dashed) in the gaps. {ERA5_CREDIT}")
-    text = page(args, results, krig, variables, time.process_time() - t_start, figure)
+    files = {"kriging": "climate_gapfill.png", "sciffusion (trained)": "climate_gapfill_trained.png"}
+    figure = {name: plot_spread_distance(args.out / files[name], c, UNITS,
+                                         f"{name} spread (solid) and RMSE (dashed) in the gaps. {ERA5_CREDIT}")
+              for name, c in curves.items()}
+    children = os.times()
+    cpu = time.process_time() - t_start + children.children_user + children.children_system
+    text = page(args, results, krig, variables, cpu, figure)
     (args.out / "climate_gapfill.md").write_text(text)
     return text
 

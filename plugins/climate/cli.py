@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
     p.add_argument("--holdout", type=int, default=6, help="last N times held out for evaluation (default 6)")
     p.add_argument("--mode", choices=("downscale", "infill"), default="downscale")
     p.add_argument("--gap-fraction", type=float, default=0.2, help="share of cells removed in --mode infill")
+    p.add_argument("--infill-method", choices=("model", "repaint"), default="model",
+                   help="--mode infill: the trained gap-filling model (default) or the downscaling model's inpainting")
+    p.add_argument("--gap-family", default="boxes", help="--mode infill scoring with the model: boxes, swaths, scattered or static")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -88,7 +91,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
         factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, loader_workers=a.loader_workers, widths=tuple(int(w) for w in a.widths.split(",")),
         solar_channels=a.solar_channels, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
-        crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction, seed=a.seed, device=a.device, precision=a.precision, out=a.out,
+        crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction,
+        infill_method=a.infill_method, gap_family=a.gap_family, seed=a.seed, device=a.device, precision=a.precision, out=a.out,
         quiet=a.quiet, time_chunk=a.time_chunk, workers=a.workers, scheduler=a.scheduler,
     )
 
@@ -102,7 +106,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cfg = replace(cfg, device=str(resolve_device(cfg.device)))
         if not cfg.quiet:
             print(f"device: {cfg.device}", flush=True)
-        if cfg.input and not cfg.reference:
+        if cfg.mode == "infill" and (cfg.infill_method == "model" or cfg.input):
+            from sciffusion.plugins.climate.gapfill_cli import run_infill
+
+            run_infill(cfg)
+        elif cfg.input and not cfg.reference:
             downscale_input(cfg)
         else:
             run(cfg)

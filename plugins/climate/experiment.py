@@ -68,6 +68,8 @@ class ExperimentConfig(JsonConfig):
     holdout: int = 6
     mode: str = "downscale"
     gap_fraction: float = 0.2
+    infill_method: str = "model"   # --mode infill: the trained gap-filling model, or "repaint" (the downscaling model)
+    gap_family: str = "boxes"      # --mode infill scoring with the model: the mask family (`masks.FAMILIES`)
     seed: int = 0
     device: str | None = None
     precision: str = "auto"

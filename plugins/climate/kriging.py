@@ -173,6 +173,25 @@ def _fit_one(h, gamma, counts, model, structures) -> tuple[Covariance, float]:
     return _unpack(model, res.x), float(res.cost)
 
 
+@dataclass(frozen=True)
+class KrigingPlan:
+    """The kriging of one mask: the missing cells (m,) (flat indices, increasing), their `neighbours`
+    (m, n) (flat indices of observed cells), the weights lambda (len(channels), m, n) and the variances
+    sigma^2 (len(channels), m) of the standardised anomaly z, for the channels `channels`."""
+
+    missing: np.ndarray
+    neighbours: np.ndarray
+    weights: np.ndarray
+    variance: np.ndarray
+    channels: tuple[int, ...]
+
+    def anomaly(self, c: int, z: np.ndarray, cells: slice = slice(None)) -> np.ndarray:
+        """z_hat = lambda . z_obs at the missing cells `cells` (a slice of `missing`) for channel c and
+        a flat field z (H * W,) of standardised anomalies (finite at the neighbours)."""
+        j = self.channels.index(c)
+        return (self.weights[j, cells] * z[self.neighbours[cells]]).sum(-1)
+
+
 @dataclass
 class Kriging:
     """Per-variable simple kriging fitted on training times (see the module docstring).
@@ -217,37 +236,52 @@ class Kriging:
         nonneg = tuple(nonneg) if nonneg is not None else (False,) * train.shape[1]
         return cls(np.asarray(lat, float), np.asarray(lon, float), mean, scale, covs, nonneg)
 
+    def plan(self, missing: np.ndarray, channels: tuple[int, ...] | None = None, neighbours: int = 32,
+             chunk: int = 1024) -> KrigingPlan:
+        """The kriging weights lambda = K^{-1} k and variances sigma^2 of the standardised anomaly for
+        one mask (H, W) (True where missing), per channel in `channels` (default all).
+
+        Each missing cell uses its `neighbours` nearest observed cells, solved in chunks of `chunk`
+        cells (memory about 3 * chunk * neighbours^2 floats during the solve, then C * m * n for lambda).
+        """
+        missing = np.asarray(missing, bool)
+        check_observed(missing)
+        channels = tuple(range(len(self.covariances))) if channels is None else tuple(channels)
+        xyz = unit_vectors(self.lat, self.lon).reshape(-1, 3)
+        plan = _neighbour_plan(xyz, missing.ravel(), neighbours)
+        m, n = plan["nb"].shape
+        lam, var = np.zeros((len(channels), m, n)), np.zeros((len(channels), m))
+        for s in range(0, m, chunk):
+            d_nn, d_0n = _distances(plan, slice(s, s + chunk))
+            for j, c in enumerate(channels):
+                lam[j, s : s + chunk], var[j, s : s + chunk] = _weights(d_nn, d_0n, self.covariances[c])
+        return KrigingPlan(plan["missing"], plan["nb"], lam, var, channels)
+
     def predict(self, fields: np.ndarray, neighbours: int = 32, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Kriging mean and variance (T, C, H, W) of fields with NaN gaps; observed cells unchanged, variance 0.
 
-        Each missing cell uses its `neighbours` nearest observed cells of the same field, solved in
-        chunks of `chunk` cells (memory about 3 * chunk * neighbours^2 floats). The weights lambda
-        depend only on the mask and the covariance, so fields sharing a mask (all variables of a
-        time, or every time of a static mask) share one neighbour search and one solve per variable.
+        Each missing cell uses its `neighbours` nearest observed cells of the same field (`plan`). The
+        weights lambda depend only on the mask and the covariance, so fields sharing a mask (all
+        variables of a time, or every time of a static mask) share one neighbour search and one
+        solve per variable.
         """
         fields = np.asarray(fields)
         missing = ~np.isfinite(fields)
         check_observed(missing)
         mean = fields.astype(np.float64).copy()
         var = np.zeros(fields.shape, np.float64)
-        xyz = unit_vectors(self.lat, self.lon).reshape(-1, 3)
         groups: dict[bytes, list[tuple[int, int]]] = {}
         for t, c in np.ndindex(*fields.shape[:2]):
             if missing[t, c].any():
                 groups.setdefault(np.packbits(missing[t, c]).tobytes(), []).append((t, c))
         for members in groups.values():
-            plan = _neighbour_plan(xyz, missing[members[0]].ravel(), neighbours)
-            miss = plan["missing"]
-            z = {(t, c): ((fields[t, c] - self.mean[c]) / self.scale[c]).ravel() for t, c in members}
-            for s in range(0, miss.size, chunk):
-                d_nn, d_0n = _distances(plan, slice(s, s + chunk))
-                idx, cells = plan["nb"][s : s + chunk], miss[s : s + chunk]
-                for c in sorted({c for _, c in members}):
-                    lam, v = _weights(d_nn, d_0n, self.covariances[c])
-                    sc, mc = self.scale[c].ravel()[cells], self.mean[c].ravel()[cells]
-                    for t in (t for t, cc in members if cc == c):
-                        mean[t, c].flat[cells] = mc + sc * (lam * z[t, c][idx]).sum(-1)
-                        var[t, c].flat[cells] = sc * sc * v
+            plan = self.plan(missing[members[0]], tuple(sorted({c for _, c in members})), neighbours, chunk)
+            cells = plan.missing
+            for t, c in members:
+                z = ((fields[t, c] - self.mean[c]) / self.scale[c]).ravel()
+                sc, mc = self.scale[c].ravel()[cells], self.mean[c].ravel()[cells]
+                mean[t, c].flat[cells] = mc + sc * plan.anomaly(c, z)
+                var[t, c].flat[cells] = sc * sc * plan.variance[plan.channels.index(c)]
         return mean, var
 
     def sample(self, fields: np.ndarray, members: int, rng: np.random.Generator, **predict_kw) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_no_conserve_gives_the_raw_members(trained):
 def test_infill_mode_and_coarse_input(trained):
     tmp, ref, out = trained
     out2 = tmp / "infill"
-    assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--mode", "infill",
+    assert main(["--reference", str(ref), "--checkpoint", str(out / "downscale.pt"), "--mode", "infill", "--infill-method", "repaint",
                  *SMALL, "--out", str(out2)]) == 0
     metrics = json.loads((out2 / "metrics.json").read_text())
     assert metrics["mode"] == "infill" and "spectral_error" not in metrics["scores"]["t2m"]["sciffusion"]

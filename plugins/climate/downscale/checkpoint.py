@@ -53,6 +53,8 @@ def read_state(path: str | Path, map_location: str = "cpu") -> dict:
     """The state dict in `path` (`read_torch_file`: weights only); a one-line error naming the file
     when it is missing, unreadable or not a climate downscaling checkpoint."""
     state = read_torch_file(path, "checkpoint", map_location)
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("sciffusion-climate-gapfill/"):
+        raise ValueError(f"{path} is a gap-filling checkpoint; it fills gaps (--mode infill), it does not downscale")
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
         raise ValueError(f"{path} is not a climate downscaling checkpoint (format {FORMAT})")
     return state
