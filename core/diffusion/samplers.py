@@ -55,6 +55,7 @@ __all__ = [
 
 HEUN_MAX_RATIO = 4.0
 PRIOR_MEAN_MIN_SIGMA_TILDE = 20.0  # default starts at least this noisy get the prior's mean alpha E[x_0]
+DEFAULT_METHOD = "unipc"  # what `sample` runs without `method=`
 LOWER_ORDER_FINAL_BELOW = 15  # UniPC lowers its order over the last steps of grids shorter than this (or ending at 0)
 
 class Prediction:
@@ -442,7 +443,7 @@ def sample(
     model: Callable,
     process: DiffusionProcess,
     shape: tuple[int, ...],
-    method: str = "unipc",
+    method: str = DEFAULT_METHOD,
     steps: int = 20,
     *,
     generator: torch.Generator | None = None,
