@@ -166,13 +166,15 @@ class GapFiller:
         sigma = np.sqrt(var) / self.kriging.scale
         return mu, sigma, ~np.isfinite(fields)
 
-    def sample(self, fields: np.ndarray, members: int = 8, steps: int = 10, method: str = "unipc", seed: int = 0,
+    def sample(self, fields: np.ndarray, members: int = 8, steps: int = 10, method: str | None = None, seed: int = 0,
                batch_size: int = 8, device: str | None = None, progress: bool = False) -> np.ndarray:
         """Ensemble (member, T, C, H, W) equal to `fields` (T, C, H, W) where finite, drawn in the gaps:
-        x = m + s (mu + sigma r) with r from the core `sample` (`method`, `steps`) conditioned on
+        x = m + s (mu + sigma r) with r from the core `sample` (`method`, None: the core's default; `steps`) conditioned on
         [mu, sigma, M, sin(lat)]; non-negative variables are clipped at 0."""
         from sciffusion.core import sample
+        from sciffusion.plugins import core_sampler
 
+        method = core_sampler(method)
         fields = np.asarray(fields)
         mu, sigma, missing = self.kriged(fields)
         cond = torch.from_numpy(condition(mu, sigma, missing, self.kriging.lat))
