@@ -83,7 +83,7 @@ def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int =
     from sciffusion.core.diffusion.losses import denoising_loss
     from sciffusion.core.diffusion.process import DiffusionProcess
     from sciffusion.core.diffusion.schedules import get_schedule
-    from sciffusion.plugins.mri.data import BlindPatchDataset
+    from sciffusion.plugins.mri.data import BlindPatchDataset, split_batch
 
     cfg = model.config
     if steps < 1:
@@ -103,7 +103,7 @@ def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int =
         it = tqdm(it, desc="adapt", leave=False)
     for step in it:
         batch = [torch.stack(parts) for parts in zip(*(data[step * batch_size + k] for k in range(batch_size)))]
-        x0, cond = batch[0], (batch[1] if len(batch) == 2 else tuple(batch[1:]))  # (image, d) when conditioned
+        x0, cond = split_batch(batch)
         loss = denoising_loss(net, process, x0, cond=cond, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -232,6 +232,12 @@ class BlindPatchDataset(Dataset):
         return pair[0].contiguous(), pair[1].contiguous(), d
 
 
+def split_batch(batch) -> tuple[torch.Tensor, object]:
+    """`(x0, cond)` of a batch of `(x_0, cond)` or, for a conditioned model, `(x_0, cond, d)` items;
+    then `cond = (cond, d)`, the form `SRDenoiser` takes."""
+    return batch[0], (batch[1] if len(batch) == 2 else tuple(batch[1:]))
+
+
 def degradation_item(acq, signal: float, rng: np.random.Generator, p_unknown: float,
                      noise_known: bool = True) -> torch.Tensor:
     """The conditioning vector of one training patch from its drawn `blind.Acquisition`.

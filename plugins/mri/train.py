@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sciffusion.plugins.mri.blind import BlindFamily
-from sciffusion.plugins.mri.data import BlindPatchDataset, PatchDataset, make_pair
+from sciffusion.plugins.mri.data import BlindPatchDataset, PatchDataset, make_pair, split_batch
 from sciffusion.plugins.mri.model import (
     SRConfig,
     SRDenoiser,
@@ -40,7 +40,7 @@ class SRLoss:
     def __call__(self, model, process, batch) -> torch.Tensor:
         from sciffusion.core.diffusion.losses import denoising_loss
 
-        x0, cond = batch[0], (batch[1] if len(batch) == 2 else tuple(batch[1:]))
+        x0, cond = split_batch(batch)
         return denoising_loss(model, process, x0, cond=cond, p_terminal=self.p_terminal)
 
 
