@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmarks.sampler_accuracy import DiscreteTable, eps_at, peer_scheduler, run_peer
+from benchmarks.sampler_accuracy import DiscreteTable, eps_at, peer_scheduler, run_peer, sliced_w2
 from sciffusion.core import DiffusionProcess, GaussianMixture, sample
 
 NFES = (5, 10, 20)
@@ -126,9 +126,7 @@ def coupled_sw2(x: Tensor, ref: Tensor, directions: Tensor) -> float:
     """`SW2` between the contender's points and the exact flow of the same noise (both sorted per direction)."""
     if not bool(torch.isfinite(x).all()):
         return math.inf
-    px, _ = torch.sort(x.double() @ directions.T, dim=0)
-    pr, _ = torch.sort(ref.double() @ directions.T, dim=0)
-    return float(((px - pr) ** 2).mean().sqrt())
+    return sliced_w2(x, ref, directions)
 
 
 def evaluate(contenders: dict[str, Contender], schedules=("cosine", "linear"), predictions=("eps",),
