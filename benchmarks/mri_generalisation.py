@@ -13,7 +13,11 @@ random model on one 32^3 MNI crop (checks the harness; the numbers mean nothing)
 A model conditioned on the degradation (`SRConfig.conditioned`) is run once per setting of
 `--conditioning`: `known` tells it each cell's slice profile and true noise std, `auto` the profile
 and the noise std estimated from the low-resolution crop (`conditioning.estimate_noise_sigma`, what
-`--noise-sigma auto` does), `unknown` nothing (blind). An unconditioned model is run once.
+`--noise-sigma auto` does), `unknown` nothing (blind). With `--data-consistency on` (the default) the
+same settings also tell the data-consistency step (`consistency`) the profile and the noise, for any
+model: `known` and `auto` make every output agree with the crop's low-resolution input up to its noise,
+`unknown` leaves it as the network made it. An unconditioned model with `--data-consistency off` is
+run once, told nothing.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def cell_conditioning(setting: str, profile: str, sigma: float):
 
 
 def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], size: int, samples: int,
-               steps: int, adapt=None, conditioning=None) -> dict:
+               steps: int, adapt=None, conditioning=None, consistency: bool = True) -> dict:
     """Super-resolve one crop of `lr` and score it against the same crop of `hr` inside the head mask."""
     from sciffusion.plugins.mri.infer import super_resolve
     from sciffusion.plugins.mri.metrics import evaluate, uncertainty_correlation
@@ -77,7 +81,8 @@ def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], si
     low = lr[tuple(slice(s // fi, (s + size) // fi) for s, fi in zip(start, f))]
     if adapt is not None:
         model = adapt(model, low)
-    r = super_resolve(model, low, samples=samples, steps=steps, seed=0, conditioning=conditioning)
+    r = super_resolve(model, low, samples=samples, steps=steps, seed=0, conditioning=conditioning,
+                      consistency=consistency)
     mask = foreground_mask(ref)
     out = evaluate({"trilinear": r.trilinear, "cubic": r.cubic, "sciffusion": r.mean}, ref, mask)
     out["spearman"] = uncertainty_correlation(r.std, r.mean, ref, mask) if samples > 1 else float("nan")
@@ -85,9 +90,10 @@ def score_crop(model, hr: np.ndarray, lr: np.ndarray, start: tuple[int, ...], si
 
 
 def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int, adapt=None,
-              log: Path | None = None, setting: str | None = None) -> list[dict]:
+              log: Path | None = None, setting: str | None = None, consistency: bool = True) -> list[dict]:
     """One row per cell: the metrics averaged over the crops (each row also appended to `log`, JSON lines,
-    so that an interrupted run keeps the cells it finished). `setting`: what a conditioned model is told."""
+    so that an interrupted run keeps the cells it finished). `setting`: what the model (if conditioned)
+    and the data-consistency step (if `consistency`) are told."""
     from sciffusion.plugins.mri.degrade import crop_to_multiple
 
     hr = crop_to_multiple(hr, model.config.scale)
@@ -95,7 +101,7 @@ def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int,
     for k, (profile, snr) in enumerate((p, s) for p in PROFILES for s in NOISE.values()):
         lr, sigma = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
         told = None if setting is None else cell_conditioning(setting, profile, sigma)
-        per = [score_crop(model, hr, lr, c, size, samples, steps, adapt, told) for c in crops]
+        per = [score_crop(model, hr, lr, c, size, samples, steps, adapt, told, consistency) for c in crops]
         row = {"profile": profile, "noise": "none" if snr is None else f"Rician SNR {snr:g}"}
         if setting is not None:
             row["setting"] = setting
@@ -164,7 +170,7 @@ def scale_table(rows: list[dict]) -> tuple[str, dict]:
     return C.table(head, body), checks
 
 
-def mni_slab(model, samples: int, steps: int, setting: str | None = None) -> dict:
+def mni_slab(model, samples: int, steps: int, setting: str | None = None, consistency: bool = True) -> dict:
     """The MNI152 held-out slab (never trained on), same settings: `pipeline.evaluate_demo` (Gaussian
     FWHM f, no noise; that is what `known` tells a conditioned model)."""
     from sciffusion.plugins.mri.conditioning import BLIND, Conditioning
@@ -173,7 +179,8 @@ def mni_slab(model, samples: int, steps: int, setting: str | None = None) -> dic
 
     prof = SliceProfile("gaussian", fwhm=model.config.fwhm)
     told = {None: None, "known": Conditioning(0.0, prof), "auto": Conditioning("auto", prof), "unknown": BLIND}[setting]
-    return evaluate_demo(model, samples=samples, steps=steps, conditioning=told).metrics["methods"]
+    return evaluate_demo(model, samples=samples, steps=steps, conditioning=told,
+                         consistency=consistency).metrics["methods"]
 
 
 def load_inputs(args):
@@ -222,7 +229,10 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--conditioning", default="known,auto,unknown",
                    help="for a conditioned model: what it is told, one table each (known, auto, unknown)")
     p.add_argument("--quick-conditioned", action="store_true", help="with --quick: tiny conditioned models")
+    p.add_argument("--data-consistency", choices=("on", "off"), default="on",
+                   help="make outputs agree with the scan where the profile is told (any model; default on)")
     args = C.parse(p, argv)
+    consistency = args.data_consistency == "on"
     args.scales = [(2, 2, 2), (1, 1, 4)] if args.only is None else [tuple(int(v) for v in args.only.split("x"))]
     started = time.perf_counter()
     C.setup(args.threads)
@@ -233,26 +243,28 @@ def main(argv: list[str] | None = None) -> str:
     settings = parse_settings(args.conditioning)
     sections, checks = [], {}
     for scale, model in models.items():
-        for setting in (settings if model.config.conditioned else [None]):
+        for setting in _settings_for(model, settings, consistency):
             s = "x".join(map(str, scale)) + ("" if setting is None else f", told {setting}")
             print(f"scale {s}", flush=True)
             t0 = time.process_time()
             log = None if args.no_write or args.quick else Path(args.out) / f"{args.name}.jsonl"
             if log is not None:
                 log.parent.mkdir(parents=True, exist_ok=True)
-            rows = run_scale(model, hr, crops, size, args.samples, args.steps, log=log, setting=setting)
+            rows = run_scale(model, hr, crops, size, args.samples, args.steps, log=log, setting=setting,
+                             consistency=consistency)
             tab, checks[s] = scale_table(rows)
             sections.append((f"{s}", tab + f"\n\n{time.process_time() - t0:.0f} s CPU for this table."))
     if args.mni and (2, 2, 2) in models and not args.quick:
         model = models[(2, 2, 2)]
-        for setting in (settings if model.config.conditioned else [None]):
-            m = mni_slab(model, args.samples, args.steps, setting)
+        for setting in _settings_for(model, settings, consistency):
+            m = mni_slab(model, args.samples, args.steps, setting, consistency)
             told = "" if setting is None else f", told {setting}"
             sections.append((f"MNI152 held-out slab, 2x (same settings{told})", C.table(
                 ["method", "PSNR (dB)", "SSIM"], [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}"] for k, v in m.items()])
                 + f"\n\nsciffusion - cubic: {m['sciffusion']['psnr'] - m['cubic']['psnr']:+.2f} dB."))
     summary = (f"{desc}; {len(crops)} crops of {size}^3 voxels, K = {args.samples} samples, {args.steps} "
-               f"{core_sampler()} steps, estimate = the denoiser's posterior mean, {args.threads} thread(s). Each cell: "
+               f"{core_sampler()} steps, estimate = the denoiser's posterior mean, data consistency "
+               f"{args.data_consistency}, {args.threads} thread(s). Each cell: "
                "PSNR (dB) / SSIM inside the head mask, the mean over the crops.\n\n"
                + C.table(["scale", "mean gain over cubic (dB)", "smallest gain (dB)", "SSIM above cubic in every cell",
                           "mean Spearman"],
@@ -261,6 +273,12 @@ def main(argv: list[str] | None = None) -> str:
                           for s, c in checks.items()]))
     sections.append(("How the cells are made", __doc__.split("\n\n", 1)[1].strip()))
     return _report(args, "MRI super-resolution on an unseen brain (Colin27)", summary, sections, started)
+
+
+def _settings_for(model, settings: list[str], consistency: bool) -> list[str | None]:
+    """What to tell `model`: every setting when it is conditioned or the data-consistency step is on
+    (the step uses the profile and noise it is told), else nothing (`None`)."""
+    return settings if model.config.conditioned or consistency else [None]
 
 
 def parse_settings(text: str) -> list[str]:

@@ -132,11 +132,12 @@ def table(metrics: dict) -> str:
 
 def inference_options(args: argparse.Namespace) -> dict:
     """The settings of `infer.super_resolve` beyond the sampler from the command line: the GPU ones
-    (`--sw-batch-size`, `--precision`) and what a conditioned model is told (`--noise-sigma`,
-    `--slice-profile`)."""
+    (`--sw-batch-size`, `--precision`), what a conditioned model is told (`--noise-sigma`,
+    `--slice-profile`) and whether the output is made consistent with the scan (`--data-consistency`)."""
     if args.sw_batch_size is not None and args.sw_batch_size < 1:
         raise ValueError(f"--sw-batch-size must be >= 1, got {args.sw_batch_size}")
-    return {"sw_batch_size": args.sw_batch_size, "precision": args.precision, "conditioning": conditioning_of(args)}
+    return {"sw_batch_size": args.sw_batch_size, "precision": args.precision, "conditioning": conditioning_of(args),
+            "consistency": args.data_consistency == "on"}
 
 
 def conditioning_of(args: argparse.Namespace):
@@ -151,9 +152,12 @@ def conditioning_of(args: argparse.Namespace):
 
 
 def note_unconditioned(args: argparse.Namespace, model, ckpt, say) -> None:
-    """Say so when --noise-sigma/--slice-profile were given but the checkpoint cannot use them."""
-    if not model.config.conditioned and (args.noise_sigma != "auto" or args.slice_profile != "unknown"):
-        say(f"note: {ckpt} is not conditioned on the degradation; --noise-sigma and --slice-profile are ignored")
+    """Say what --noise-sigma/--slice-profile still do when the checkpoint is not conditioned on them."""
+    if model.config.conditioned or (args.noise_sigma == "auto" and args.slice_profile == "unknown"):
+        return
+    used = args.slice_profile != "unknown" and args.data_consistency == "on"
+    say(f"note: {ckpt} is not conditioned on the degradation; --noise-sigma and --slice-profile "
+        + ("only set the data-consistency step" if used else "are ignored"))
 
 
 def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: tuple[int, int, int], say):
@@ -254,8 +258,12 @@ def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentPars
     p.add_argument("--scale", default="2", help="2 (isotropic) or per axis such as 1,1,4 or 4,1,1 (default 2)")
     p.add_argument("--target-spacing", type=float, default=None,
                    help="mm: per-axis factors from the header's voxel sizes (integer ratios only)")
-    p.add_argument("--slice-profile", default="unknown", help=f"for a conditioned checkpoint: {PROFILE_HELP}")
+    p.add_argument("--slice-profile", default="unknown",
+                   help=f"told to a conditioned checkpoint, and sets the data-consistency step: {PROFILE_HELP}")
     p.add_argument("--noise-sigma", default="auto", help=f"for a conditioned checkpoint: {NOISE_HELP}")
+    p.add_argument("--data-consistency", choices=("on", "off"), default="on",
+                   help="with a known --slice-profile: make the output agree with the input scan up to its noise "
+                   "(any checkpoint; default on)")
     p.add_argument("--adapt", type=int, default=0,
                    help="fine-tune on the scan's own in-plane data for N steps first (thick-slice inputs)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one for --scale)")

@@ -173,6 +173,18 @@ def estimate_noise_sigma(x: np.ndarray, iterations: int = 4) -> float:
     return sigma
 
 
+def consistency_sigma(conditioning: Conditioning, lr: np.ndarray) -> float:
+    """The noise level the data-consistency step assumes for `lr`, in its units.
+
+    `max(sigma_given, sigma_hat)` with `sigma_hat = estimate_noise_sigma(lr)` (only `sigma_hat` when
+    the noise is `"auto"` or unknown): a real scan never follows its nominal slice profile exactly,
+    and the estimate's floor on a clean scan keeps that mismatch from being forced into the output.
+    """
+    n = conditioning.noise
+    estimate = estimate_noise_sigma(lr)
+    return estimate if n is None or n == AUTO else max(float(n), estimate)
+
+
 def resolve(conditioning: Conditioning | None, lr: np.ndarray, intensity_width: float
             ) -> tuple[torch.Tensor, dict]:
     """The vector `d` for a low-res input `lr` (scanner units) and a record of what was used.

@@ -158,10 +158,16 @@ def degrade_profile(hr: np.ndarray, scale: tuple[int, int, int],
     profiles = profile if isinstance(profile, (tuple, list)) else (profile,) * 3
     if any(n < 2 * f for n, f in zip(out.shape, scale)):
         raise ValueError(f"degrade: volume {out.shape} too small for scale {scale}")
-    for axis, (f, p) in enumerate(zip(scale, profiles)):
-        if f > 1:
-            out = np.moveaxis(np.tensordot(profile_matrix(out.shape[axis], f, p), out, axes=(1, axis)), 0, axis)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    mats = [profile_matrix(n, f, p) if f > 1 else None for n, f, p in zip(out.shape, scale, profiles)]
+    return np.ascontiguousarray(apply_along_axes(out, mats), dtype=np.float32)
+
+
+def apply_along_axes(x: np.ndarray, matrices) -> np.ndarray:
+    """`x` with matrix `M_i` applied along axis `i` (`(M_x (x) M_y (x) M_z) x`; None leaves an axis as is)."""
+    for axis, m in enumerate(matrices):
+        if m is not None:
+            x = np.moveaxis(np.tensordot(m, x, axes=(1, axis)), 0, axis)
+    return x
 
 
 def signal_level(x: np.ndarray) -> float:

@@ -38,6 +38,7 @@ class SRResult:
     trilinear: np.ndarray
     samples: np.ndarray | None = None  # (K, ...) when keep_samples
     conditioning: dict | None = None  # what a conditioned model was told (`conditioning.resolve`)
+    consistency: dict | None = None  # the data-consistency step, when the slice profile was known
 
 
 CPU_SW_BATCH = 2  # windows per forward on the CPU: more only adds memory, the cores are busy already
@@ -153,6 +154,7 @@ def super_resolve(
     estimate: str = "posterior_mean",
     std_sigma: float = 1.0,
     conditioning: Conditioning | None = None,
+    consistency: bool = True,
 ) -> SRResult:
     """Super-resolve a low-resolution volume `lr` (scanner units, shape `(x, y, z)`) by the model's scale.
 
@@ -186,6 +188,13 @@ def super_resolve(
     `conditioning.Conditioning`; None: blind) gives the slice profile and the noise std in `lr`'s
     units or `"auto"` to estimate it from `lr`; the result's `conditioning` records what was used.
     An unconditioned model ignores it.
+
+    With `consistency` and a known slice profile (`conditioning.profile`), every output (the
+    estimates and the samples) is made consistent with `lr` (`consistency.fit_consistency`: the
+    part of the residual `lr - A y` above the noise is removed; without noise `A y = lr` exactly).
+    Its noise level is `conditioning.consistency_sigma` (at least the level estimated from `lr`);
+    the result's `consistency` records it and the per-band gains. Any model can use it, conditioned
+    or not.
     """
     from sciffusion.core.diffusion.process import DiffusionProcess
     from sciffusion.core.diffusion.samplers import sample
@@ -210,12 +219,36 @@ def super_resolve(
     x0 = sample(net, process, (samples, *cond.shape[1:]), method=method, steps=steps, generator=gen,
                 cond=cond.expand(samples, *cond.shape[1:]), progress=progress, device=dev)
     ys, first_hr = (_refined(x[..., : size[0], : size[1], : size[2]], cubic, cfg) for x in (x0, net.first_x0))
-    sample_mean = scaler.inverse(ys.mean(0))
-    posterior = scaler.inverse(first_hr.mean(0))
+    ys, posterior = scaler.inverse(ys), scaler.inverse(first_hr.mean(0))
+    correct, record = _consistency(conditioning if consistency else None, lr, cfg.scale, posterior, ys.mean(0),
+                                   estimate)
+    ys, posterior = correct(ys), correct(posterior)
+    sample_mean = ys.mean(0)
     mean = posterior if estimate == "posterior_mean" else sample_mean
-    return SRResult(mean, _pooled_std(ys, scaler.b - scaler.a, std_sigma), sample_mean, posterior,
-                    scaler.inverse(cubic), scaler.inverse(trilinear), scaler.inverse(ys) if keep_samples else None,
-                    told)
+    return SRResult(mean, _pooled_std(ys, 1.0, std_sigma), sample_mean, posterior, scaler.inverse(cubic),
+                    scaler.inverse(trilinear), ys if keep_samples else None, told, record)
+
+
+def _consistency(conditioning: Conditioning | None, lr: np.ndarray, scale: tuple[int, int, int],
+                 posterior: np.ndarray, sample_mean: np.ndarray, estimate: str):
+    """The data-consistency map for this scan (identity without a known profile) and its record.
+
+    The correction is fitted on the chosen estimate's residual and applied, unchanged, to every output.
+    """
+    if conditioning is None or conditioning.profile is None:
+        return (lambda y: y), None
+    from sciffusion.plugins.mri.conditioning import consistency_sigma
+    from sciffusion.plugins.mri.consistency import fit_consistency
+
+    sigma = consistency_sigma(conditioning, lr)
+    fitted = fit_consistency(posterior if estimate == "posterior_mean" else sample_mean, lr, scale,
+                             conditioning.profile, sigma)
+    record = {"noise_sigma": round(float(sigma), 6), "gains": [round(float(g), 4) for g in fitted.gains]}
+
+    def correct(y: np.ndarray) -> np.ndarray:
+        return np.stack([fitted(v, lr) for v in y]) if y.ndim == 4 else fitted(y, lr)
+
+    return correct, record
 
 
 def _degradation(model: SRDenoiser, conditioning: Conditioning | None, lr: np.ndarray, scaler: PercentileScaler

@@ -78,7 +78,7 @@ def _transpose_result(res: SRResult, order: tuple[int, ...]) -> SRResult:
         return None if a is None else np.ascontiguousarray(np.transpose(a, order if a.ndim == 3 else (0, *[o + 1 for o in order])))
 
     return SRResult(t(res.mean), t(res.std), t(res.sample_mean), t(res.posterior_mean), t(res.cubic),
-                    t(res.trilinear), t(res.samples), res.conditioning)
+                    t(res.trilinear), t(res.samples), res.conditioning, res.consistency)
 
 
 def check_adaptable(vol: Volume, scale: tuple[int, int, int]) -> None:
@@ -130,6 +130,7 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
                          estimate=kw.get("estimate", "posterior_mean"), conditioned=model.config.conditioned)
     if res.conditioning is not None:
         settings["conditioning"] = res.conditioning
+    settings["data_consistency"] = res.consistency or "off"
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 
 

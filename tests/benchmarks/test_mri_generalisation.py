@@ -20,7 +20,22 @@ def test_quick_mode_writes_the_cell_table(tmp_path):
         torch.set_num_threads(threads)
     assert (tmp_path / "mri_generalisation.md").read_text() == page
     rows = [ln for ln in page.splitlines() if ln.startswith("| Gaussian") or ln.startswith("| box")]
-    assert len(rows) == 6 and "nan" not in "\n".join(rows)
+    # an unconditioned model with data consistency on: one table per setting (known, auto, unknown)
+    assert len(rows) == 18 and "nan" not in "\n".join(rows)
+
+
+def test_settings_follow_conditioning_and_consistency():
+    from types import SimpleNamespace
+
+    from benchmarks.mri_generalisation import _settings_for
+
+    def model(conditioned):
+        return SimpleNamespace(config=SimpleNamespace(conditioned=conditioned))
+
+    told = ["known", "unknown"]
+    assert _settings_for(model(False), told, consistency=False) == [None]
+    assert _settings_for(model(False), told, consistency=True) == told
+    assert _settings_for(model(True), told, consistency=False) == told
 
 
 def test_cells_differ_in_profile_and_noise():

@@ -123,9 +123,10 @@ def test_command_line_passes_the_gpu_settings(monkeypatch, capsys):
     monkeypatch.setattr(cli, "single", lambda args, say: seen.update(cli.inference_options(args)) or 0)
     assert cli.main(["--device", "cpu", "--quiet"]) == 0
     blind_profile = Conditioning("auto", None)  # the defaults: noise estimated, slice profile unknown
-    assert seen == {"sw_batch_size": None, "precision": "auto", "conditioning": blind_profile}
-    assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "8", "--precision", "bf16"]) == 0
-    assert seen == {"sw_batch_size": 8, "precision": "bf16", "conditioning": blind_profile}
+    assert seen == {"sw_batch_size": None, "precision": "auto", "conditioning": blind_profile, "consistency": True}
+    assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "8", "--precision", "bf16",
+                     "--data-consistency", "off"]) == 0
+    assert seen == {"sw_batch_size": 8, "precision": "bf16", "conditioning": blind_profile, "consistency": False}
     assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --sw-batch-size must be >= 1, got 0"
 
