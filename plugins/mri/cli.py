@@ -148,14 +148,14 @@ def conditioning_of(args: argparse.Namespace):
         parse_slice_profile,
     )
 
-    return Conditioning(parse_noise_sigma(args.noise_sigma), parse_slice_profile(args.slice_profile))
+    return Conditioning(parse_noise_sigma(args.noise_sigma), parse_slice_profile(args.slice_profile or "unknown"))
 
 
 def note_unconditioned(args: argparse.Namespace, model, ckpt, say) -> None:
     """Say what --noise-sigma/--slice-profile still do when the checkpoint is not conditioned on them."""
-    if model.config.conditioned or (args.noise_sigma == "auto" and args.slice_profile == "unknown"):
+    if model.config.conditioned or (args.noise_sigma == "auto" and args.slice_profile in (None, "unknown")):
         return
-    used = args.slice_profile != "unknown" and args.data_consistency == "on"
+    used = args.slice_profile not in (None, "unknown") and args.data_consistency == "on"
     say(f"note: {ckpt} is not conditioned on the degradation; --noise-sigma and --slice-profile "
         + ("only set the data-consistency step" if used else "are ignored"))
 
@@ -174,12 +174,28 @@ def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: t
     if args.input:
         say(f"input {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm -> scale {scale}")
         return super_resolve_volume(vol, model, **common)
+    if args.slice_profile is None:
+        common["conditioning"] = reference_conditioning(common["conditioning"], model, say)
     if args.reference:
         say(f"reference {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm, scale {scale}")
         return evaluate_reference(vol, model, **common)
     run = evaluate_demo(model, **common)
     say(f"demo: {run.settings['demo']}, scale {scale}")
     return run
+
+
+def reference_conditioning(told, model, say):
+    """`--reference` and the demo degrade the reference themselves (Gaussian of FWHM `fwhm * f`), so
+    unless `--slice-profile` is given, the model and the data-consistency step are told that profile."""
+    from dataclasses import replace
+
+    from sciffusion.plugins.mri.conditioning import profile_text
+    from sciffusion.plugins.mri.degrade import SliceProfile
+
+    profile = SliceProfile("gaussian", fwhm=model.config.fwhm)
+    say(f"slice profile: {profile_text(profile)}, the one the reference is degraded with "
+        "(--slice-profile unknown hides it)")
+    return replace(told, profile=profile)
 
 
 def single(args: argparse.Namespace, say=print) -> int:
@@ -258,8 +274,9 @@ def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentPars
     p.add_argument("--scale", default="2", help="2 (isotropic) or per axis such as 1,1,4 or 4,1,1 (default 2)")
     p.add_argument("--target-spacing", type=float, default=None,
                    help="mm: per-axis factors from the header's voxel sizes (integer ratios only)")
-    p.add_argument("--slice-profile", default="unknown",
-                   help=f"told to a conditioned checkpoint, and sets the data-consistency step: {PROFILE_HELP}")
+    p.add_argument("--slice-profile", default=None,
+                   help="told to a conditioned checkpoint, and sets the data-consistency step (with --reference "
+                   f"and the demo the default is the profile the reference is degraded with): {PROFILE_HELP}")
     p.add_argument("--noise-sigma", default="auto", help=f"for a conditioned checkpoint: {NOISE_HELP}")
     p.add_argument("--data-consistency", choices=("on", "off"), default="on",
                    help="with a known --slice-profile: make the output agree with the input scan up to its noise "

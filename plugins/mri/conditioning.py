@@ -33,7 +33,7 @@ UNKNOWN = "unknown"
 AUTO = "auto"
 PROFILE_HELP = ("slice profile of the reduced axes, widths in units of the factor f: gaussian[:FWHM] (default FWHM 1), "
                 "box[:WIDTH] (default 1: each low-res voxel the mean of its block), box_gaussian[:WIDTH,FWHM] "
-                "(default 1,0.5), or unknown (default)")
+                "(default 1,0.5), or unknown (the default for --input)")
 NOISE_HELP = ("noise standard deviation of the input in its own intensity units: a number, auto (estimated from the "
               "scan, the default) or unknown")
 

@@ -23,3 +23,19 @@ def test_demo_scores_the_heldout_slab_only(tiny_checkpoint, monkeypatch):
     assert inside[data.GUARD : data.GUARD + hi - lo].any()
     assert not inside[: data.GUARD].any() and not inside[data.GUARD + hi - lo :].any()
     assert run.metrics["mask_voxels"] == int(run.mask.sum()) > 0
+
+
+def test_demo_tells_the_profile_it_degraded_with_unless_hidden(tiny_checkpoint, monkeypatch, tmp_path):
+    """The demo made its own low-res input, so by default the data-consistency step knows its profile."""
+    import json
+
+    from sciffusion.plugins.mri import cli
+
+    head = phantom((16, 180, 16))
+    monkeypatch.setattr(data, "mni_volume", lambda resolution=1: Volume(head, np.eye(4), None, "phantom"))
+    common = ["--checkpoint", str(tiny_checkpoint), "--samples", "1", "--steps", "1", "--quiet"]
+    assert cli.main([*common, "--out", str(tmp_path / "told")]) == 0
+    told = json.loads((tmp_path / "told" / "config.json").read_text())
+    assert told["data_consistency"]["gains"] and told["data_consistency"]["noise_sigma"] >= 0
+    assert cli.main([*common, "--slice-profile", "unknown", "--out", str(tmp_path / "hidden")]) == 0
+    assert json.loads((tmp_path / "hidden" / "config.json").read_text())["data_consistency"] == "off"
