@@ -40,6 +40,7 @@ from sciffusion.plugins.climate.solar import has_clock_times
 
 SHIPPED = Path(__file__).parent / "checkpoints" / "era5_sample_x4.pt"
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "msl", "tp")
+LOCAL_SLOPE_CELL_TIMES = 500_000   # --train: below this many training cell-times the local slope is on by default
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ExperimentConfig(JsonConfig):
     loader_workers: int = 0        # --train: DataLoader processes preparing training strips
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
+    local_slope: bool | None = None   # per-cell slope of the residual on the local bicubic value; None: small data sets
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
@@ -121,12 +123,24 @@ def model_config(cfg: ExperimentConfig, ds: xr.Dataset, variables: tuple[str, ..
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:
         _log(cfg, "--solar-channels: the times carry no time of day, training without solar channels")
+    local = local_slope_default(cfg, len(train_idx) * ds.sizes["latitude"] * ds.sizes["longitude"])
     return DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
-                           strip_height=min(40, n_rows // 4 * 4 or n_rows), solar_channels=solar,
+                           strip_height=min(40, n_rows // 4 * 4 or n_rows), solar_channels=solar, local_slope=local,
                            alignments=cfg.factor if cfg.alignments is None else cfg.alignments,
                            lat_alignments=lat_alignments,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
                            train_times=tuple(str(t) for t in train_times))
+
+
+def local_slope_default(cfg: ExperimentConfig, cell_times: int) -> bool:
+    """--local-slope as given, else on for small training sets: fewer than LOCAL_SLOPE_CELL_TIMES
+    training times x grid cells (logged either way)."""
+    if cfg.local_slope is not None:
+        return cfg.local_slope
+    on = cell_times < LOCAL_SLOPE_CELL_TIMES
+    _log(cfg, f"local slope: {'on' if on else 'off'} ({cell_times} training cell-times, "
+              f"{'below' if on else 'at or above'} {LOCAL_SLOPE_CELL_TIMES}; set with --local-slope / --no-local-slope)")
+    return on
 
 
 def train_bundle(cfg: ExperimentConfig, ds: xr.Dataset, dcfg: DownscaleConfig, train_idx: list[int]) -> tuple[Downscaler, Path]:

@@ -22,6 +22,7 @@ class DownscaleConfig(JsonConfig):
     strip_height: int = 40
     std_floor: float = 0.1
     solar_channels: bool = False
+    local_slope: bool = False
     alignments: int = 1
     lat_alignments: int = 1
     loss_weights: tuple[float, ...] = ()

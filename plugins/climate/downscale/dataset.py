@@ -21,6 +21,7 @@ from sciffusion.plugins.climate.downscale.grids import (
 )
 from sciffusion.plugins.climate.downscale.statistics import (
     ResidualStats,
+    local_features,
     normalised_residual,
     residual_features,
     time_values,
@@ -88,7 +89,8 @@ class ResidualStrips(Dataset):
         b, r, valid = normalised_residual(fine, self.norm, grids)
         tval = time_values(self.ds, [self.times[ti]])
         f = residual_features(tval, grids.lat, lon, 1)[0]
-        m, s = self.stats[k].leave_one_out(r[0], f, self.cfg.std_floor, valid[0])
+        m, s = self.stats[k].leave_one_out(r[0], local_features(f, b[0]) if self.cfg.local_slope else f,
+                                           self.cfg.std_floor, valid[0])
         x0 = np.where(valid[0], (r[0] - m) / s, 0.0).astype(np.float32)   # missing cells: the mean, weight 0
         cond = condition(b[0], m, s, grids.lat, f[1:] if self.cfg.solar_channels else None)
         w = (self.variable_weights * (grids.weights[:, None] * valid[0])).astype(np.float32)
