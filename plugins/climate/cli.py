@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
     p.add_argument("--solar-channels", action=argparse.BooleanOptionalAction, default=False,
                    help="with --train: give the network the insolation and hour-angle maps (needs clock times)")
     p.add_argument("--local-slope", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --train: let each cell's residual mean follow the variable's local bicubic value where "
+                   help="with --train: let each cell's residual mean follow the bicubic values of all variables there where "
                         "leave-one-out says it helps (default: on below 500,000 training times x cells)")
     p.add_argument("--alignments", type=int, default=None,
                    help="with --train: coarse-block alignments in longitude per training time, 1..factor (default: factor)")

@@ -40,7 +40,7 @@ from sciffusion.plugins.climate.solar import has_clock_times
 
 SHIPPED = Path(__file__).parent / "checkpoints" / "era5_sample_x4.pt"
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "msl", "tp")
-LOCAL_SLOPE_CELL_TIMES = 500_000   # --train: below this many training cell-times the local slope is on by default
+LOCAL_SLOPE_CELL_TIMES = 500_000   # --train: below this many training cell-times the local slopes are on by default
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ExperimentConfig(JsonConfig):
     loader_workers: int = 0        # --train: DataLoader processes preparing training strips
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
-    local_slope: bool | None = None   # per-cell slope of the residual on the local bicubic value; None: small data sets
+    local_slope: bool | None = None   # per-cell slopes of the residual on the bicubic fields; None: small data sets
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
@@ -138,7 +138,7 @@ def local_slope_default(cfg: ExperimentConfig, cell_times: int) -> bool:
     if cfg.local_slope is not None:
         return cfg.local_slope
     on = cell_times < LOCAL_SLOPE_CELL_TIMES
-    _log(cfg, f"local slope: {'on' if on else 'off'} ({cell_times} training cell-times, "
+    _log(cfg, f"local slopes: {'on' if on else 'off'} ({cell_times} training cell-times, "
               f"{'below' if on else 'at or above'} {LOCAL_SLOPE_CELL_TIMES}; set with --local-slope / --no-local-slope)")
     return on
 

@@ -3,10 +3,9 @@
 In normalised units z (`normalise.py`), with C the area-weighted block mean and B bicubic
 interpolation back to the fine grid, the residual is r = z - B(C(z)). Its per-cell mean follows
 the solar features f = [1, insolation, sin(hour angle)] (`solar.py`) where that helps, m = f . beta,
-and s is its per-cell standard deviation about that mean. With the local slope (`local_features`),
-f ends with the variable's own bicubic field B, so m can also follow the local large-scale value
-of each time. During training, m and s for time t are
-fitted without t (leave-one-out), so the network sees the same relation between statistics and
+and s is its per-cell standard deviation about that mean. With the local slopes (`local_features`),
+f ends with the bicubic fields B of all variables, so m can also follow the large-scale state at
+the cell at each time. During training, m and s for time t are fitted without t (leave-one-out), so the network sees the same relation between statistics and
 data as on held-out times.
 """
 
@@ -26,7 +25,7 @@ from sciffusion.plugins.climate.solar import N_FEATURES, has_clock_times, solar_
 
 RIDGE = 1e-3              # ridge on the solar coefficients, per training time
 MIN_DIURNAL_TIMES = 8     # fewer training times: the per-cell mean only
-LOCAL_SHRINK = (0.25, 1.0, 4.0)   # ridges kappa tried on the local slope (shrinks it by 1 / (1 + kappa))
+LOCAL_SHRINK = (0.25, 1.0, 4.0)   # ridges kappa n tried on the local slopes
 
 
 @dataclass
@@ -40,10 +39,13 @@ class ResidualStats:
     `diurnal[c]` False use the intercept alone, i.e. the per-cell mean m = S / n and
     s^2 = (Q - n m^2) / (n - 1). For the others beta = (A + R)^-1 b, with a ridge R = RIDGE * n on the
     solar terms that keeps A invertible, and s^2 = (q - 2 b . beta + beta^T A beta) / (n - P).
-    With per-variable features f = [1, insolation, sin(hour angle), B] (`local_features`, P = 4),
-    variables with a finite `local[c]` = kappa also fit the slope on B, with the ridge
-    kappa * sum_t v (B - <B>)^2 on it (the slope shrunk by 1 / (1 + kappa)); the others leave it at
-    0. P counts the features in use. A cell observed fewer than twice gets beta = 0 and the floor for s.
+    With the features f = [1, insolation, sin(hour angle), B_1, ..., B_C] (`local_features`,
+    P = 3 + C), variables with a finite `local[c]` = kappa also fit the slopes on the B_k, each with
+    the ridge kappa * n. B is in normalised units (about unit variance per variable), so a slope
+    alone on a feature whose variance over the times at the cell is v is shrunk by v / (v + kappa):
+    little where the large-scale state varies, much where it hardly does. The others leave the
+    slopes at 0. P counts the features in use. A cell observed fewer than twice gets beta = 0
+    and the floor for s.
     """
 
     n: np.ndarray
@@ -55,17 +57,17 @@ class ResidualStats:
 
     def active(self) -> np.ndarray:
         """(C, P) features in each variable's fit: the intercept, the solar terms where `diurnal`,
-        the local term (P = N_FEATURES + 1) where its ridge `local` is finite."""
+        the local slopes (features N_FEATURES..P-1) where the ridge `local` is finite."""
         p, c = self.gram.shape[-1], len(self.diurnal)
         act = np.zeros((c, p), bool)
         act[:, 0] = True
         act[:, 1:N_FEATURES] = np.asarray(self.diurnal, bool)[:, None]
         if p > N_FEATURES:
-            act[:, N_FEATURES] = np.isfinite(self.local_ridge())
+            act[:, N_FEATURES:] = np.isfinite(self.local_ridge())[:, None]
         return act
 
     def local_ridge(self) -> np.ndarray:
-        """(C,) ridge kappa of the local slope; inf: not fitted."""
+        """(C,) ridge kappa of the local slopes; inf: not fitted."""
         return np.full(len(self.diurnal), np.inf) if self.local is None else np.asarray(self.local, np.float64)
 
     def _fit(self, gram, cross, total_sq, n, floor_ratio):
@@ -79,11 +81,10 @@ class ResidualStats:
         cross = np.where(act, cross, 0.0)
         ridge = np.zeros(gram.shape)
         ridge[..., range(1, p), range(1, p)] = RIDGE * n[..., None]
-        if p > N_FEATURES:   # kappa times the local feature's centred sum of squares: shrinks its slope by 1 / (1 + kappa)
-            kappa = np.where(np.isfinite(self.local_ridge()), self.local_ridge(), 0.0)[:, None, None]
-            with np.errstate(all="ignore"):
-                sxx = gram[..., -1, -1] - np.nan_to_num(gram[..., 0, -1] ** 2 / gram[..., 0, 0])
-            ridge[..., -1, -1] += kappa * np.maximum(sxx, 0.0)
+        if p > N_FEATURES:   # kappa n on each local slope
+            kappa = np.where(np.isfinite(self.local_ridge()), self.local_ridge(), 0.0)[:, None, None, None]
+            k = np.arange(N_FEATURES, p)
+            ridge[..., k, k] += kappa * n[..., None]
         coef = np.linalg.solve(gram + ridge, cross[..., None])[..., 0]              # (C, H, W, P)
         dof = n - act.sum(-1)
         fitted_sq = np.einsum("chwp,chwpq,chwq->chw", coef, gram, coef)
@@ -98,16 +99,15 @@ class ResidualStats:
     def leave_one_out(self, r: np.ndarray, f: np.ndarray, floor_ratio: float,
                       valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean f . beta_(-t) and std s_(-t) for training time t (residual r (C, H, W), features
-        f (P, H, W) or per variable (C, P, H, W), observed cells `valid` (C, H, W), default all),
-        fitted on the other times: A - v f f^T, b - v r f, q - v r^2, n - v."""
+        f (P, H, W), observed cells `valid` (C, H, W), default all), fitted on the other times:
+        A - v f f^T, b - v r f, q - v r^2, n - v."""
         v = np.ones(r.shape, bool) if valid is None else np.asarray(valid, bool)
         r = np.where(v, r, 0.0)
-        f = np.broadcast_to(f, (r.shape[0], *f.shape[-3:]))
-        ft = np.moveaxis(f, 1, -1)                                                  # (C, H, W, P)
-        vf = v[..., None] * ft
-        gram = self.gram - vf[..., :, None] * ft[..., None, :]
+        ft = np.moveaxis(f, 0, -1)
+        vf = v[..., None] * ft[None]
+        gram = self.gram - vf[..., :, None] * ft[None, ..., None, :]
         coef, s = self._fit(gram, self.cross - r[..., None] * vf, self.total_sq - r**2, self.n - v, floor_ratio)
-        return np.einsum("cphw,cphw->chw", coef, f), s
+        return np.einsum("cphw,phw->chw", coef, f), s
 
 
 def _floor(s: np.ndarray, ratio: float) -> np.ndarray:
@@ -129,13 +129,11 @@ def residual_features(times: np.ndarray | None, lat: np.ndarray, lon: np.ndarray
 
 
 def local_features(f: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-variable features (..., C, P + 1, H, W): the solar features f (..., P, H, W) of every
-    variable followed by the variable's own bicubic field B (..., C, H, W), normalised units. A
-    per-cell slope on B (`ResidualStats.local`) lets the residual follow the local large-scale
-    value (a valley wind that grows with the wind above it)."""
-    shape = (*b.shape[:-2], f.shape[-3], *b.shape[-2:])
-    f = np.broadcast_to(np.expand_dims(f, -4), shape)
-    return np.concatenate([f, np.asarray(b, np.float64)[..., None, :, :]], axis=-3)
+    """Features (..., P + C, H, W): the solar features f (..., P, H, W) followed by the bicubic
+    fields B (..., C, H, W) of all variables, normalised units. Per-cell slopes on them
+    (`ResidualStats.local`) let a cell's residual follow the large-scale state there (a valley
+    wind that grows with the wind above it and turns with its direction)."""
+    return np.concatenate([f, np.asarray(b, np.float64)], axis=-3)
 
 
 def normalised_residual(fine: np.ndarray, norm: Normaliser, grids: Grids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,16 +150,14 @@ def normalised_residual(fine: np.ndarray, norm: Normaliser, grids: Grids) -> tup
 
 def normal_sums(r: np.ndarray, f: np.ndarray, valid: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares sums of residuals r (T, C, H, W) on features f (T, P, H, W), or per variable
-    (T, C, P, H, W), over the observed cells `valid` (T, C, H, W; default all): n = sum_t v (C, H, W),
-    A = sum_t v f f^T (C, H, W, P, P), b = sum_t v r f (C, H, W, P), q = sum_t v r^2 (C, H, W)."""
+    """Least-squares sums of residuals r (T, C, H, W) on features f (T, P, H, W) over the observed
+    cells `valid` (T, C, H, W; default all): n = sum_t v (C, H, W), A = sum_t v f f^T (C, H, W, P, P),
+    b = sum_t v r f (C, H, W, P), q = sum_t v r^2 (C, H, W)."""
     v = np.ones(r.shape, bool) if valid is None else np.asarray(valid, bool)
     r = np.where(v, r, 0.0)
-    if f.ndim == 4:
-        f = f[:, None]
-    ft = np.moveaxis(np.broadcast_to(f, (*r.shape[:2], *f.shape[2:])), 2, -1)       # (T, C, H, W, P)
+    ft = np.moveaxis(f, 1, -1)
     vf = v.astype(np.float64)
-    return (vf.sum(0), np.einsum("tchw,tchwp,tchwq->chwpq", vf, ft, ft), np.einsum("tchw,tchwp->chwp", r, ft),
+    return (vf.sum(0), np.einsum("tchw,thwp,thwq->chwpq", vf, ft, ft), np.einsum("tchw,thwp->chwp", r, ft),
             (r**2).sum(0))
 
 
@@ -180,9 +176,9 @@ def fit_residual_stats(
     A variable gets the diurnal fit when the times carry clock times, there are at least
     MIN_DIURNAL_TIMES of them, and its latitude-weighted leave-one-out squared error
     sum_t <(r_t - f_t . beta_(-t))^2> is at least 1 % below that of the per-cell mean (a second pass).
-    With `local_slope` the features end with the variable's bicubic field (`local_features`), and a
-    third pass gives a variable the local slope, with the ridge kappa of LOCAL_SHRINK that predicts
-    left-out times best, when that error is again at least 1 % below the fit without it.
+    With `local_slope` the features end with the bicubic fields of all variables (`local_features`),
+    and a third pass gives a variable the local slopes, with the ridge kappa of LOCAL_SHRINK that
+    predicts left-out times best, when that error is again at least 1 % below the fit without them.
     `alignment` fits that block alignment (`load_aligned`, default (0, 0)); `diurnal` (C,) and
     `local` (C,) ridges (inf: off) impose the choices instead.
     """
