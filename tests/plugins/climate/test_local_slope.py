@@ -4,6 +4,8 @@ it, and the rule that turns it on for small training sets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ from sciffusion.plugins.climate.downscale.statistics import local_features, resi
 from sciffusion.plugins.climate.io import open_fields
 from sciffusion.plugins.climate.normalise import fit_normaliser
 from sciffusion.plugins.climate.solar import solar_features
-from tests.plugins.climate.helpers import make_fine, untrained_bundle
+from tests.plugins.climate.helpers import make_fine, make_regional, untrained_bundle
 
 
 def _brute_force(x: np.ndarray, y: np.ndarray, solar: bool, kappa: float) -> np.ndarray:
@@ -129,6 +131,10 @@ def test_local_slope_is_on_by_default_for_small_training_sets_only(capsys):
     assert "local slopes: off" in capsys.readouterr().out
     assert ex.local_slope_default(ex.ExperimentConfig(local_slope=True), 10**9)
     assert not ex.local_slope_default(ex.ExperimentConfig(local_slope=False), 10)
+    ds = open_fields(make_regional(n_time=8), ["t2m", "u10"])
+    small = ex.model_config(cfg, ds, ("t2m", "u10"), list(range(6)), "synthetic")
+    assert small.local_slope and not ex.model_config(replace(cfg, local_slope=False), ds, ("t2m", "u10"),
+                                                     list(range(6)), "synthetic").local_slope
     from sciffusion.plugins.climate.cli import parse_args
 
     assert parse_args(["--no-local-slope"]).local_slope is False and parse_args([]).local_slope is None
