@@ -101,13 +101,16 @@ class ResidualStats:
         """Mean f . beta_(-t) and std s_(-t) for training time t (residual r (C, H, W), features
         f (P, H, W), observed cells `valid` (C, H, W), default all), fitted on the other times:
         A - v f f^T, b - v r f, q - v r^2, n - v."""
-        v = np.ones(r.shape, bool) if valid is None else np.asarray(valid, bool)
-        r = np.where(v, r, 0.0)
-        ft = np.moveaxis(f, 0, -1)
-        vf = v[..., None] * ft[None]
-        gram = self.gram - vf[..., :, None] * ft[None, ..., None, :]
-        coef, s = self._fit(gram, self.cross - r[..., None] * vf, self.total_sq - r**2, self.n - v, floor_ratio)
-        return np.einsum("cphw,phw->chw", coef, f), s
+        return self.leave_out(r[None], f[None], floor_ratio, None if valid is None else np.asarray(valid)[None])
+
+    def leave_out(self, r: np.ndarray, f: np.ndarray, floor_ratio: float, valid: np.ndarray | None = None,
+                  at: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Mean f_at . beta_(-G) and std s_(-G) for the time `at` of a group G of training times
+        (residuals r (G, C, H, W), features f (G, P, H, W), observed cells `valid` (G, C, H, W),
+        default all), fitted on the times outside the group: the sums less `normal_sums` of G."""
+        n, gram, cross, total_sq = normal_sums(r, f, valid)
+        coef, s = self._fit(self.gram - gram, self.cross - cross, self.total_sq - total_sq, self.n - n, floor_ratio)
+        return np.einsum("cphw,phw->chw", coef, f[at]), s
 
 
 def _floor(s: np.ndarray, ratio: float) -> np.ndarray:

@@ -12,9 +12,11 @@ import pytest
 from sciffusion.plugins.climate import experiment as ex
 from sciffusion.plugins.climate.downscale import (
     RIDGE,
+    DownscaleConfig,
     Downscaler,
     Grids,
     ResidualStats,
+    build,
     fit_residual_stats,
     normal_sums,
 )
@@ -124,17 +126,41 @@ def test_sampling_adds_the_local_slopes_times_b_to_the_residual_mean_and_the_che
     np.testing.assert_allclose(again.coef, coef, atol=2e-3)   # stored as float16
 
 
-def test_local_slope_is_on_by_default_for_small_training_sets_only(capsys):
+def test_small_training_sets_get_the_local_slopes_and_a_leave_out_of_one_by_default(capsys):
     cfg = ex.ExperimentConfig()
-    assert ex.local_slope_default(cfg, ex.LOCAL_SLOPE_CELL_TIMES - 1)
-    assert not ex.local_slope_default(cfg, 18 * 181 * 360)     # the ERA5 sample: 18 times of 181 x 360 cells
-    assert "local slopes: off" in capsys.readouterr().out
-    assert ex.local_slope_default(ex.ExperimentConfig(local_slope=True), 10**9)
-    assert not ex.local_slope_default(ex.ExperimentConfig(local_slope=False), 10)
+    assert ex.small_training_set(cfg, ex.SMALL_CELL_TIMES - 1)
+    assert not ex.small_training_set(cfg, 18 * 181 * 360)     # the ERA5 sample: 18 times of 181 x 360 cells
+    assert "large training set" in capsys.readouterr().out
     ds = open_fields(make_regional(n_time=8), ["t2m", "u10"])
     small = ex.model_config(cfg, ds, ("t2m", "u10"), list(range(6)), "synthetic")
-    assert small.local_slope and not ex.model_config(replace(cfg, local_slope=False), ds, ("t2m", "u10"),
-                                                     list(range(6)), "synthetic").local_slope
+    assert small.local_slope and small.leave_out == 1
+    chosen = ex.model_config(replace(cfg, local_slope=False, leave_out=0), ds, ("t2m", "u10"), list(range(6)), "synthetic")
+    assert not chosen.local_slope and chosen.leave_out == 0
     from sciffusion.plugins.climate.cli import parse_args
 
     assert parse_args(["--no-local-slope"]).local_slope is False and parse_args([]).local_slope is None
+    assert parse_args(["--leave-out", "2"]).leave_out == 2 and parse_args([]).leave_out is None
+
+
+def test_leaving_out_a_group_of_times_refits_on_the_others():
+    rng = np.random.default_rng(7)
+    r, b = rng.normal(size=(9, 2, 3, 4)), rng.normal(size=(9, 2, 3, 4))
+    f = local_features(residual_features(None, np.zeros(3), np.zeros(4), 9), b)
+    stats = ResidualStats(*normal_sums(r, f), diurnal=np.array([False, False]), local=np.array([1.0, np.inf]))
+    m, s = stats.leave_out(r[3:6], f[3:6], 0.0, at=1)
+    keep = [0, 1, 2, 6, 7, 8]
+    rest = ResidualStats(*normal_sums(r[keep], f[keep]), diurnal=stats.diurnal, local=stats.local)
+    coef, s_rest = rest.coefficients(0.0)
+    np.testing.assert_allclose(m, np.einsum("cphw,phw->chw", coef, f[4]), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(s, s_rest, rtol=1e-8)
+
+
+def test_strips_leave_out_a_time_with_its_neighbours_but_keep_three_times():
+    ds = open_fields(make_regional(n_time=8), ["t2m", "u10"])
+    cfg = DownscaleConfig(variables=("t2m", "u10"), factor=3, widths=(8, 8, 8), strip_height=8, leave_out=1)
+    _, data = build(ds, cfg, list(range(6)))
+    assert data.left_out(0) == [0, 1] and data.left_out(3) == [2, 3, 4] and data.left_out(5) == [4, 5]
+    _, wide = build(ds, replace(cfg, leave_out=5), list(range(6)))
+    assert wide.left_out(3) == [2, 3, 4]       # (6 - 3) // 2 = 1 on each side at most
+    x0, cond, _ = data.prepared(3)
+    assert np.isfinite(x0).all() and np.isfinite(cond).all()
