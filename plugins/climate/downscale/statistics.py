@@ -5,8 +5,9 @@ interpolation back to the fine grid, the residual is r = z - B(C(z)). Its per-ce
 the solar features f = [1, insolation, sin(hour angle)] (`solar.py`) where that helps, m = f . beta,
 and s is its per-cell standard deviation about that mean. With the local slopes (`local_features`),
 f ends with the bicubic fields B of all variables, so m can also follow the large-scale state at
-the cell at each time. During training, m and s for time t are fitted without t (leave-one-out), so the network sees the same relation between statistics and
-data as on held-out times.
+the cell at each time. During training, m and s for time t are fitted without t (leave-one-out),
+or without t and its neighbouring times (`ResidualStats.leave_out`), so the network sees the same
+relation between statistics and data as on held-out times.
 """
 
 from __future__ import annotations
