@@ -40,6 +40,7 @@ from sciffusion.plugins.climate.solar import has_clock_times
 
 SHIPPED = Path(__file__).parent / "checkpoints" / "era5_sample_x4.pt"
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "msl", "tp")
+SMALL_CELL_TIMES = 500_000   # --train: fewer training times x cells make a small training set
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class ExperimentConfig(JsonConfig):
     loader_workers: int = 0        # --train: DataLoader processes preparing training strips
     widths: tuple[int, ...] = (24, 48, 96)
     solar_channels: bool = False
+    local_slope: bool | None = None   # per-cell slopes of the residual on the bicubic fields; None: small data sets
+    leave_out: int | None = None      # neighbours on each side left out of a training time's statistics; None: rule
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
@@ -121,12 +124,28 @@ def model_config(cfg: ExperimentConfig, ds: xr.Dataset, variables: tuple[str, ..
     solar = cfg.solar_channels and has_clock_times(train_times)
     if cfg.solar_channels and not solar:
         _log(cfg, "--solar-channels: the times carry no time of day, training without solar channels")
+    small = small_training_set(cfg, len(train_idx) * ds.sizes["latitude"] * ds.sizes["longitude"])
+    local = small if cfg.local_slope is None else cfg.local_slope
+    leave_out = int(small) if cfg.leave_out is None else cfg.leave_out
     return DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
-                           strip_height=min(40, n_rows // 4 * 4 or n_rows), solar_channels=solar,
+                           strip_height=min(40, n_rows // 4 * 4 or n_rows), solar_channels=solar, local_slope=local,
+                           leave_out=leave_out,
                            alignments=cfg.factor if cfg.alignments is None else cfg.alignments,
                            lat_alignments=lat_alignments,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
                            train_times=tuple(str(t) for t in train_times))
+
+
+def small_training_set(cfg: ExperimentConfig, cell_times: int) -> bool:
+    """True for fewer than SMALL_CELL_TIMES training times x grid cells, logged with what it sets:
+    the local slopes (unless --local-slope / --no-local-slope) and one neighbour left out on each
+    side of a training time's statistics (unless --leave-out)."""
+    small = cell_times < SMALL_CELL_TIMES
+    _log(cfg, f"{'small' if small else 'large'} training set ({cell_times} training times x cells, "
+              f"{'below' if small else 'at or above'} {SMALL_CELL_TIMES}): local slopes "
+              f"{'on' if (small if cfg.local_slope is None else cfg.local_slope) else 'off'}, "
+              f"leave-out {int(small) if cfg.leave_out is None else cfg.leave_out}")
+    return small
 
 
 def train_bundle(cfg: ExperimentConfig, ds: xr.Dataset, dcfg: DownscaleConfig, train_idx: list[int]) -> tuple[Downscaler, Path]:

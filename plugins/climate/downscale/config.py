@@ -22,6 +22,8 @@ class DownscaleConfig(JsonConfig):
     strip_height: int = 40
     std_floor: float = 0.1
     solar_channels: bool = False
+    local_slope: bool = False
+    leave_out: int = 0
     alignments: int = 1
     lat_alignments: int = 1
     loss_weights: tuple[float, ...] = ()
@@ -42,6 +44,8 @@ class DownscaleConfig(JsonConfig):
         for name in ("alignments", "lat_alignments"):
             if not 1 <= getattr(self, name) <= self.factor:
                 raise ValueError(f"{name}={getattr(self, name)} must be between 1 and the factor {self.factor}")
+        if self.leave_out < 0:
+            raise ValueError(f"leave_out={self.leave_out} must be >= 0")
         self.variable_weights()
 
 

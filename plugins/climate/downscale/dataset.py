@@ -21,6 +21,7 @@ from sciffusion.plugins.climate.downscale.grids import (
 )
 from sciffusion.plugins.climate.downscale.statistics import (
     ResidualStats,
+    local_features,
     normalised_residual,
     residual_features,
     time_values,
@@ -48,8 +49,9 @@ class ResidualStrips(Dataset):
     `ResidualStats` per block alignment of `alignments(cfg)`, in that order. One prepared
     (time, alignment) is kept per cache slot (`cache` slots), so memory is bounded by the cache,
     not by the dataset. `w` (C, strip, lon) holds the latitude weights times the variable's loss
-    weight, 0 where the truth is NaN. Loader workers (`num_workers`) each keep their own cache and read
-    the fields with dask's synchronous scheduler.
+    weight, 0 where the truth is NaN. The statistics of a time leave out that time and its
+    `cfg.leave_out` neighbours on each side (`left_out`). Loader workers (`num_workers`) each keep
+    their own cache and read the fields with dask's synchronous scheduler.
     """
 
     def __init__(self, ds: xr.Dataset, cfg: DownscaleConfig, times: Sequence[int], norm: Normaliser,
@@ -76,6 +78,12 @@ class ResidualStrips(Dataset):
     def __len__(self) -> int:
         return len(self.times) * len(self.views)
 
+    def left_out(self, ti: int) -> list[int]:
+        """The training times (positions in `times`) left out of the statistics of the ti-th: it and
+        its `leave_out` neighbours on each side, fewer where that would leave under 3 times."""
+        w = min(self.cfg.leave_out, (len(self.times) - 3) // 2)
+        return list(range(max(ti - w, 0), min(ti + w + 1, len(self.times))))
+
     def prepared(self, ti: int, k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x0, cond, w) for the ti-th training time in the k-th block alignment, on all the rows
         of that alignment; w is the loss weight (C, H', W)."""
@@ -83,15 +91,19 @@ class ResidualStrips(Dataset):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        group = self.left_out(ti)
         with _loader_worker_scheduler():
-            fine, grids, lon = load_aligned(self.ds, [self.times[ti]], self.cfg.variables, self.grids, self.alignments[k])
+            fine, grids, lon = load_aligned(self.ds, [self.times[j] for j in group], self.cfg.variables, self.grids,
+                                            self.alignments[k])
         b, r, valid = normalised_residual(fine, self.norm, grids)
-        tval = time_values(self.ds, [self.times[ti]])
-        f = residual_features(tval, grids.lat, lon, 1)[0]
-        m, s = self.stats[k].leave_one_out(r[0], f, self.cfg.std_floor, valid[0])
-        x0 = np.where(valid[0], (r[0] - m) / s, 0.0).astype(np.float32)   # missing cells: the mean, weight 0
-        cond = condition(b[0], m, s, grids.lat, f[1:] if self.cfg.solar_channels else None)
-        w = (self.variable_weights * (grids.weights[:, None] * valid[0])).astype(np.float32)
+        f = residual_features(time_values(self.ds, [self.times[j] for j in group]), grids.lat, lon, len(group))
+        at = group.index(ti)
+        m, s = self.stats[k].leave_out(r, local_features(f, b) if self.cfg.local_slope else f, self.cfg.std_floor,
+                                       valid, at)
+        b, r, valid, f = b[at], r[at], valid[at], f[at]
+        x0 = np.where(valid, (r - m) / s, 0.0).astype(np.float32)   # missing cells: the mean, weight 0
+        cond = condition(b, m, s, grids.lat, f[1:] if self.cfg.solar_channels else None)
+        w = (self.variable_weights * (grids.weights[:, None] * valid)).astype(np.float32)
         self._cache[key] = (x0, cond, w)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

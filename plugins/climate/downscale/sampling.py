@@ -1,7 +1,8 @@
 """Ensemble sampling of a `Downscaler`: conditioning, noise batches, the core sampler, back to physical units.
 
 For coarse fields X (T, C, h, w) in physical units, with B the bicubic interpolation of the
-normalised coarse field, m = f . beta the residual mean and s its standard deviation:
+normalised coarse field, m = f . beta the residual mean (f ending with the B of all variables for
+a model with the local slopes) and s its standard deviation:
 
 1. `prepare`: fill missing coarse cells, compute B, m and the conditioning [B, m, s/<s>, sin(lat)];
 2. `noise_groups`: batches of (member, time) pairs, each batch with its generator;
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from sciffusion.plugins.climate.downscale.config import condition
+from sciffusion.plugins.climate.downscale.statistics import local_features
 from sciffusion.plugins.climate.grid import block_upper_bound
 
 if TYPE_CHECKING:
@@ -68,7 +70,8 @@ def prepare(bundle: Downscaler, coarse: np.ndarray, times: np.ndarray | None, co
     filled = bundle.fill_coarse(coarse, coarse_gaps)
     b = bundle.bicubic_z(filled)
     f = bundle.features(times, coarse.shape[0])
-    m = np.einsum("cphw,tphw->tchw", bundle.coef, f).astype(np.float32)
+    fl = local_features(f, b) if bundle.coef.shape[1] > f.shape[1] else f   # the local slopes' B
+    m = np.einsum("cphw,tphw->tchw", bundle.coef, fl).astype(np.float32)
     cond = condition(b, m, bundle.std, bundle.grids.lat, f[:, 1:] if bundle.cfg.solar_channels else None)
     known_x = None
     if known is not None:

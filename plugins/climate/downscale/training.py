@@ -36,9 +36,10 @@ def build(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int]) -> tup
     grids = Grids(ds["latitude"].values, ds["longitude"].values, cfg.factor)
     norm = fit_normaliser(ds, cfg.variables, list(train_idx))
     first, *others = alignments(cfg)
-    stats = [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, alignment=first)]
-    stats += [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, alignment=al, diurnal=stats[0].diurnal)
-              for al in others]
+    stats = [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, alignment=first,
+                                local_slope=cfg.local_slope)]
+    stats += [fit_residual_stats(ds, cfg.variables, list(train_idx), norm, grids, alignment=al, diurnal=stats[0].diurnal,
+                                 local_slope=cfg.local_slope, local=stats[0].local) for al in others]
     coef, std = stats[0].coefficients(cfg.std_floor)
     missing = stats[0].n == 0   # never observed in the training times
     slot_bytes = 4 * (2 * len(cfg.variables) + n_condition_channels(cfg)) * len(grids.lat) * len(grids.lon)
