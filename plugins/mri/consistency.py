@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sciffusion.plugins.mri.degrade import SliceProfile, apply_along_axes, profile_matrix
+from sciffusion.plugins.mri.degrade import SliceProfile, apply_along_axes, degradation_matrices
 
 EIGEN_FLOOR = 1e-3
 BINS = 16
@@ -36,25 +36,19 @@ class Consistency:
 
     matrices: tuple[np.ndarray | None, ...]  # A_i, (n_i // f_i, n_i); None where f_i = 1
     bases: tuple[np.ndarray | None, ...]  # U_i, eigenvectors of A_i A_i^T
-    scale: np.ndarray  # gain / max(lambda, floor) on the low-resolution eigen grid
+    weights: np.ndarray  # gain / max(lambda, floor) on the low-resolution eigen grid
     gains: np.ndarray  # the Wiener gain of each bin
 
     def __call__(self, y: np.ndarray, lr: np.ndarray) -> np.ndarray:
-        """`y + A^T U (scale * U^T (l - A y))` in float64, returned as float32."""
+        """`y + A^T U (weights * U^T (l - A y))` in float64, returned as float32."""
         y = np.asarray(y, np.float64)
         r = np.asarray(lr, np.float64) - apply_along_axes(y, self.matrices)
-        z = apply_along_axes(self.scale * apply_along_axes(r, _transposed(self.bases)), self.bases)
+        z = apply_along_axes(self.weights * apply_along_axes(r, _transposed(self.bases)), self.bases)
         return (y + apply_along_axes(z, _transposed(self.matrices))).astype(np.float32)
 
 
 def _transposed(mats) -> tuple[np.ndarray | None, ...]:
     return tuple(None if m is None else m.T for m in mats)
-
-
-def degradation_matrices(shape: tuple[int, ...], scale: tuple[int, int, int], profile: SliceProfile
-                         ) -> tuple[np.ndarray | None, ...]:
-    """`A_i = profile_matrix(n_i, f_i, profile)` per axis of the refined `shape` (None where `f_i = 1`)."""
-    return tuple(profile_matrix(n, f, profile) if f > 1 else None for n, f in zip(shape, scale))
 
 
 def _eigen(mats) -> tuple[tuple[np.ndarray | None, ...], np.ndarray]:
@@ -97,12 +91,12 @@ def wiener_gains(residual_eigen: np.ndarray, lam: np.ndarray, sigma: float, bins
     """
     log_lam = np.log(np.broadcast_to(np.maximum(lam, 1e-300), residual_eigen.shape))
     which = _dyadic_bins(log_lam, bins)
-    counts = np.bincount(which.ravel(), minlength=bins)
-    power = np.bincount(which.ravel(), weights=(residual_eigen**2).ravel(), minlength=bins) / np.maximum(counts, 1)
-    used = min(_top_bin(residual_eigen.size), bins - 1) + 1
+    used = int(which.max()) + 1  # the largest eigenvalue is always in the last bin
+    counts = np.bincount(which.ravel(), minlength=used)
+    power = np.bincount(which.ravel(), weights=(residual_eigen**2).ravel(), minlength=used) / np.maximum(counts, 1)
     if sigma <= 0:
         return np.ones(used), which
-    s = np.maximum(power[:used] - sigma**2, 0.0)
+    s = np.maximum(power - sigma**2, 0.0)
     return s / (s + sigma**2), which
 
 
@@ -114,12 +108,8 @@ def _dyadic_bins(log_lam: np.ndarray, bins: int, smallest: int = MIN_BIN) -> np.
     ranks = np.empty(n, np.int64)
     ranks[np.argsort(log_lam, axis=None, kind="stable")] = np.arange(n)
     which = np.floor(np.log2(n / (n - ranks).astype(np.float64))).astype(np.int64)
-    return np.minimum(which, min(_top_bin(n, smallest), bins - 1)).reshape(log_lam.shape)
-
-
-def _top_bin(n: int, smallest: int = MIN_BIN) -> int:
-    """The last bin index for `n` components when the last bin keeps at least `smallest` of them."""
-    return max(int(np.floor(np.log2(max(n / smallest, 1.0)))), 0)
+    last = max(int(np.floor(np.log2(max(n / smallest, 1.0)))), 0)  # keeps >= `smallest` in the last bin
+    return np.minimum(which, min(last, bins - 1)).reshape(log_lam.shape)
 
 
 def fit_consistency(estimate: np.ndarray, lr: np.ndarray, scale: tuple[int, int, int], profile: SliceProfile,

@@ -155,11 +155,21 @@ def degrade_profile(hr: np.ndarray, scale: tuple[int, int, int],
     are dropped). The box profile of width 1 is the mean of each block of `f` voxels.
     """
     out = np.asarray(hr, np.float64)
-    profiles = profile if isinstance(profile, (tuple, list)) else (profile,) * 3
     if any(n < 2 * f for n, f in zip(out.shape, scale)):
         raise ValueError(f"degrade: volume {out.shape} too small for scale {scale}")
-    mats = [profile_matrix(n, f, p) if f > 1 else None for n, f, p in zip(out.shape, scale, profiles)]
-    return np.ascontiguousarray(apply_along_axes(out, mats), dtype=np.float32)
+    return np.ascontiguousarray(apply_along_axes(out, degradation_matrices(out.shape, scale, profile)),
+                                dtype=np.float32)
+
+
+def degradation_matrices(shape: tuple[int, ...], scale: tuple[int, int, int],
+                         profile: SliceProfile | tuple[SliceProfile, SliceProfile, SliceProfile]
+                         ) -> tuple[np.ndarray | None, ...]:
+    """`A_i = profile_matrix(n_i, f_i, p_i)` per axis of the refined `shape` (None where `f_i = 1`).
+
+    `profile` is one profile for every axis or one per axis; the degradation is `A_x (x) A_y (x) A_z`.
+    """
+    profiles = profile if isinstance(profile, (tuple, list)) else (profile,) * 3
+    return tuple(profile_matrix(n, f, p) if f > 1 else None for n, f, p in zip(shape, scale, profiles))
 
 
 def apply_along_axes(x: np.ndarray, matrices) -> np.ndarray:

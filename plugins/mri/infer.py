@@ -220,20 +220,20 @@ def super_resolve(
                 cond=cond.expand(samples, *cond.shape[1:]), progress=progress, device=dev)
     ys, first_hr = (_refined(x[..., : size[0], : size[1], : size[2]], cubic, cfg) for x in (x0, net.first_x0))
     ys, posterior = scaler.inverse(ys), scaler.inverse(first_hr.mean(0))
-    correct, record = _consistency(conditioning if consistency else None, lr, cfg.scale, posterior, ys.mean(0),
-                                   estimate)
+    chosen = posterior if estimate == "posterior_mean" else ys.mean(0)
+    correct, record = _consistency(conditioning if consistency else None, lr, cfg.scale, chosen)
     ys, posterior = correct(ys), correct(posterior)
     sample_mean = ys.mean(0)
     mean = posterior if estimate == "posterior_mean" else sample_mean
-    return SRResult(mean, _pooled_std(ys, 1.0, std_sigma), sample_mean, posterior, scaler.inverse(cubic),
+    return SRResult(mean, _pooled_std(ys, std_sigma), sample_mean, posterior, scaler.inverse(cubic),
                     scaler.inverse(trilinear), ys if keep_samples else None, told, record)
 
 
 def _consistency(conditioning: Conditioning | None, lr: np.ndarray, scale: tuple[int, int, int],
-                 posterior: np.ndarray, sample_mean: np.ndarray, estimate: str):
+                 estimate: np.ndarray):
     """The data-consistency map for this scan (identity without a known profile) and its record.
 
-    The correction is fitted on the chosen estimate's residual and applied, unchanged, to every output.
+    The correction is fitted on `estimate`'s residual and applied, unchanged, to every output.
     """
     if conditioning is None or conditioning.profile is None:
         return (lambda y: y), None
@@ -241,8 +241,7 @@ def _consistency(conditioning: Conditioning | None, lr: np.ndarray, scale: tuple
     from sciffusion.plugins.mri.consistency import fit_consistency
 
     sigma = consistency_sigma(conditioning, lr)
-    fitted = fit_consistency(posterior if estimate == "posterior_mean" else sample_mean, lr, scale,
-                             conditioning.profile, sigma)
+    fitted = fit_consistency(estimate, lr, scale, conditioning.profile, sigma)
     record = {"noise_sigma": round(float(sigma), 6), "gains": [round(float(g), 4) for g in fitted.gains]}
 
     def correct(y: np.ndarray) -> np.ndarray:
@@ -290,9 +289,9 @@ def _refined(x: Tensor, cubic: np.ndarray, cfg) -> np.ndarray:
     return cubic[None].astype(np.float64) + depth_to_space(x.cpu(), cfg.scale)[:, 0].double().numpy() * cfg.residual_scale
 
 
-def _pooled_std(ys: np.ndarray, width: float, sigma: float) -> np.ndarray:
-    """`sqrt(G_sigma * var_K)` of the K samples `ys` in scanner units (`width` undoes the scaler)."""
-    var = ys.var(0, ddof=1) * width**2 if len(ys) > 1 else np.zeros(ys.shape[1:])
+def _pooled_std(ys: np.ndarray, sigma: float) -> np.ndarray:
+    """`sqrt(G_sigma * var_K)` of the K samples `ys` (scanner units), the variance in float64."""
+    var = np.asarray(ys, np.float64).var(0, ddof=1) if len(ys) > 1 else np.zeros(ys.shape[1:])
     if sigma > 0:
         var = ndi.gaussian_filter(var, sigma, mode="nearest")
     return np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
