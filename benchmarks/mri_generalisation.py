@@ -13,9 +13,11 @@ random model on one 32^3 MNI crop (checks the harness; the numbers mean nothing)
 A model conditioned on the degradation (`SRConfig.conditioned`) is run once per setting of
 `--conditioning`: `known` tells it each cell's slice profile and true noise std, `auto` the profile
 and the noise std estimated from the low-resolution crop (`conditioning.estimate_noise_sigma`, what
-`--noise-sigma auto` does), `unknown` nothing (blind). With `--data-consistency on` (the default) the
+`--noise-sigma auto` does), `estimated` the noise std estimated likewise and the slice profile estimated
+from the cell's whole low-resolution volume (`profile_estimate`, what `--slice-profile auto` does for a
+user's whole scan; thick-slice scales only, unknown at 2x), `unknown` nothing (blind). With `--data-consistency on` (the default) the
 same settings also tell the data-consistency step (`consistency`) the profile and the noise, for any
-model: `known` and `auto` make every output agree with the crop's low-resolution input up to its noise,
+model: `known`, `auto` and `estimated` make every output agree with the crop's low-resolution input up to its noise,
 `unknown` leaves it as the network made it. An unconditioned model with `--data-consistency off` is
 run once, told nothing.
 """
@@ -40,7 +42,7 @@ CROPS = ((44, 24, 44), (44, 64, 52), (44, 104, 40))
 SIZE = 96
 
 
-SETTINGS = ("known", "auto", "unknown")
+SETTINGS = ("known", "auto", "estimated", "unknown")
 
 
 def cell_lowres(hr: np.ndarray, scale: tuple[int, int, int], profile: str, snr: float | None,
@@ -59,11 +61,17 @@ def cell_lowres(hr: np.ndarray, scale: tuple[int, int, int], profile: str, snr: 
     return add_noise(lr, snr, "rician", seed), 0.0 if snr is None else signal_level(lr) / snr
 
 
-def cell_conditioning(setting: str, profile: str, sigma: float):
-    """What a conditioned model is told in one cell: `known`, `auto` or `unknown` (see the module docstring)."""
-    from sciffusion.plugins.mri.conditioning import BLIND, Conditioning
+def cell_conditioning(setting: str, profile: str, sigma: float, lr: np.ndarray, scale: tuple[int, int, int]):
+    """What the model and the data-consistency step are told in one cell (see the module docstring);
+    `estimated` resolves `--slice-profile auto` on the cell's whole low-resolution volume `lr`."""
+    from sciffusion.plugins.mri.conditioning import AUTO, BLIND, Conditioning, profile_text
     from sciffusion.plugins.mri.degrade import SliceProfile
+    from sciffusion.plugins.mri.profile_estimate import resolve_auto_profile
 
+    if setting == "estimated":
+        told, _ = resolve_auto_profile(Conditioning(AUTO, AUTO), lr, scale)
+        print(f"  slice profile {profile}: estimated {profile_text(told.profile)}", flush=True)
+        return told
     kind, fwhm = PROFILES[profile]
     prof = SliceProfile(kind, fwhm=fwhm, width=1.0)
     return {"known": Conditioning(sigma, prof), "auto": Conditioning("auto", prof), "unknown": BLIND}[setting]
@@ -100,7 +108,7 @@ def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int,
     rows = []
     for k, (profile, snr) in enumerate((p, s) for p in PROFILES for s in NOISE.values()):
         lr, sigma = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
-        told = None if setting is None else cell_conditioning(setting, profile, sigma)
+        told = None if setting is None else cell_conditioning(setting, profile, sigma, lr, model.config.scale)
         per = [score_crop(model, hr, lr, c, size, samples, steps, adapt, told, consistency) for c in crops]
         row = {"profile": profile, "noise": "none" if snr is None else f"Rician SNR {snr:g}"}
         if setting is not None:
@@ -118,11 +126,14 @@ def run_scale(model, hr: np.ndarray, crops, size: int, samples: int, steps: int,
     return rows
 
 
-def adapt_rows(model, hr: np.ndarray, crops, size: int, n_steps: int, cells: list[int]) -> list[list]:
+def adapt_rows(model, hr: np.ndarray, crops, size: int, n_steps: int, cells: list[int],
+               setting: str | None = None) -> list[list]:
     """`--adapt N` on the thick-slice model: the same crops with and without scan-specific fine-tuning.
 
     One sample, one sampler step (the estimate is the first step's prediction), so only the
-    adaptation differs; the adaptation's CPU seconds are reported per crop.
+    adaptation differs; the adaptation's CPU seconds are reported per crop. With a `setting` both
+    runs are told the same (`cell_conditioning`, data consistency on) and the adaptation pairs use
+    the profile it gives.
     """
     from sciffusion.plugins.mri.adapt import adapt_model
     from sciffusion.plugins.mri.degrade import crop_to_multiple
@@ -132,17 +143,21 @@ def adapt_rows(model, hr: np.ndarray, crops, size: int, n_steps: int, cells: lis
     rows = []
     for k in cells:
         profile, snr = cell_list[k]
-        lr, _ = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
-        plain = [score_crop(model, hr, lr, c, size, 1, 1) for c in crops]
+        lr, sigma = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
+        told = None if setting is None else cell_conditioning(setting, profile, sigma, lr, model.config.scale)
+        told_profile = None if told is None or isinstance(told.profile, str) else told.profile
+        plain = [score_crop(model, hr, lr, c, size, 1, 1, conditioning=told, consistency=told is not None)
+                 for c in crops]
         secs = []
 
-        def adapt(m, low, secs=secs):
+        def adapt(m, low, secs=secs, profile=told_profile):
             t0 = time.process_time()
-            out = adapt_model(m, low, n_steps, seed=0)
+            out = adapt_model(m, low, n_steps, seed=0, profile=profile)
             secs.append(time.process_time() - t0)
             return out
 
-        adapted = [score_crop(model, hr, lr, c, size, 1, 1, adapt=adapt) for c in crops]
+        adapted = [score_crop(model, hr, lr, c, size, 1, 1, adapt=adapt, conditioning=told,
+                              consistency=told is not None) for c in crops]
         cub = np.mean([p["cubic"]["psnr"] for p in plain])
         a, b = np.mean([p["sciffusion"]["psnr"] for p in plain]), np.mean([p["sciffusion"]["psnr"] for p in adapted])
         rows.append([profile, "none" if snr is None else f"Rician SNR {snr:g}", f"{cub:.2f}", f"{a:.2f}", f"{b:.2f}",
@@ -308,10 +323,12 @@ def adapt_page(args, hr, crops, size, models, desc, started) -> str:
     if model is None:
         raise SystemExit("--adapt measures the 1x1x4 model: do not pass --only 2x2x2")
     t0 = time.process_time()
-    rows = adapt_rows(model, hr, crops, size, args.adapt, [int(c) for c in args.cells.split(",")])
+    setting = _settings_for(model, parse_settings(args.conditioning), args.data_consistency == "on")[0]
+    rows = adapt_rows(model, hr, crops, size, args.adapt, [int(c) for c in args.cells.split(",")], setting)
+    told = "told nothing" if setting is None else f"both runs told `{setting}` (the first of `--conditioning`)"
     summary = (f"{desc}; {len(crops)} crop(s) of {size}^3, `--adapt {args.adapt}` (batch 2, AdamW 5e-5), one "
-               f"sample, one sampler step, {args.threads} thread(s); PSNR (dB) inside the head mask, mean over "
-               "the crops; adaptation cost in CPU seconds per crop.\n\n"
+               f"sample, one sampler step, {args.threads} thread(s), {told}; PSNR (dB) inside the head mask, "
+               "mean over the crops; adaptation cost in CPU seconds per crop.\n\n"
                + C.table(["slice profile", "noise", "cubic", "sciffusion", f"sciffusion + adapt {args.adapt}",
                           "gain of adapt (dB)", "adapt CPU s"], rows)
                + f"\n\n{time.process_time() - t0:.0f} s CPU in all.")

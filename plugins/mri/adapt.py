@@ -4,9 +4,10 @@ A scan with thick slices along one axis (factor `f`) is high-resolution in-plane
 interpolated (cubic B-spline) by `f` along its thick axis, so that every axis has the target
 spacing; permuting an in-plane axis into the model's thick-slice position then gives volumes whose
 thick-slice axis is truly high-resolution, with the anatomy at its true proportions. Degrading that
-axis by `f` (slice profiles drawn from `blind.BlindFamily`, no added noise: the scan's own noise is
-in the data) makes training pairs with this scan's contrast, noise and anatomy. A conditioned model
-is told each pair's slice profile and an unknown noise level. `adapt_model` fine-tunes a copy of the model on them for `steps` steps with the core
+axis by `f` (with the scan's own slice profile when it is known or estimated, else profiles drawn
+from `blind.BlindFamily`; no added noise: the scan's own noise is in the data) makes training pairs
+with this scan's contrast, noise and anatomy. A conditioned model is told each pair's slice profile
+and an unknown noise level. `adapt_model` fine-tunes a copy of the model on them for `steps` steps with the core
 denoising loss
 
     L = E_{t, eps} || f_theta(alpha_t x_0 + sigma_t eps, t, cond) - v ||^2
@@ -17,15 +18,27 @@ denoising loss
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from sciffusion.plugins.mri.blind import BlindFamily
+from sciffusion.plugins.mri.degrade import PROFILES, SliceProfile
 from sciffusion.plugins.mri.model import SRConfig, SRDenoiser
 
 ADAPT_FAMILY = BlindFamily(p_noise=0.0, p_bias=0.0, p_gamma=0.0, scale_range=(1.0, 1.0), p_affine=0.0,
                            p_elastic=0.0)
+
+
+def adapt_family(profile: SliceProfile | None) -> BlindFamily:
+    """The degradations of the adaptation pairs: exactly `profile` on the reduced axis when it is
+    given, else the blind family's profiles (`ADAPT_FAMILY`); never added noise or intensity changes."""
+    if profile is None:
+        return ADAPT_FAMILY
+    fwhm, width = (profile.fwhm,) * 2, (profile.width,) * 2
+    return replace(ADAPT_FAMILY, profile_probs=tuple(float(k == profile.kind) for k in PROFILES),
+                   fwhm_range=fwhm, width_range=width, box_gauss_fwhm_range=fwhm)
 
 
 class AdaptError(ValueError):
@@ -74,11 +87,12 @@ def adapt_patch(shape: tuple[int, int, int], config: SRConfig, multiple: int) ->
 
 
 def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int = 2, lr_rate: float = 5e-5,
-                seed: int = 0, progress: bool = False) -> SRDenoiser:
+                seed: int = 0, progress: bool = False, profile: SliceProfile | None = None) -> SRDenoiser:
     """A copy of `model` fine-tuned for `steps` steps on pairs made from `lr`'s own in-plane data.
 
     `lr` is the low-resolution scan in the model's axis order (its thick-slice axis where the
-    model's is). Returns the adapted copy in eval mode; `model` is untouched.
+    model's is); `profile` its slice profile when known (`adapt_family`). Returns the adapted copy
+    in eval mode; `model` is untouched.
     """
     from sciffusion.core.diffusion.losses import denoising_loss
     from sciffusion.core.diffusion.process import DiffusionProcess
@@ -91,7 +105,7 @@ def adapt_model(model: SRDenoiser, lr: np.ndarray, steps: int, batch_size: int =
     vols = inplane_volumes(np.asarray(lr, np.float32), cfg.scale)
     patch = tuple(min(p) for p in zip(*(adapt_patch(v.shape, cfg, model.multiple) for v in vols)))
     pcfg = SRConfig(**{**cfg.to_dict(), "patch": patch, "scale": cfg.scale, "channels": cfg.channels})
-    data = BlindPatchDataset(vols, pcfg, ADAPT_FAMILY, seed=seed, min_foreground=0.1, noise_known=False)
+    data = BlindPatchDataset(vols, pcfg, adapt_family(profile), seed=seed, min_foreground=0.1, noise_known=False)
     net = copy.deepcopy(model).train()
     process = DiffusionProcess(get_schedule(cfg.schedule), prediction=cfg.prediction)
     opt = torch.optim.AdamW(net.parameters(), lr=lr_rate)

@@ -148,7 +148,7 @@ def conditioning_of(args: argparse.Namespace):
         parse_slice_profile,
     )
 
-    return Conditioning(parse_noise_sigma(args.noise_sigma), parse_slice_profile(args.slice_profile or "unknown"))
+    return Conditioning(parse_noise_sigma(args.noise_sigma), parse_slice_profile(args.slice_profile or "auto"))
 
 
 def note_unconditioned(args: argparse.Namespace, model, ckpt, say) -> None:
@@ -173,7 +173,9 @@ def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: t
               "adapt": args.adapt, **inference_options(args)}
     if args.input:
         say(f"input {vol.path}: {vol.data.shape} voxels of {np.round(vol.zooms, 3)} mm -> scale {scale}")
-        return super_resolve_volume(vol, model, **common)
+        run = super_resolve_volume(vol, model, **common)
+        say_profile_estimate(run.settings.get("slice_profile_estimate"), say)
+        return run
     if args.slice_profile is None:
         common["conditioning"] = reference_conditioning(common["conditioning"], model, say)
     if args.reference:
@@ -182,6 +184,16 @@ def _super_resolve(args: argparse.Namespace, vol: Volume | None, model, scale: t
     run = evaluate_demo(model, **common)
     say(f"demo: {run.settings['demo']}, scale {scale}")
     return run
+
+
+def say_profile_estimate(record: dict | None, say) -> None:
+    """One line on what `--slice-profile auto` resolved to (nothing when it was not asked for)."""
+    if record is None:
+        return
+    if record["estimated"] is None:
+        say(f"slice profile: unknown ({record['why']})")
+    else:
+        say(f"slice profile: {record['estimated']}, estimated from the in-plane axes (--slice-profile sets it)")
 
 
 def reference_conditioning(told, model, say):
@@ -275,11 +287,12 @@ def build_parser(prog: str = "sciffusion-mri-superres") -> argparse.ArgumentPars
     p.add_argument("--target-spacing", type=float, default=None,
                    help="mm: per-axis factors from the header's voxel sizes (integer ratios only)")
     p.add_argument("--slice-profile", default=None,
-                   help="told to a conditioned checkpoint, and sets the data-consistency step (with --reference "
-                   f"and the demo the default is the profile the reference is degraded with): {PROFILE_HELP}")
+                   help="told to a conditioned checkpoint, and sets the data-consistency step (default for --input: "
+                   "auto; with --reference and the demo the default is the profile the reference is degraded "
+                   f"with): {PROFILE_HELP}")
     p.add_argument("--noise-sigma", default="auto", help=f"for a conditioned checkpoint: {NOISE_HELP}")
     p.add_argument("--data-consistency", choices=("on", "off"), default="on",
-                   help="with a known --slice-profile: make the output agree with the input scan up to its noise "
+                   help="with a known or estimated --slice-profile: make the output agree with the input scan up to its noise "
                    "(any checkpoint; default on)")
     p.add_argument("--adapt", type=int, default=0,
                    help="fine-tune on the scan's own in-plane data for N steps first (thick-slice inputs)")

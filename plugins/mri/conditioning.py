@@ -33,7 +33,8 @@ UNKNOWN = "unknown"
 AUTO = "auto"
 PROFILE_HELP = ("slice profile of the reduced axes, widths in units of the factor f: gaussian[:FWHM] (default FWHM 1), "
                 "box[:WIDTH] (default 1: each low-res voxel the mean of its block), box_gaussian[:WIDTH,FWHM] "
-                "(default 1,0.5), or unknown (the default for --input)")
+                "(default 1,0.5), auto (estimated from a thick-slice scan's in-plane axes; unknown for other scans; "
+                "the default for --input) or unknown")
 NOISE_HELP = ("noise standard deviation of the input in its own intensity units: a number, auto (estimated from the "
               "scan, the default) or unknown")
 
@@ -53,6 +54,8 @@ class Conditioning:
         n = self.noise
         if not (n is None or n == AUTO or (isinstance(n, (int, float)) and np.isfinite(n) and n >= 0)):
             raise ValueError(f"noise sigma must be 'auto', 'unknown' or a number >= 0, got {n!r}")
+        if not (self.profile is None or self.profile == AUTO or isinstance(self.profile, SliceProfile)):
+            raise ValueError(f"slice profile must be 'auto', unknown (None) or a SliceProfile, got {self.profile!r}")
 
 
 BLIND = Conditioning(None, None)
@@ -72,19 +75,19 @@ def parse_noise_sigma(text: str) -> float | str | None:
     return v
 
 
-def parse_slice_profile(text: str) -> SliceProfile | None:
-    """`--slice-profile`: `gaussian[:FWHM]`, `box[:WIDTH]`, `box_gaussian[:WIDTH,FWHM]` or `unknown` (-> None).
+def parse_slice_profile(text: str) -> SliceProfile | str | None:
+    """`--slice-profile`: `gaussian[:FWHM]`, `box[:WIDTH]`, `box_gaussian[:WIDTH,FWHM]`, `auto` or `unknown` (-> None).
 
     Sizes are in units of the factor `f` and must lie in `(0, MAX_PROFILE_SIZE]`.
     """
     t = str(text).strip().lower()
-    if t == UNKNOWN:
-        return None
+    if t in (UNKNOWN, AUTO):
+        return None if t == UNKNOWN else AUTO
     kind, _, rest = t.partition(":")
     kind = kind.replace("-", "_")
     if kind not in PROFILES:
         raise ValueError(f"--slice-profile: unknown family {kind!r} in {text!r}; expected gaussian, box, "
-                         "box_gaussian or unknown")
+                         "box_gaussian, auto or unknown")
     want = {"gaussian": 1, "box": 1, "box_gaussian": 2}[kind]
     try:
         vals = [float(v) for v in rest.split(",")] if rest else []
@@ -101,10 +104,10 @@ def parse_slice_profile(text: str) -> SliceProfile | None:
     return SliceProfile("box_gaussian", width=vals[0] if vals else 1.0, fwhm=vals[1] if vals else 0.5)
 
 
-def profile_text(profile: SliceProfile | None) -> str:
+def profile_text(profile: SliceProfile | str | None) -> str:
     """The `--slice-profile` spelling of `profile` (inverse of `parse_slice_profile`)."""
-    if profile is None:
-        return UNKNOWN
+    if profile is None or profile == AUTO:
+        return UNKNOWN if profile is None else AUTO
     if profile.kind == "gaussian":
         return f"gaussian:{profile.fwhm:g}"
     if profile.kind == "box":
@@ -120,6 +123,8 @@ def degradation_vector(noise_sigma: float | None, profile: SliceProfile | None) 
     width (units of `f`, 0 where the family has none) and `e = 2 sqrt(2 ln 2) sqrt(s_g^2 + w^2/12)`
     the FWHM of the Gaussian of the profile's standard deviation (`s_g = s / (2 sqrt(2 ln 2))`).
     """
+    if isinstance(profile, str):
+        raise ValueError(f"slice profile {profile!r} must be resolved first (profile_estimate.resolve_auto_profile)")
     d = np.zeros(DEGRADATION_DIM, np.float32)
     if noise_sigma is not None:
         if not (np.isfinite(noise_sigma) and noise_sigma >= 0):

@@ -23,6 +23,7 @@ from sciffusion.plugins import core_sampler
 from sciffusion.plugins.mri.conditioning import Conditioning
 from sciffusion.plugins.mri.degrade import upsample
 from sciffusion.plugins.mri.model import SRDenoiser, depth_to_space, space_to_depth
+from sciffusion.plugins.mri.profile_estimate import resolve_auto_profile
 from sciffusion.plugins.mri.transforms import PercentileScaler
 
 
@@ -39,6 +40,7 @@ class SRResult:
     samples: np.ndarray | None = None  # (K, ...) when keep_samples
     conditioning: dict | None = None  # what a conditioned model was told (`conditioning.resolve`)
     consistency: dict | None = None  # the data-consistency step, when the slice profile was known
+    profile_estimate: dict | None = None  # an `auto` slice profile and what it resolved to
 
 
 CPU_SW_BATCH = 2  # windows per forward on the CPU: more only adds memory, the cores are busy already
@@ -187,7 +189,9 @@ def super_resolve(
     A conditioned model (`config.conditioned`) is told the degradation: `conditioning` (a
     `conditioning.Conditioning`; None: blind) gives the slice profile and the noise std in `lr`'s
     units or `"auto"` to estimate it from `lr`; the result's `conditioning` records what was used.
-    An unconditioned model ignores it.
+    An unconditioned model ignores it. An `"auto"` slice profile is estimated from a thick-slice
+    `lr` first (`profile_estimate.resolve_auto_profile`, recorded in `profile_estimate`; unknown
+    for a scan without an axis at full resolution), for the model and the data-consistency step.
 
     With `consistency` and a known slice profile (`conditioning.profile`), every output (the
     estimates and the samples) is made consistent with `lr` (`consistency.fit_consistency`: the
@@ -203,6 +207,7 @@ def super_resolve(
     cfg = model.config
     method = core_sampler(method)
     _check_arguments(method, estimate, samples, steps, sw_batch_size)
+    conditioning, profile_record = resolve_auto_profile(conditioning, lr, cfg.scale)
     dev = torch.device(device)
     dtype = autocast_dtype(precision, dev)
     scaler, cubic, trilinear = _normalise_and_interpolate(lr, cfg)
@@ -226,7 +231,7 @@ def super_resolve(
     sample_mean = ys.mean(0)
     mean = posterior if estimate == "posterior_mean" else sample_mean
     return SRResult(mean, _pooled_std(ys, std_sigma), sample_mean, posterior, scaler.inverse(cubic),
-                    scaler.inverse(trilinear), ys if keep_samples else None, told, record)
+                    scaler.inverse(trilinear), ys if keep_samples else None, told, record, profile_record)
 
 
 def _consistency(conditioning: Conditioning | None, lr: np.ndarray, scale: tuple[int, int, int],

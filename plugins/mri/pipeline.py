@@ -24,6 +24,7 @@ from sciffusion.plugins.mri.infer import SRResult, super_resolve
 from sciffusion.plugins.mri.io import Volume, VolumeError, lr_affine, save_volume, sr_affine
 from sciffusion.plugins.mri.metrics import evaluate, uncertainty_correlation
 from sciffusion.plugins.mri.model import SRDenoiser
+from sciffusion.plugins.mri.profile_estimate import resolve_auto_profile
 from sciffusion.plugins.mri.transforms import foreground_mask
 
 MAX_OUTPUT_VOXELS = 2**28
@@ -78,7 +79,7 @@ def _transpose_result(res: SRResult, order: tuple[int, ...]) -> SRResult:
         return None if a is None else np.ascontiguousarray(np.transpose(a, order if a.ndim == 3 else (0, *[o + 1 for o in order])))
 
     return SRResult(t(res.mean), t(res.std), t(res.sample_mean), t(res.posterior_mean), t(res.cubic),
-                    t(res.trilinear), t(res.samples), res.conditioning, res.consistency)
+                    t(res.trilinear), t(res.samples), res.conditioning, res.consistency, res.profile_estimate)
 
 
 def check_adaptable(vol: Volume, scale: tuple[int, int, int]) -> None:
@@ -115,11 +116,13 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
         check_adaptable(vol, scale)
     t0 = time.time()
     data = np.ascontiguousarray(np.transpose(vol.data, perm))
+    kw["conditioning"], estimated = resolve_auto_profile(kw.get("conditioning"), data, model.config.scale)
     used = model
     if adapt:
         from sciffusion.plugins.mri.adapt import adapt_model
 
-        used = adapt_model(model, data, adapt, seed=seed, progress=progress)
+        profile = kw["conditioning"].profile if kw["conditioning"] is not None else None
+        used = adapt_model(model, data, adapt, seed=seed, progress=progress, profile=profile)
     t_adapt = time.time() - t0
     res = super_resolve(used, data, samples=samples, steps=steps, method=method, seed=seed, device=device,
                         progress=progress, **kw)
@@ -130,6 +133,8 @@ def super_resolve_volume(vol: Volume, model: SRDenoiser, samples: int = 4, steps
                          estimate=kw.get("estimate", "posterior_mean"), conditioned=model.config.conditioned)
     if res.conditioning is not None:
         settings["conditioning"] = res.conditioning
+    if estimated is not None:
+        settings["slice_profile_estimate"] = estimated
     settings["data_consistency"] = res.consistency or "off"
     return Run(res, vol, sr_affine(vol.affine, scale), scale, settings, input_path=vol.path, like=vol)
 

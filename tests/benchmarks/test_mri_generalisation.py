@@ -55,9 +55,11 @@ def test_a_conditioned_model_is_told_each_cell():
     from sciffusion.plugins.mri.degrade import SliceProfile
 
     prof = SliceProfile("gaussian", fwhm=0.6)
-    assert cell_conditioning("known", "Gaussian FWHM 0.6 f", 3.0) == Conditioning(3.0, prof)
-    assert cell_conditioning("auto", "Gaussian FWHM 0.6 f", 3.0) == Conditioning("auto", prof)
-    assert cell_conditioning("unknown", "box (block mean)", 3.0) == BLIND
+    lr = np.ones((8, 8, 8), np.float32)
+    assert cell_conditioning("known", "Gaussian FWHM 0.6 f", 3.0, lr, (2, 2, 2)) == Conditioning(3.0, prof)
+    assert cell_conditioning("auto", "Gaussian FWHM 0.6 f", 3.0, lr, (2, 2, 2)) == Conditioning("auto", prof)
+    assert cell_conditioning("unknown", "box (block mean)", 3.0, lr, (2, 2, 2)) == BLIND
+    assert cell_conditioning("estimated", "box (block mean)", 3.0, lr, (2, 2, 2)) == Conditioning("auto", None)
     assert parse_settings("known, unknown") == ["known", "unknown"]
     with pytest.raises(SystemExit, match="--conditioning"):
         parse_settings("known,guess")

@@ -141,3 +141,29 @@ def test_recipe_training_flags_reach_the_trainer(tmp_path, monkeypatch, ckpt114)
     assert seen["family"].p_synth == 0.3 and seen["steps"] == 7 and seen["init"] == str(ckpt114)
     assert seen["run_dir"] == tmp_path / "run" and seen["scale"] == (1, 1, 4)
     assert main(["--train", "--synth", "0.3", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+
+
+def test_recipe_estimates_the_slice_profile_of_thick_slices(tmp_path, ckpt114, capsys):
+    """`--input` defaults to `--slice-profile auto`: a thick-slice scan (slices along axis 0 here) gets
+    an estimate, printed and recorded, that drives the data-consistency step; a 2x scan gets unknown."""
+    import json
+
+    from sciffusion.plugins.mri.degrade import SliceProfile, degrade_profile
+
+    thick = degrade_profile(np.transpose(phantom((32, 32, 32)), (2, 0, 1)), (4, 1, 1), SliceProfile("box"))
+    path = _save(tmp_path / "thick.nii.gz", thick, (4.0, 1.0, 1.0))
+    out = tmp_path / "o"
+    assert main(["--input", str(path), "--scale", "4,1,1", "--checkpoint", str(ckpt114), "--samples", "1",
+                 "--steps", "1", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    estimate = config["slice_profile_estimate"]["estimated"]
+    assert f"slice profile: {estimate}, estimated" in said
+    assert config["data_consistency"] != "off"
+    torch.manual_seed(0)
+    save_checkpoint(SRDenoiser(tiny_config()), tmp_path / "tiny2x.pt")
+    iso = _save(tmp_path / "iso.nii.gz", phantom((16, 16, 16)), (2.0, 2.0, 2.0))
+    assert main(["--input", str(iso), "--scale", "2", "--checkpoint", str(tmp_path / "tiny2x.pt"), "--samples", "1",
+                 "--steps", "1", "--out", str(tmp_path / "o2")]) == 0
+    assert "slice profile: unknown (the slice profile can be estimated only for a thick-slice scan" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o2" / "config.json").read_text())["data_consistency"] == "off"

@@ -67,3 +67,11 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny2x.pt"
     save_checkpoint(SRDenoiser(tiny_config()), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mni_2mm() -> np.ndarray:
+    """The MNI152 T1 template at 2 mm from nilearn's installed data (99 x 117 x 95)."""
+    from sciffusion.plugins.mri.data import mni_volume
+
+    return np.asarray(mni_volume(2).data, np.float32)

@@ -14,7 +14,7 @@ from sciffusion.plugins.mri.blind import (
     synth_image,
 )
 from sciffusion.plugins.mri.data import BlindPatchDataset, training_region
-from sciffusion.plugins.mri.degrade import degrade_profile, upsample
+from sciffusion.plugins.mri.degrade import PROFILES, SliceProfile, degrade_profile, upsample
 from tests.plugins.mri.helpers import phantom, tiny_config
 
 OFF = dict(p_noise=0.0, p_bias=0.0, p_gamma=0.0, scale_range=(1.0, 1.0), p_affine=0.0, p_elastic=0.0)
@@ -102,3 +102,17 @@ def test_degrade_profile_per_axis_profiles():
     x = np.random.default_rng(0).random((8, 8, 16)).astype(np.float32)
     out = degrade_profile(x, (1, 1, 4), (SliceProfile("gaussian"), SliceProfile("gaussian"), SliceProfile("box")))
     np.testing.assert_allclose(out, x.reshape(8, 8, 4, 4).mean(3), atol=1e-6)
+
+
+@pytest.mark.parametrize("profile", [SliceProfile("gaussian", fwhm=0.7), SliceProfile("box", width=1.2),
+                                     SliceProfile("box_gaussian", width=0.9, fwhm=0.4)])
+def test_adaptation_pairs_use_the_scans_profile_when_known(profile):
+    """Told the scan's profile, every adaptation pair is degraded by exactly it, without noise;
+    not told, the profiles vary over the blind family."""
+    from sciffusion.plugins.mri.adapt import adapt_family
+
+    rng = np.random.default_rng(0)
+    draws = [draw_acquisition(adapt_family(profile), rng) for _ in range(20)]
+    assert all(d.profiles == (profile,) * 3 and d.noise is None for d in draws)
+    blind = {draw_acquisition(adapt_family(None), rng).profiles[0] for _ in range(20)}
+    assert len(blind) == 20 and {p.kind for p in blind} == set(PROFILES)

@@ -251,7 +251,7 @@ def test_adaptation_of_a_conditioned_model_runs():
     (["--noise-sigma", "-1"], "error: --noise-sigma: expected auto, unknown or a number >= 0, got '-1'"),
     (["--noise-sigma", "loud"], "error: --noise-sigma: expected auto, unknown or a number >= 0, got 'loud'"),
     (["--slice-profile", "triangle"], "error: --slice-profile: unknown family 'triangle' in 'triangle'; "
-     "expected gaussian, box, box_gaussian or unknown"),
+     "expected gaussian, box, box_gaussian, auto or unknown"),
     (["--slice-profile", "gaussian:0"], "error: --slice-profile: 'gaussian:0' should be gaussian:FWHM with sizes "
      "in (0, 4] (units of the factor)"),
     (["--slice-profile", "box_gaussian:1"], "error: --slice-profile: 'box_gaussian:1' should be "
@@ -271,4 +271,6 @@ def test_conditioning_flags_reach_the_inference(monkeypatch):
     assert cli.main(["--device", "cpu", "--quiet", "--noise-sigma", "3.5", "--slice-profile", "gaussian:0.6"]) == 0
     assert seen["conditioning"] == Conditioning(3.5, SliceProfile("gaussian", fwhm=0.6))
     assert cli.main(["--device", "cpu", "--quiet", "--noise-sigma", "unknown"]) == 0
+    assert seen["conditioning"] == Conditioning(None, "auto")  # the slice profile defaults to auto
+    assert cli.main(["--device", "cpu", "--quiet", "--noise-sigma", "unknown", "--slice-profile", "unknown"]) == 0
     assert seen["conditioning"] == Conditioning(None, None)

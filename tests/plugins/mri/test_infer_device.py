@@ -122,11 +122,11 @@ def test_command_line_passes_the_gpu_settings(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(cli, "single", lambda args, say: seen.update(cli.inference_options(args)) or 0)
     assert cli.main(["--device", "cpu", "--quiet"]) == 0
-    blind_profile = Conditioning("auto", None)  # the defaults: noise estimated, slice profile unknown
-    assert seen == {"sw_batch_size": None, "precision": "auto", "conditioning": blind_profile, "consistency": True}
+    default_told = Conditioning("auto", "auto")  # the defaults: noise and (thick slices) profile estimated
+    assert seen == {"sw_batch_size": None, "precision": "auto", "conditioning": default_told, "consistency": True}
     assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "8", "--precision", "bf16",
                      "--data-consistency", "off"]) == 0
-    assert seen == {"sw_batch_size": 8, "precision": "bf16", "conditioning": blind_profile, "consistency": False}
+    assert seen == {"sw_batch_size": 8, "precision": "bf16", "conditioning": default_told, "consistency": False}
     assert cli.main(["--device", "cpu", "--quiet", "--sw-batch-size", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --sw-batch-size must be >= 1, got 0"
 
