@@ -78,3 +78,17 @@ def test_quick_mode_tables_each_setting_of_a_conditioned_model(tmp_path):
     assert "## 2x2x2, told known" in page and "## 2x2x2, told unknown" in page
     rows = [ln for ln in page.splitlines() if ln.startswith("| Gaussian") or ln.startswith("| box")]
     assert len(rows) == 12 and "nan" not in "\n".join(rows)
+
+
+def test_profile_estimate_benchmark_scores_against_the_truth(tmp_path):
+    """Quick mode (MNI152 at 2 mm, two profiles): the guess costs exactly 0 dB where it is the truth and
+    more than 0.1 dB where it is not, and there the estimate costs less than the guess."""
+    from benchmarks import mri_profile_estimate as B
+
+    page = B.main(["--quick", "--scales", "1,1,4", "--out", str(tmp_path)])
+    rows = [r for r in page.splitlines() if r.startswith("| gaussian:")]
+    assert len(rows) == 2
+    cells = {r.split(" | ")[0].strip("| "): r.strip("|").split(" | ") for r in rows}
+    assert cells["gaussian:1"][4].strip() == "+0.00"  # the guess is the truth here
+    assert float(cells["gaussian:0.6"][4]) < -0.1  # a wrong guess costs
+    assert float(cells["gaussian:0.6"][3]) > float(cells["gaussian:0.6"][4])  # the estimate costs less
