@@ -137,7 +137,8 @@ class Downscaler:
         """Ensemble of fine fields (member, T, C, H, W) in physical units from coarse (T, C, h, w).
 
         A member is z = B + m + s x0 in normalised units, with x0 drawn by the core sampler
-        conditioned on [B, m, s/<s>, sin(latitude)] (`sampling.sample_ensemble`).
+        conditioned on [B, m, s/<s>, sin(latitude)] (`sampling.sample_ensemble`); member k by
+        network k mod N of a model with N networks (`NetworkEnsemble`).
         `conserve`: every member's area-weighted block means equal the coarse fields (`match_coarse`);
         without it, members are the sampler's output (non-negative variables capped per cell by
         their block's total). Missing coarse cells are filled or reported (`fill_coarse`); cells
