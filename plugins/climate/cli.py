@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
     p.add_argument("--leave-out", type=int, default=None,
                    help="with --train: neighbouring times left out on each side of a training time's statistics "
                         "(default: 1 below 500,000 training times x cells, else 0)")
+    p.add_argument("--networks", type=int, default=None,
+                   help="with --train: networks trained independently (seeds seed, seed+1, ...) whose mixture is sampled "
+                        "(default: 4 below 500,000 training times x cells, else 1)")
     p.add_argument("--alignments", type=int, default=None,
                    help="with --train: coarse-block alignments in longitude per training time, 1..factor (default: factor)")
     p.add_argument("--lat-alignments", type=int, default=None,
@@ -96,7 +99,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Experi
         reference=a.reference, input=a.input, variables=tuple(v for v in a.variables.split(",") if v),
         factor=a.factor, members=a.members, steps=a.steps, conserve=a.conserve, checkpoint=a.checkpoint, train=a.train,
         train_steps=a.train_steps, batch_size=a.batch_size, loader_workers=a.loader_workers, widths=tuple(int(w) for w in a.widths.split(",")),
-        solar_channels=a.solar_channels, local_slope=a.local_slope, leave_out=a.leave_out, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
+        solar_channels=a.solar_channels, local_slope=a.local_slope, leave_out=a.leave_out, networks=a.networks, alignments=a.alignments, lat_alignments=a.lat_alignments, loss_weights=_pairs(a.loss_weights, p),
         crop=a.crop, coarse_gaps=a.coarse_gaps, holdout=a.holdout, mode=a.mode, gap_fraction=a.gap_fraction,
         infill_method=a.infill_method, gap_family=a.gap_family, seed=a.seed, device=a.device, precision=a.precision, out=a.out,
         quiet=a.quiet, time_chunk=a.time_chunk, workers=a.workers, scheduler=a.scheduler,

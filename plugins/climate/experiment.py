@@ -41,6 +41,7 @@ from sciffusion.plugins.climate.solar import has_clock_times
 SHIPPED = Path(__file__).parent / "checkpoints" / "era5_sample_x4.pt"
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "msl", "tp")
 SMALL_CELL_TIMES = 500_000   # --train: fewer training times x cells make a small training set
+SMALL_NETWORKS = 4           # networks trained on a small training set
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class ExperimentConfig(JsonConfig):
     solar_channels: bool = False
     local_slope: bool | None = None   # per-cell slopes of the residual on the bicubic fields; None: small data sets
     leave_out: int | None = None      # neighbours on each side left out of a training time's statistics; None: rule
+    networks: int | None = None       # independently trained networks whose mixture is sampled; None: rule
     alignments: int | None = None   # coarse-block alignments per training time; None: all `factor`
     lat_alignments: int | None = None   # the same in latitude; None: all `factor`
     loss_weights: tuple[tuple[str, float], ...] = ()
@@ -127,9 +129,10 @@ def model_config(cfg: ExperimentConfig, ds: xr.Dataset, variables: tuple[str, ..
     small = small_training_set(cfg, len(train_idx) * ds.sizes["latitude"] * ds.sizes["longitude"])
     local = small if cfg.local_slope is None else cfg.local_slope
     leave_out = int(small) if cfg.leave_out is None else cfg.leave_out
+    networks = (SMALL_NETWORKS if small else 1) if cfg.networks is None else cfg.networks
     return DownscaleConfig(variables=tuple(variables), factor=cfg.factor, widths=tuple(cfg.widths), source=source,
                            strip_height=min(40, n_rows // 4 * 4 or n_rows), solar_channels=solar, local_slope=local,
-                           leave_out=leave_out,
+                           leave_out=leave_out, networks=networks,
                            alignments=cfg.factor if cfg.alignments is None else cfg.alignments,
                            lat_alignments=lat_alignments,
                            loss_weights=_loss_weights(cfg.loss_weights, variables),
@@ -138,13 +141,16 @@ def model_config(cfg: ExperimentConfig, ds: xr.Dataset, variables: tuple[str, ..
 
 def small_training_set(cfg: ExperimentConfig, cell_times: int) -> bool:
     """True for fewer than SMALL_CELL_TIMES training times x grid cells, logged with what it sets:
-    the local slopes (unless --local-slope / --no-local-slope) and one neighbour left out on each
-    side of a training time's statistics (unless --leave-out)."""
+    the local slopes (unless --local-slope / --no-local-slope), one neighbour left out on each
+    side of a training time's statistics (unless --leave-out) and SMALL_NETWORKS networks (unless
+    --networks)."""
     small = cell_times < SMALL_CELL_TIMES
+    networks = (SMALL_NETWORKS if small else 1) if cfg.networks is None else cfg.networks
     _log(cfg, f"{'small' if small else 'large'} training set ({cell_times} training times x cells, "
               f"{'below' if small else 'at or above'} {SMALL_CELL_TIMES}): local slopes "
               f"{'on' if (small if cfg.local_slope is None else cfg.local_slope) else 'off'}, "
-              f"leave-out {int(small) if cfg.leave_out is None else cfg.leave_out}")
+              f"leave-out {int(small) if cfg.leave_out is None else cfg.leave_out}, "
+              f"{networks} network{'s' if networks > 1 else ''}")
     return small
 
 
@@ -152,7 +158,8 @@ def train_bundle(cfg: ExperimentConfig, ds: xr.Dataset, dcfg: DownscaleConfig, t
     """Train `dcfg` on the training times (checkpoints in `out`/train, resumable) and save the
     model to --checkpoint, or `out`/downscale.pt."""
     run_dir = Path(cfg.out) / "train"
-    _log(cfg, f"training {cfg.train_steps} steps on {len(train_idx)} times -> {run_dir}")
+    nets = f" for each of {dcfg.networks} networks" if dcfg.networks > 1 else ""
+    _log(cfg, f"training {cfg.train_steps} steps{nets} on {len(train_idx)} times -> {run_dir}")
     bundle = train(ds, dcfg, train_idx, run_dir, steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
                    progress=not cfg.quiet, device=cfg.device, checkpoint_every=max(cfg.train_steps // 5, 1),
                    num_workers=cfg.loader_workers)

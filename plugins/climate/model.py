@@ -146,3 +146,27 @@ class ClimateUNet(nn.Module):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
         return self.out(F.silu(self.out_norm(h)))
+
+
+class NetworkEnsemble(nn.ModuleList):
+    """N denoisers of one architecture, trained independently (their own seeds) on the same data.
+
+    Member k of a sampled ensemble is drawn with network k mod N, so the ensemble samples the
+    mixture (1/N) sum_n p_n(x | cond): its mean is the average of the networks' means, and where
+    the networks disagree (what a few training times leave undetermined) its spread widens.
+    It has no forward of its own; `networks` lists the members for the sampler."""
+
+    def __init__(self, nets: list[ClimateUNet]) -> None:
+        if not nets or len({n.cfg for n in nets}) != 1:
+            raise ValueError("a NetworkEnsemble needs one or more networks of the same UNetConfig")
+        super().__init__(nets)
+
+    @property
+    def cfg(self) -> UNetConfig:
+        """The shared architecture."""
+        return self[0].cfg
+
+
+def networks(model: nn.Module) -> list[nn.Module]:
+    """The denoisers of `model`: the members of a `NetworkEnsemble`, else [model]."""
+    return list(model) if isinstance(model, NetworkEnsemble) else [model]

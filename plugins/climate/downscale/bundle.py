@@ -18,7 +18,7 @@ from sciffusion.plugins.climate.grid import (
     scale_to_block_means,
 )
 from sciffusion.plugins.climate.io import check_grid
-from sciffusion.plugins.climate.model import ClimateUNet, UNetConfig
+from sciffusion.plugins.climate.model import ClimateUNet, NetworkEnsemble, UNetConfig
 from sciffusion.plugins.climate.normalise import Normaliser
 from sciffusion.plugins.climate.solar import has_clock_times
 
@@ -28,19 +28,26 @@ class Downscaler:
 
     It holds the config, the normaliser, the grids, the residual statistics (solar coefficients
     `coef` (C, P, H, W) of the mean, std `std` (C, H, W), which variables are `diurnal`), the
-    network and the cells never observed in training (`missing`, NaN in every output)."""
+    network (a `NetworkEnsemble` of `cfg.networks` of them when more than one) and the cells
+    never observed in training (`missing`, NaN in every output)."""
 
     def __init__(self, cfg: DownscaleConfig, norm: Normaliser, grids: Grids, coef: np.ndarray,
-                 std: np.ndarray, diurnal: np.ndarray, model: ClimateUNet | None = None,
+                 std: np.ndarray, diurnal: np.ndarray, model: ClimateUNet | NetworkEnsemble | None = None,
                  missing: np.ndarray | None = None) -> None:
         self.cfg, self.norm, self.grids = cfg, norm, grids
         # (C, H, W) cells never observed in the training times: NaN in every output
         self.missing = None if missing is None or not np.any(missing) else np.asarray(missing, bool)
         self.coef, self.std = coef.astype(np.float32), std.astype(np.float32)
         self.diurnal = np.asarray(diurnal, bool)
-        c = len(cfg.variables)
-        self.model = model if model is not None else ClimateUNet(
-            UNetConfig(c, n_condition_channels(cfg), cfg.widths, periodic=grids.periodic))
+        self.model = model if model is not None else self.new_model(cfg, grids.periodic)
+
+    @staticmethod
+    def new_model(cfg: DownscaleConfig, periodic: bool) -> ClimateUNet | NetworkEnsemble:
+        """A freshly initialised network of the config, or `cfg.networks` of them (`NetworkEnsemble`)."""
+        ucfg = UNetConfig(len(cfg.variables), n_condition_channels(cfg), cfg.widths, periodic=periodic)
+        if cfg.networks == 1:
+            return ClimateUNet(ucfg)
+        return NetworkEnsemble([ClimateUNet(ucfg) for _ in range(cfg.networks)])
 
     def process(self):
         """The diffusion process of the config's schedule and prediction."""
@@ -130,7 +137,8 @@ class Downscaler:
         """Ensemble of fine fields (member, T, C, H, W) in physical units from coarse (T, C, h, w).
 
         A member is z = B + m + s x0 in normalised units, with x0 drawn by the core sampler
-        conditioned on [B, m, s/<s>, sin(latitude)] (`sampling.sample_ensemble`).
+        conditioned on [B, m, s/<s>, sin(latitude)] (`sampling.sample_ensemble`); member k by
+        network k mod N of a model with N networks (`NetworkEnsemble`).
         `conserve`: every member's area-weighted block means equal the coarse fields (`match_coarse`);
         without it, members are the sampler's output (non-negative variables capped per cell by
         their block's total). Missing coarse cells are filled or reported (`fill_coarse`); cells

@@ -19,7 +19,7 @@ from sciffusion.core.train.checkpoint import read_torch_file
 from sciffusion.plugins.climate.downscale.config import DownscaleConfig
 from sciffusion.plugins.climate.downscale.grids import Grids
 from sciffusion.plugins.climate.io import ERA5_CREDIT
-from sciffusion.plugins.climate.model import ClimateUNet, UNetConfig
+from sciffusion.plugins.climate.model import ClimateUNet, NetworkEnsemble, UNetConfig
 from sciffusion.plugins.climate.normalise import Normaliser
 from sciffusion.plugins.climate.solar import N_FEATURES
 
@@ -78,7 +78,8 @@ def _residual_mean(state: dict) -> tuple[np.ndarray, np.ndarray]:
 def from_state(state: dict) -> dict:
     """The `Downscaler` constructor's arguments from a state dict (the network in eval mode, on the CPU)."""
     cfg = DownscaleConfig.from_dict(json.loads(state["config"]))
-    model = ClimateUNet(UNetConfig.from_dict(json.loads(state["unet"])))
+    ucfg = UNetConfig.from_dict(json.loads(state["unet"]))
+    model = ClimateUNet(ucfg) if cfg.networks == 1 else NetworkEnsemble([ClimateUNet(ucfg) for _ in range(cfg.networks)])
     model.load_state_dict(state["model"])
     model.eval()
     coef, diurnal = _residual_mean(state)

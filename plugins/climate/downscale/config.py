@@ -24,6 +24,7 @@ class DownscaleConfig(JsonConfig):
     solar_channels: bool = False
     local_slope: bool = False
     leave_out: int = 0
+    networks: int = 1
     alignments: int = 1
     lat_alignments: int = 1
     loss_weights: tuple[float, ...] = ()
@@ -46,6 +47,8 @@ class DownscaleConfig(JsonConfig):
                 raise ValueError(f"{name}={getattr(self, name)} must be between 1 and the factor {self.factor}")
         if self.leave_out < 0:
             raise ValueError(f"leave_out={self.leave_out} must be >= 0")
+        if self.networks < 1:
+            raise ValueError(f"networks={self.networks} must be >= 1")
         self.variable_weights()
 
 

@@ -6,7 +6,8 @@ a model with the local slopes) and s its standard deviation:
 
 1. `prepare`: fill missing coarse cells, compute B, m and the conditioning [B, m, s/<s>, sin(lat)];
 2. `noise_groups`: batches of (member, time) pairs, each batch with its generator;
-3. `draw`: the core sampler draws the standardised residual x0 of one batch, clamped to +-CLAMP;
+3. `draw`: the core sampler draws the standardised residual x0 of one batch, clamped to +-CLAMP
+   (member k with network k mod N of a `NetworkEnsemble`, `by_network`);
 4. `to_physical`: z = B + m + s x0, back to physical units, then the block means made equal to X
    (`Downscaler.match_coarse`), or non-negative cells capped by their block's total;
 5. `finish`: known cells (inpainting) put back, cells never observed in training set to NaN.
@@ -24,6 +25,7 @@ import torch
 from sciffusion.plugins.climate.downscale.config import condition
 from sciffusion.plugins.climate.downscale.statistics import local_features
 from sciffusion.plugins.climate.grid import block_upper_bound
+from sciffusion.plugins.climate.model import networks
 
 if TYPE_CHECKING:
     from sciffusion.plugins.climate.downscale.bundle import Downscaler
@@ -146,14 +148,22 @@ def sample_ensemble(bundle: Downscaler, coarse: np.ndarray, opts: SamplingOption
     """Ensemble (member, T, C, H, W) in physical units from coarse fields (T, C, h, w); the steps
     are in the module docstring, the arguments in `Downscaler.sample`."""
     dev = torch.device(opts.device or "cpu")
-    model, process = bundle.model.to(dev).eval(), bundle.process()
+    nets, process = networks(bundle.model.to(dev).eval()), bundle.process()
     prep = prepare(bundle, coarse, times, opts.coarse_gaps, known)
     out = np.empty((opts.members, *prep.b.shape), dtype=np.float32)
     groups = noise_groups(opts.members, prep.coarse.shape[0], opts.batch_size, opts.seed, opts.time_seeds, dev)
     for gen, chunk in groups:
-        ts = [t for _, t in chunk]
-        x = draw(model, process, prep, ts, gen, opts, dev, mask)
-        phys = to_physical(bundle, x, prep, ts, opts.conserve, inpainting=known is not None)
-        for j, (k, t) in enumerate(chunk):
-            out[k, t] = phys[j]
+        for n, part in by_network(chunk, len(nets)):
+            ts = [t for _, t in part]
+            x = draw(nets[n], process, prep, ts, gen, opts, dev, mask)
+            phys = to_physical(bundle, x, prep, ts, opts.conserve, inpainting=known is not None)
+            for j, (k, t) in enumerate(part):
+                out[k, t] = phys[j]
     return finish(bundle, out, known, mask)
+
+
+def by_network(chunk: list[tuple[int, int]], n_nets: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(network, jobs) pairs of a batch of (member, time) jobs: member k goes to network k mod N
+    (`NetworkEnsemble`), in the batch's order; one pair holding the whole batch for one network."""
+    parts = [(n, [job for job in chunk if job[0] % n_nets == n]) for n in range(n_nets)]
+    return [(n, jobs) for n, jobs in parts if jobs]

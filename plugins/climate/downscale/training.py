@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from sciffusion.plugins.climate.downscale.config import DownscaleConfig, n_condi
 from sciffusion.plugins.climate.downscale.dataset import ResidualStrips
 from sciffusion.plugins.climate.downscale.grids import Grids, alignments
 from sciffusion.plugins.climate.downscale.statistics import fit_residual_stats
+from sciffusion.plugins.climate.model import NetworkEnsemble
 from sciffusion.plugins.climate.normalise import fit_normaliser
 
 CACHE_BYTES = 2 << 30     # prepared training times kept in memory (x0, cond, w)
@@ -53,6 +55,8 @@ def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_di
           num_workers: int = 0, persistent_workers: bool = True, channels_last: bool = False) -> Downscaler:
     """Train with the core `Trainer` (EMA, atomic checkpoints, resume) and return the EMA bundle.
 
+    With `cfg.networks` N > 1, network n is trained as a run of seed `seed + n` would train it,
+    in `out_dir`/net{n}, and the bundle holds the N EMA networks (`NetworkEnsemble`).
     `num_workers` loader processes prepare the strips (each keeps its own cache of prepared times, for
     the whole run with `persistent_workers`); `channels_last` stores the UNet's convolutions as NHWC on
     CUDA (see `TrainConfig`).
@@ -61,12 +65,20 @@ def train(ds: xr.Dataset, cfg: DownscaleConfig, train_idx: Sequence[int], out_di
 
     torch.manual_seed(seed)
     bundle, data = build(ds, cfg, train_idx)
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", warmup_steps=min(100, steps // 10 + 1),
-                       min_lr_ratio=0.05, ema_half_life=max(steps / 20, 5), checkpoint_every=checkpoint_every,
-                       keep_last=2, log_every=20, seed=seed, out_dir=str(out_dir), device=device,
-                       num_workers=num_workers, persistent_workers=persistent_workers, channels_last=channels_last)
-    trainer = Trainer(bundle.model, bundle.process(), data, tcfg, loss_fn=weighted_loss, progress=progress)
-    trainer.fit(resume=True)
-    bundle.model = trainer.ema_model
-    bundle.model.eval()
+    nets = []
+    for n in range(cfg.networks):
+        model = bundle.model
+        if cfg.networks > 1:   # initialised as a one-network run of seed + n initialises its network
+            torch.manual_seed(seed + n)
+            model = Downscaler.new_model(replace(cfg, networks=1), bundle.grids.periodic)
+        run_dir = Path(out_dir) if cfg.networks == 1 else Path(out_dir) / f"net{n}"
+        tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine",
+                           warmup_steps=min(100, steps // 10 + 1), min_lr_ratio=0.05, ema_half_life=max(steps / 20, 5),
+                           checkpoint_every=checkpoint_every, keep_last=2, log_every=20, seed=seed + n,
+                           out_dir=str(run_dir), device=device, num_workers=num_workers,
+                           persistent_workers=persistent_workers, channels_last=channels_last)
+        trainer = Trainer(model, bundle.process(), data, tcfg, loss_fn=weighted_loss, progress=progress)
+        trainer.fit(resume=True)
+        nets.append(trainer.ema_model.eval())
+    bundle.model = nets[0] if cfg.networks == 1 else NetworkEnsemble(nets).eval()
     return bundle
