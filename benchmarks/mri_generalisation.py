@@ -145,7 +145,7 @@ def adapt_rows(model, hr: np.ndarray, crops, size: int, n_steps: int, cells: lis
         profile, snr = cell_list[k]
         lr, sigma = cell_lowres(hr, model.config.scale, profile, snr, seed=k)
         told = None if setting is None else cell_conditioning(setting, profile, sigma, lr, model.config.scale)
-        told_profile = None if told is None or isinstance(told.profile, str) else told.profile
+        told_profile = None if told is None else told.profile  # resolved: a SliceProfile or None
         plain = [score_crop(model, hr, lr, c, size, 1, 1, conditioning=told, consistency=told is not None)
                  for c in crops]
         secs = []
