@@ -29,7 +29,6 @@ from sciffusion.plugins.mri.degrade import (
 from sciffusion.plugins.mri.model import (
     SRConfig,
     SRDenoiser,
-    default_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
@@ -136,8 +135,10 @@ def _inputs(f=8, n=8, b=2):
     return torch.randn(b, f, n, n, n, generator=gen), torch.randn(b, f, n, n, n, generator=gen), torch.tensor([0.3, 1.0])
 
 
-def test_zero_initialised_conditioning_reproduces_the_shipped_model_exactly():
-    old = load_checkpoint(default_checkpoint((1, 1, 4)))  # the shipped unconditioned checkpoint
+def test_zero_initialised_conditioning_reproduces_an_unconditioned_model_exactly(tmp_path):
+    torch.manual_seed(0)
+    path = save_checkpoint(trained_like(SRDenoiser(tiny_config((1, 1, 4)))), tmp_path / "plain.pt")
+    old = load_checkpoint(path).eval()
     assert not old.config.conditioned and not hasattr(old, "degradation_embed")
     new = load_weights(SRDenoiser(conditioned(old.config)), old).eval()
     x, c, t = _inputs(f=4)
@@ -166,9 +167,15 @@ def test_conditioning_changes_the_output_once_its_layer_is_trained():
 
 
 def test_checkpoints_record_the_conditioning_and_old_ones_still_load(tmp_path):
-    blob = torch.load(default_checkpoint((1, 1, 4)), map_location="cpu", weights_only=True)
-    assert "conditioned" not in json.loads(blob["config"])  # written before conditioning existed
     torch.manual_seed(0)
+    plain = SRDenoiser(tiny_config())
+    blob = torch.load(save_checkpoint(plain, tmp_path / "plain.pt"), weights_only=True)
+    blob["config"] = json.dumps({k: v for k, v in json.loads(blob["config"]).items() if k != "conditioned"})
+    torch.save(blob, tmp_path / "old.pt")  # a checkpoint written before conditioning existed
+    old = load_checkpoint(tmp_path / "old.pt")
+    assert not old.config.conditioned
+    for k, v in plain.state_dict().items():
+        assert torch.equal(old.state_dict()[k], v)
     model = SRDenoiser(conditioned(tiny_config()))
     path = save_checkpoint(model, tmp_path / "cond.pt")
     assert json.loads(torch.load(path, weights_only=True)["config"])["conditioned"] is True
