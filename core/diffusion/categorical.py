@@ -10,10 +10,16 @@ DiGress, Vignac et al. 2023), and abar_t = alpha(t)^2 of a core `Schedule`. Thes
 compose: Q_{u|t} Q_{t|s} = Q_{u|s}, so q(x_t | x_0) = Cat(x_t; abar_t e_{x0} + (1 - abar_t) m).
 Row i of a matrix is the distribution of the next state given state i.
 
-Posterior (Bayes):  q(x_s | x_t, x_0) ∝ Q_{t|s}[x_s, x_t] * Qbar_s[x_0, x_s].
-Reverse model (D3PM's x0-parameterisation)::
+Posterior (Bayes):  q(x_s | x_t, x_0) = Q_{t|s}[x_s, x_t] Qbar_s[x_0, x_s] / Qbar_t[x_0, x_t].
+Reverse model (x0-parameterisation, DiGress): the posterior averaged over the denoiser's p_hat(x_0 | x_t)::
 
-    p(x_s | x_t) ∝ Q_{t|s}[x_s, x_t] * sum_k p_hat(x_0 = k | x_t) Qbar_s[k, x_s].
+    p(x_s | x_t) = sum_k q(x_s | x_t, x_0 = k) p_hat(x_0 = k | x_t)
+                 = Q_{t|s}[x_s, x_t] * sum_k w_k Qbar_s[k, x_s],   w_k = p_hat(x_0 = k | x_t) / Qbar_t[k, x_t].
+
+With the exact p(x_0 | x_t) this is the exact reverse marginal q(x_s | x_t), so a denoiser trained
+by cross-entropy on x_0 samples the data. Dropping the division by Qbar_t[k, x_t] (the unnormalised
+sum_k q(x_s, x_t | x_0 = k) p_hat(k)) counts the evidence of x_t twice: it favours x_0 = x_t, which
+keeps noisy states (for graphs: noisy bonds, hence over-valent atoms and fragments).
 
 ELBO terms (nats per element): prior KL(q(x_1|x_0) || m), diffusion KL(q(x_s|x_t,x_0) || p(x_s|x_t))
 per step, reconstruction -log p_hat(x_0 | x_{t_min}).
@@ -119,14 +125,19 @@ class CategoricalProcess:
 
     # ----- posterior and reverse step ---------------------------------------------------------
     def posterior_from_x0_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """p(x_s | x_t) ∝ Q_{t|s}[x_s, x_t] * (x0_probs Qbar_s)[x_s]; exact q(x_s | x_t, x_0) when
-        x0_probs is one-hot. Shapes: x_t (B, ...), x0_probs (B, ..., K) -> (B, ..., K) float64."""
+        """p(x_s | x_t) = sum_k q(x_s | x_t, x_0 = k) x0_probs[k], computed as
+        Q_{t|s}[x_s, x_t] * sum_k w_k Qbar_s[k, x_s] with w_k ∝ x0_probs[k] / Qbar_t[k, x_t]
+        (module docstring); exact q(x_s | x_t, x_0) when x0_probs is one-hot.
+        Shapes: x_t (B, ...), x0_probs (B, ..., K) -> (B, ..., K) float64."""
         onehot_t = torch.nn.functional.one_hot(x_t, self.num_classes).double()
+        m_xt = self.m.to(x_t.device)[x_t][..., None]
         a_ts = _per_example(self.keep(s, t), onehot_t)
-        m = self.m.to(x_t.device)
-        like = a_ts * onehot_t + (1 - a_ts) * m[x_t][..., None]        # Q_{t|s}[j, x_t] over j
-        prior_s = self.q_probs(x0_probs, s)                            # sum_k p0_k Qbar_s[k, j]
-        post = like * prior_s
+        like = a_ts * onehot_t + (1 - a_ts) * m_xt                     # Q_{t|s}[j, x_t] over j
+        abar_t = _per_example(self.abar(t), onehot_t)
+        evidence = abar_t * onehot_t + (1 - abar_t) * m_xt             # Qbar_t[k, x_t] over k
+        w = x0_probs.double() / evidence.clamp_min(_TINY)
+        w = w / w.sum(-1, keepdim=True).clamp_min(_TINY)
+        post = like * self.q_probs(w, s)                               # sum_k w_k Qbar_s[k, j]
         return post / post.sum(-1, keepdim=True).clamp_min(_TINY)
 
     def posterior(self, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:

@@ -96,6 +96,41 @@ def test_reverse_step_with_true_x0_follows_posterior():
     assert (freq - proc.posterior(x0[:1], xt[:1], s[:1], t[:1])[0]).abs().max() < 0.01
 
 
+DATA = torch.tensor([0.05, 0.6, 0.05, 0.25, 0.05], dtype=torch.float64)   # a data law unlike MARGINAL
+
+
+def _exact_x0_probs(proc, t):
+    """The exact denoiser of data law DATA: p(x_0 = k | x_t = i) ∝ DATA_k Qbar_t[k, i], (K_i, K_k)."""
+    joint = DATA[:, None] * proc.cumulative_matrix(t)[0]                 # (k, i)
+    return (joint / joint.sum(0, keepdim=True)).t()
+
+
+@pytest.mark.parametrize("proc", _procs(), ids=["uniform", "marginal"])
+def test_reverse_step_of_exact_denoiser_is_brute_force_reverse_marginal(proc):
+    # p(x_s | x_t) built from the exact p(x_0 | x_t) must equal q(x_s | x_t) by Bayes over (x_0, x_s):
+    # q(x_s = j | x_t = i) ∝ sum_k DATA_k Qbar_s[k, j] Q_{t|s}[j, i].
+    for s_, t_ in ((0.2, 0.3), (0.05, 0.5), (0.6, 0.9)):
+        s, t = torch.tensor([s_], dtype=torch.float64), torch.tensor([t_], dtype=torch.float64)
+        xt = torch.arange(K)
+        model = proc.posterior_from_x0_probs(xt[None], _exact_x0_probs(proc, t)[None], s, t)[0]   # (i, j)
+        joint = (DATA @ proc.cumulative_matrix(s)[0])[:, None] * proc.matrix(s, t)[0]           # (j, i)
+        torch.testing.assert_close(model, (joint / joint.sum(0, keepdim=True)).t(), atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("proc", _procs(), ids=["uniform", "marginal"])
+def test_ancestral_chain_of_exact_denoiser_recovers_the_data_law(proc):
+    # Propagate the law of x_t exactly through 20 reverse steps from the true law at t = 1:
+    # law_s(j) = sum_i law_t(i) p(x_s = j | x_t = i). An exact denoiser must give DATA at t = 0.
+    steps = 20
+    law = DATA @ proc.cumulative_matrix(torch.ones(1, dtype=torch.float64))[0]
+    for i in range(steps, 0, -1):
+        s = torch.tensor([(i - 1) / steps], dtype=torch.float64)
+        t = torch.tensor([i / steps], dtype=torch.float64)
+        step = proc.posterior_from_x0_probs(torch.arange(K)[None], _exact_x0_probs(proc, t)[None], s, t)[0]
+        law = law @ step
+    torch.testing.assert_close(law, DATA, atol=1e-9, rtol=1e-7)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="transition"):
         CategoricalProcess("cosine", K, "absorbing")
