@@ -131,10 +131,14 @@ class CategoricalProcess:
         Shapes: x_t (B, ...), x0_probs (B, ..., K) -> (B, ..., K) float64."""
         onehot_t = torch.nn.functional.one_hot(x_t, self.num_classes).double()
         m_xt = self.m.to(x_t.device)[x_t][..., None]
-        a_ts = _per_example(self.keep(s, t), onehot_t)
-        like = a_ts * onehot_t + (1 - a_ts) * m_xt                     # Q_{t|s}[j, x_t] over j
-        abar_t = _per_example(self.abar(t), onehot_t)
-        evidence = abar_t * onehot_t + (1 - abar_t) * m_xt             # Qbar_t[k, x_t] over k
+
+        def column_xt(a: Tensor) -> Tensor:
+            """Column x_t of a I + (1 - a) 1 m^T, over the row index."""
+            a = _per_example(a, onehot_t)
+            return a * onehot_t + (1 - a) * m_xt
+
+        like = column_xt(self.keep(s, t))                              # Q_{t|s}[j, x_t] over j
+        evidence = column_xt(self.abar(t))                             # Qbar_t[k, x_t] over k
         w = x0_probs.double() / evidence.clamp_min(_TINY)
         w = w / w.sum(-1, keepdim=True).clamp_min(_TINY)
         post = like * self.q_probs(w, s)                               # sum_k w_k Qbar_s[k, j]
