@@ -103,9 +103,13 @@ SCHEDULE_FREE = ("geometric", "uniform")
 
 
 def time_grid(
-    schedule: Schedule | None, steps: int, kind: str = "uniform", t_max: float = 1.0, t_min: float = 0.0
+    schedule: Schedule | None, steps: int, kind: str = "uniform", t_max: float = 1.0, t_min: float = 0.0,
+    power: float | None = None,
 ) -> Tensor:
     """A strictly decreasing float64 grid of `steps + 1` times from `t_max` to `t_min`.
+
+    `power` is the exponent of the `angle` grid (default `ANGLE_POWER`; larger puts more steps at
+    small noise); other grids take none.
 
     With a VP `schedule`, times lie in [0, 1]; with `schedule=None` (the spacings in `SCHEDULE_FREE`), any
     `0 <= t_min < t_max` (`geometric` needs `t_min > 0`).
@@ -125,13 +129,16 @@ def time_grid(
         raise ValueError(f"need 0 <= t_min < t_max{bound}, got t_min={t_min}, t_max={t_max}")
     if kind == "geometric" and t_min <= 0.0:
         raise ValueError(f"the geometric grid needs t_min > 0, got t_min={t_min}")
-    return _cached_grid(schedule, steps, kind, float(t_max), float(t_min)).clone()
+    if power is not None and (kind != "angle" or not power > 0):
+        raise ValueError(f"power must be a positive exponent of the angle grid, got power={power} with the {kind} grid")
+    return _cached_grid(schedule, steps, kind, float(t_max), float(t_min), power).clone()
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_grid(schedule: Schedule | None, steps: int, kind: str, t_max: float, t_min: float) -> Tensor:
+def _cached_grid(schedule: Schedule | None, steps: int, kind: str, t_max: float, t_min: float,
+                 power: float | None = None) -> Tensor:
     """Grids are pure functions of their arguments: build each once (the log-SNR ones invert by bisection)."""
-    ts = GRIDS[kind](schedule, steps, t_max, t_min)
+    ts = GRIDS[kind](schedule, steps, t_max, t_min) if power is None else _angle(schedule, steps, t_max, t_min, power)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"the {kind} grid with {steps} steps on [{t_min}, {t_max}] is not strictly decreasing")
     return ts

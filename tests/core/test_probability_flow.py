@@ -15,7 +15,7 @@ from sciffusion.core.diffusion.samplers import (
     noise_source,
     step_intervals,
 )
-from sciffusion.core.grids import time_grid
+from sciffusion.core.grids import ANGLE_POWER, time_grid
 from sciffusion.core.probability_flow import (
     divergence,
     flow_log_likelihood,
@@ -78,6 +78,23 @@ def test_time_grid_serves_both_time_axes():
         time_grid(None, 4, "angle")
     with pytest.raises(ValueError, match=r"need 0 <= t_min < t_max <= 1"):
         time_grid(get_schedule("cosine"), 4, "uniform", t_max=2.0)
+
+
+def test_angle_grid_spaces_the_vp_angle_by_its_power():
+    """phi(t_i) = phi(t_min) + (phi(t_max) - phi(t_min)) u_i^p with u_i = 1 - i / N, phi = atan(sigma / alpha)."""
+    sched = get_schedule("linear")
+    for power in (1.0, 1.5, 3.0):
+        ts = time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05, power=power)
+        phi = torch.atan(torch.exp(-0.5 * sched.log_snr_fn(ts)))
+        u = torch.linspace(1.0, 0.0, 9, dtype=F64)
+        assert torch.allclose(phi, phi[-1] + (phi[0] - phi[-1]) * u**power, atol=1e-9)
+    default = time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05)
+    assert torch.equal(default, time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05, power=ANGLE_POWER))
+    assert not torch.equal(default, time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05, power=2.0))
+    with pytest.raises(ValueError, match="power must be a positive exponent of the angle grid"):
+        time_grid(sched, 8, "uniform", power=2.0)
+    with pytest.raises(ValueError, match="power must be a positive exponent"):
+        time_grid(sched, 8, "angle", power=0.0)
 
 
 def test_run_chain_reports_the_first_bad_step_after_the_loop():
