@@ -148,17 +148,33 @@ def spectral_features(A: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return node, torch.cat([comps[:, None], vals], -1) / N
 
 
+def _fold_max(h: Tensor) -> Tensor:
+    """max over axis 1 of (B, R, C) by pairwise maxima of halves (log2 R elementwise passes; on a CPU
+    several times faster than `amax(1)`, which reduces across the slow axis)."""
+    while h.shape[1] > 1:
+        half = h.shape[1] // 2
+        top = torch.maximum(h[:, :half], h[:, half:2 * half])
+        h = torch.cat([top, h[:, 2 * half:]], 1) if h.shape[1] % 2 else top
+    return h[:, 0]
+
+
 def _pool(h: Tensor, mask: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Masked mean, min, max and std of h over `dims` (PNA-style), concatenated on the last axis."""
-    m = mask.to(h.dtype)
-    count = m.sum(dims).clamp_min(1)
-    mean = (h * m).sum(dims) / count
+    """Masked mean, min, max and std of h over `dims` (PNA-style), concatenated on the last axis.
+
+    `dims` are consecutive axes after the batch axis; `mask` broadcasts against h with a
+    trailing axis of size 1."""
+    B, C = h.shape[0], h.shape[-1]
+    flat = h.reshape(B, -1, C)
+    m = mask.to(h.dtype).reshape(B, -1, 1)
+    count = m.sum(1).clamp_min(1)
+    mean = (flat * m).sum(1) / count
     big = torch.finfo(h.dtype).max / 4
-    mn = h.masked_fill(m == 0, big).amin(dims)
-    mx = h.masked_fill(m == 0, -big).amax(dims)
-    empty = (m.sum(dims) == 0)
+    pad = m == 0
+    mx = _fold_max(flat.masked_fill(pad, -big))
+    mn = -_fold_max((-flat).masked_fill(pad, -big))
+    empty = (m.sum(1) == 0)
     mn, mx = mn.masked_fill(empty, 0.0), mx.masked_fill(empty, 0.0)
-    var = (((h - mean.reshape(mean.shape[0], *([1] * len(dims)), -1)) ** 2) * m).sum(dims) / count
+    var = (((flat - mean[:, None, :]) ** 2) * m).sum(1) / count
     return torch.cat([mean, mn, mx, (var.clamp_min(0) + 1e-6).sqrt()], -1)
 
 
@@ -181,13 +197,13 @@ class XEyLayer(nn.Module):
         self.y_y = nn.Linear(dy, dy)
         self.x_y = nn.Linear(4 * dx, dy)
         self.e_y = nn.Linear(4 * de, dy)
-        self.y_out = nn.Sequential(nn.Linear(dy, dy), nn.ReLU(), nn.Linear(dy, dy))
+        self.y_out = nn.Sequential(nn.Linear(dy, dy), nn.ReLU(inplace=True), nn.Linear(dy, dy))
         self.norm_x1, self.norm_x2 = nn.LayerNorm(dx), nn.LayerNorm(dx)
         self.norm_e1, self.norm_e2 = nn.LayerNorm(de), nn.LayerNorm(de)
         self.norm_y1, self.norm_y2 = nn.LayerNorm(dy), nn.LayerNorm(dy)
-        self.ff_x = nn.Sequential(nn.Linear(dx, cfg.ff_x), nn.ReLU(), nn.Linear(cfg.ff_x, dx))
-        self.ff_e = nn.Sequential(nn.Linear(de, cfg.ff_e), nn.ReLU(), nn.Linear(cfg.ff_e, de))
-        self.ff_y = nn.Sequential(nn.Linear(dy, cfg.ff_y), nn.ReLU(), nn.Linear(cfg.ff_y, dy))
+        self.ff_x = nn.Sequential(nn.Linear(dx, cfg.ff_x), nn.ReLU(inplace=True), nn.Linear(cfg.ff_x, dx))
+        self.ff_e = nn.Sequential(nn.Linear(de, cfg.ff_e), nn.ReLU(inplace=True), nn.Linear(cfg.ff_e, de))
+        self.ff_y = nn.Sequential(nn.Linear(dy, cfg.ff_y), nn.ReLU(inplace=True), nn.Linear(cfg.ff_y, dy))
 
     def forward(self, X: Tensor, E: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         xm = mask[..., None].to(X.dtype)
@@ -219,7 +235,9 @@ class XEyLayer(nn.Module):
         if self.per_feature:
             S = (q.reshape(B, N, 1, dx) * k.reshape(B, 1, N, dx)) / math.sqrt(self.dh)
         else:
-            S = torch.einsum("bihd,bjhd->bijh", q, k) / math.sqrt(self.dh)
+            qh = q.transpose(1, 2).reshape(B * self.heads, N, self.dh)
+            kh = k.permute(0, 2, 3, 1).reshape(B * self.heads, self.dh, N)
+            S = torch.bmm(qh, kh).view(B, self.heads, N, N).permute(0, 2, 3, 1) / math.sqrt(self.dh)
         return S, v
 
     def _attend(self, att: Tensor, v: Tensor) -> Tensor:
@@ -240,12 +258,12 @@ class GraphTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, in_x: int, in_e: int, in_y: int, out_x: int, out_e: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.in_x = nn.Sequential(nn.Linear(in_x, cfg.dx), nn.ReLU(), nn.Linear(cfg.dx, cfg.dx))
-        self.in_e = nn.Sequential(nn.Linear(in_e, cfg.de), nn.ReLU(), nn.Linear(cfg.de, cfg.de))
-        self.in_y = nn.Sequential(nn.Linear(in_y, cfg.dy), nn.ReLU(), nn.Linear(cfg.dy, cfg.dy))
+        self.in_x = nn.Sequential(nn.Linear(in_x, cfg.dx), nn.ReLU(inplace=True), nn.Linear(cfg.dx, cfg.dx))
+        self.in_e = nn.Sequential(nn.Linear(in_e, cfg.de), nn.ReLU(inplace=True), nn.Linear(cfg.de, cfg.de))
+        self.in_y = nn.Sequential(nn.Linear(in_y, cfg.dy), nn.ReLU(inplace=True), nn.Linear(cfg.dy, cfg.dy))
         self.layers = nn.ModuleList(XEyLayer(cfg) for _ in range(cfg.layers))
-        self.out_x = nn.Sequential(nn.Linear(cfg.dx, cfg.dx), nn.ReLU(), nn.Linear(cfg.dx, out_x))
-        self.out_e = nn.Sequential(nn.Linear(cfg.de, cfg.de), nn.ReLU(), nn.Linear(cfg.de, out_e))
+        self.out_x = nn.Sequential(nn.Linear(cfg.dx, cfg.dx), nn.ReLU(inplace=True), nn.Linear(cfg.dx, out_x))
+        self.out_e = nn.Sequential(nn.Linear(cfg.de, cfg.de), nn.ReLU(inplace=True), nn.Linear(cfg.de, out_e))
 
     def forward(self, X: Tensor, E: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         em = (mask[:, :, None] & mask[:, None, :])[..., None].to(X.dtype)
