@@ -16,7 +16,7 @@ features `sciffusion.core.diffusion.sample_quality` gives
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -105,25 +105,29 @@ def read_smiles_column(path: str | Path) -> list[str]:
 def reference_scores(
     generated_smiles: Sequence[str], reference: str, max_atoms: int | None,
     device: str | torch.device = "cpu", floor: bool = True, seed: int = 0,
+    split_smiles: Callable[[str], list[str]] | None = None,
 ) -> dict:
     """The `distribution` entry of a generation's metrics.json.
 
     `reference` is "qm9" (the QM9 test split at `max_atoms`, split seed `seed`) or a SMILES file. With
     "qm9" and `floor`, `floor` holds the same scores for as many training-split molecules (a seeded
-    draw) against the test split: what a sampler of the training distribution reaches. Too few valid
+    draw) against the test split: what a sampler of the training distribution reaches. The splits
+    are the EGNN data's (`qm9_split_smiles`) unless `split_smiles(name)` gives the model's own
+    ("train", "test"); a model must be scored against molecules it was not trained on. Too few valid
     generated molecules give `{"skipped": reason}` instead of scores.
     """
+    splits = split_smiles or (lambda name: qm9_split_smiles(name, max_atoms, seed))
     gen = canonical_set(generated_smiles)
     if len(gen) < MIN_MOLECULES:
         return {"skipped": f"{len(gen)} valid generated molecules; the k-NN scores need {MIN_MOLECULES}"}
     if reference == "qm9":
-        ref = qm9_split_smiles("test", max_atoms, seed)
+        ref = splits("test")
         name = f"QM9 test split (<= {max_atoms} atoms, seed {seed})" if max_atoms else f"QM9 test split (seed {seed})"
     else:
         ref, name = read_smiles_column(reference), str(reference)
     out = {"reference": name, **distribution_metrics(gen, ref, device=device)}
     if reference == "qm9" and floor:
-        train = qm9_split_smiles("train", max_atoms, seed)
+        train = splits("train")
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(gen)]
         out["floor"] = distribution_metrics([train[i] for i in pick.tolist()], ref, device=device)
     return out

@@ -230,6 +230,15 @@ def qm9_graph_split(seed: int = 0) -> dict[str, list[Data]]:
     return {k: [data[i] for i in v.tolist()] for k, v in idx.items()}
 
 
+def qm9_graph_split_smiles(name: str, seed: int = 0) -> list[str]:
+    """SMILES of one part ("train", "val", "test") of `qm9_graph_split(seed)`: the molecules a graph
+    model trained on QM9 did or did not see."""
+    split = qm9_graph_split(seed)
+    if name not in split:
+        raise ValueError(f"split must be one of {sorted(split)}, got {name!r}")
+    return [d.smiles for d in split[name]]
+
+
 # ----------------------------------------------------------------------------- dense batches
 @dataclass
 class DenseGraphs:
