@@ -32,7 +32,7 @@ a table of metrics.
 
 # per model: training batch size and learning rate, sampling steps, largest molecule (graph: heavy atoms)
 DEFAULTS = {
-    "graph": {"batch_size": 128, "lr": 5e-4, "steps": 100, "max_atoms": 9},
+    "graph": {"batch_size": 128, "lr": 5e-4, "steps": 40, "max_atoms": 9},
     "egnn": {"batch_size": 64, "lr": 5e-4, "steps": 200, "max_atoms": 29},
 }
 # options that count something, and their smallest allowed value (None: not given, default applies)
@@ -47,7 +47,10 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
                    help="graph: discrete diffusion of molecular graphs (default); egnn: 3-D E(3) diffusion")
     p.add_argument("--n", type=int, default=100, help="number of molecules to sample (default 100)")
     p.add_argument("--checkpoint", default=None, help="model .pt (default: the shipped QM9 model)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: graph 100, egnn 200)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: graph 40, egnn 200)")
+    p.add_argument("--grid-power", type=float, default=None,
+                   help="graph model: exponent of the sampling grid, t spaced as u^power (default 5: most "
+                        "steps near t = 0; 1 is about equal steps)")
     p.add_argument("--property", default=None,
                    help="graph model: condition on this property (e.g. logp); with --train, the properties "
                         "to learn (comma-separated, 'none' for an unconditional model; default logp)")
@@ -64,9 +67,9 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", default="./mol_generate_out")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (default 1: small graphs gain nothing from more, and "
-                        "on a shared machine extra threads wait on each other)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's own choice, one per core; pass 1 on a "
+                        "machine shared with other jobs)")
     p.add_argument("--score", metavar="SDF", help="score the molecules of an SDF file and exit")
     p.add_argument("--train", action="store_true", help="train a new model on --data")
     p.add_argument("--data", default="qm9", help="'qm9' or a SMILES/SDF/XYZ file (with --train)")
@@ -84,6 +87,8 @@ def _add_scoring_and_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=None, help="default: graph 128, egnn 64")
     p.add_argument("--lr", type=float, default=None, help="default 5e-4")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"],
+                   help="graph model: the rate after the warm-up (default constant; cosine and linear decay to 0)")
     p.add_argument("--max-atoms", type=int, default=None, help="default: graph 9 (heavy atoms), egnn 29")
     p.add_argument("--type-mode", default="continuous", choices=["continuous", "categorical"])
     p.add_argument("--prediction", default="x0", choices=["x0", "eps"])
@@ -137,7 +142,8 @@ def _train_graph(args) -> int:
     net = TransformerConfig.scaled(args.hidden, args.edge_hidden, args.layers)
     train_graph_model(args.data, args.out, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                       net=net, seed=args.seed, device=args.device, progress=not args.quiet,
-                      max_atoms=args.max_atoms or DEFAULTS["graph"]["max_atoms"], properties=props, log=lambda m: print(m, file=sys.stderr))
+                      max_atoms=args.max_atoms or DEFAULTS["graph"]["max_atoms"], properties=props,
+                      log=lambda m: print(m, file=sys.stderr), init=args.init, lr_schedule=args.lr_schedule)
     _say(args, f"model written to {Path(args.out) / 'model.pt'}")
     return 0
 
@@ -190,14 +196,18 @@ def _train_egnn(args) -> int:
 
 
 def _generate_graph(args) -> int:
+    from sciffusion.plugins.molecules.graph_diffusion import GRID_POWER
     from sciffusion.plugins.molecules.graph_pipeline import generate_to_dir
 
     steps = args.steps or DEFAULTS["graph"]["steps"]
-    _say(args, f"sampling {args.n} molecules with the graph model ({steps} steps)")
+    power = GRID_POWER if args.grid_power is None else args.grid_power
+    if not power > 0:
+        raise ValueError(f"--grid-power must be a positive exponent, got {args.grid_power}")
+    _say(args, f"sampling {args.n} molecules with the graph model ({steps} steps, grid power {power:g})")
     gen, table = generate_to_dir(args.checkpoint, args.out, args.n, steps, args.seed, args.size, args.property,
                                  args.target, args.guidance, args.device, progress=not args.quiet,
                                  config={"args": vars(args)}, final=args.final,
-                                 reference=args.reference or "none")
+                                 reference=args.reference or "none", grid_power=power)
     _say(args, table)
     _say(args, f"{len(gen.graphs)} molecules in {gen.seconds:.1f} s ({gen.throughput:.1f} molecules/s); "
                f"files in {args.out}")
@@ -207,8 +217,8 @@ def _generate_graph(args) -> int:
 def _generate(args) -> int:
     if args.model == "graph":
         return _generate_graph(args)
-    if args.property or args.guidance:
-        raise ValueError("--property/--target/--guidance need the graph model (--model graph)")
+    if args.property or args.guidance or args.grid_power is not None:
+        raise ValueError("--property/--target/--guidance/--grid-power need the graph model (--model graph)")
     args.steps = args.steps or DEFAULTS["egnn"]["steps"]
     from sciffusion.plugins.molecules.generate import (
         DEFAULT_CHECKPOINT,
@@ -265,7 +275,7 @@ def check_counts(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None, prog: str = "sciffusion-mol-generate") -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message).
 
-    As a program it sets torch's CPU threads (`--threads`, default 1); library calls never do.
+    As a program it sets torch's CPU threads when `--threads` is given; library calls never do.
     """
     import torch
 
@@ -274,7 +284,8 @@ def main(argv: list[str] | None = None, prog: str = "sciffusion-mol-generate") -
     args = build_parser(prog).parse_args(argv)
     try:
         check_counts(args)
-        torch.set_num_threads(args.threads)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         args.device = str(resolve_device(args.device))
         _say(args, f"device: {args.device}")
         if args.score:

@@ -15,7 +15,8 @@ a "given" flag each; in training each property is hidden independently with prob
     log p_w(x_0 | x_t, c) = (1 + w) log p_hat(x_0 | x_t, c) - w log p_hat(x_0 | x_t, {}) + const.
 
 Sampling draws the sizes n (from the training histogram or given), X_1, E_1 from the marginals,
-then takes any number of reverse steps x_s ~ sum p(x_s | x_t) with the D3PM x0-parameterisation.
+then takes any number of reverse steps x_s ~ sum_k q(x_s | x_t, x_0 = k) p_hat(k | x_t) (DiGress) on a
+grid that is denser near t = 0 (`GraphDiffusion.time_grid`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sciffusion.core import rng
 from sciffusion.core.config import JsonConfig
 from sciffusion.core.diffusion.categorical import CategoricalProcess, JointCategoricalProcess
 from sciffusion.core.diffusion.schedules import get_schedule
+from sciffusion.core.grids import time_grid as core_time_grid
 from sciffusion.core.train.checkpoint import CheckpointError, atomic_torch_save, read_torch_file
 
 from .data import MolInputError
@@ -47,6 +49,8 @@ from .graph_model import (
 )
 
 MODEL_KIND = "graph"
+GRID_POWER = 5.0  # exponent of the sampling grid (`GraphDiffusion.time_grid`)
+DEFAULT_STEPS = 40  # reverse steps of `GraphDiffusion.sample` and the pipeline
 
 
 @dataclass
@@ -200,19 +204,29 @@ class GraphDiffusion(nn.Module):
         mix = lambda z: (1 + guidance) * z[:B].log_softmax(-1) - guidance * z[B:].log_softmax(-1)  # noqa: E731
         return mix(lx), mix(le)
 
+    def time_grid(self, steps: int, power: float = GRID_POWER) -> Tensor:
+        """The sampling grid t_0 = 1 > t_1 > ... > t_steps = 0: equal steps in u, with the VP angle
+        phi(t) = atan(sigma_t / alpha_t) = phi(1) u^power (core's `angle` grid). power = 1 is about
+        the uniform grid of the cosine schedule; power > 1 spends more steps near t = 0. Each reverse step
+        draws every atom and bond independently given x_t, so a long step can change two bonds of
+        one atom at once; near t = 0, where the last bonds settle, short steps keep valences
+        consistent (on QM9, 50 steps at power 1.5 are as valid as 100 equal ones or more)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return core_time_grid(get_schedule(self.cfg.schedule), steps, "angle", power=power)
+
     @torch.no_grad()
-    def sample(self, sizes: Tensor, steps: int = 100, generator: torch.Generator | None = None,
+    def sample(self, sizes: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
                targets: dict[str, float] | None = None, guidance: float = 0.0,
-               progress: bool = False, final: str = "argmax") -> DenseGraphs:
-        """Ancestral sampling of len(sizes) graphs on the grid t_i = i / steps, i = steps .. 1.
+               progress: bool = False, final: str = "argmax", grid_power: float = GRID_POWER) -> DenseGraphs:
+        """Ancestral sampling of len(sizes) graphs on `time_grid(steps, grid_power)`.
 
         final="sample" draws the last step like the others; final="argmax" returns the most
         probable clean graph argmax p_hat(x_0 | x_{t_1}) instead (the discrete counterpart of
         returning the denoised mean at the end of Gaussian sampling)."""
         if final not in ("sample", "argmax"):
             raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        ts = self.time_grid(steps, grid_power).tolist()
         dev = self.node_marginal.device
         sizes = torch.as_tensor(sizes, dtype=torch.long)
         if len(sizes) and (int(sizes.max()) > self.cfg.max_atoms or int(sizes.min()) < 1):
@@ -225,11 +239,11 @@ class GraphDiffusion(nn.Module):
                  "E": torch.zeros(B, N, N, dtype=torch.long, device=dev)}
         x = proc.sample_prior(zeros, masks, generator)
         cond, given = self.cond_tensors(targets, B)
-        for i in tqdm(range(steps, 0, -1), disable=not progress, leave=False, desc="sampling"):
-            t = torch.full((B,), i / steps, dtype=torch.float64, device=dev)
-            s = torch.full((B,), (i - 1) / steps, dtype=torch.float64, device=dev)
+        for i in tqdm(range(steps), disable=not progress, leave=False, desc="sampling"):
+            t = torch.full((B,), ts[i], dtype=torch.float64, device=dev)
+            s = torch.full((B,), ts[i + 1], dtype=torch.float64, device=dev)
             lx, le = self._logits(x["X"], x["E"], t, mask, cond, given, guidance)
-            if i == 1 and final == "argmax":
+            if i == steps - 1 and final == "argmax":
                 x = {"X": torch.where(mask, lx.argmax(-1), x["X"]),
                      "E": torch.where(masks["E"] & ~torch.eye(N, dtype=torch.bool, device=dev), le.argmax(-1), x["E"])}
                 break

@@ -2,7 +2,7 @@
 
     splits, skipped = load_graph_data("qm9")                    # or a SMILES file
     model = train_graph_model("qm9", "runs/graph", steps=20000)  # core Trainer, resumable
-    gen = generate_graphs(model, 1000, steps=100, targets={"logp": 1.0}, guidance=1.0)
+    gen = generate_graphs(model, 1000, targets={"logp": 1.0}, guidance=1.0)
     write_graph_outputs(gen, "out/", config)
 """
 
@@ -29,10 +29,18 @@ from .graph_data import (
     dense_to_graphs,
     graph_to_mol,
     qm9_graph_split,
+    qm9_graph_split_smiles,
     read_smiles_file,
     sanitized,
 )
-from .graph_diffusion import GraphDiffusion, GraphDiffusionConfig, train_graph
+from .graph_diffusion import (
+    DEFAULT_STEPS,
+    GRID_POWER,
+    GraphDiffusion,
+    GraphDiffusionConfig,
+    load_graph_model,
+    train_graph,
+)
 from .graph_model import TransformerConfig
 
 
@@ -60,24 +68,30 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
                       lr: float = 3e-4, net: TransformerConfig | None = None, seed: int = 0,
                       checkpoint_every: int = 200, device: str | None = None, progress: bool = True,
                       max_atoms: int = 9, properties: Sequence[str] = ("logp",), log=print,
-                      spectral: bool = False) -> GraphDiffusion:
-    """Train a graph model on `source` with core's Trainer (constant rate after a warm-up, EMA
+                      spectral: bool = False, init: str | Path | None = None,
+                      lr_schedule: str = "constant") -> GraphDiffusion:
+    """Train a graph model on `source` with core's Trainer (`lr_schedule` after a warm-up, EMA
     0.998), conditioned on `properties` (() for an unconditional model); resumes from the newest
     checkpoint in `out_dir`. `spectral` adds the connectivity and Laplacian features of the noisy
-    graph (`graph_model.spectral_features`). Returns the EMA model."""
+    graph (`graph_model.spectral_features`). `init`: start from this saved graph model (its
+    configuration wins over `net`, `properties`, `spectral` and `max_atoms`), e.g. to continue a
+    finished run with a decaying rate. Returns the EMA model."""
     from sciffusion.core.train.trainer import TrainConfig
 
     unknown = [p for p in properties if p not in PROPERTIES]
     if unknown:
         raise MolInputError(f"unknown property {unknown[0]!r}; known: {', '.join(sorted(PROPERTIES))}")
+    start = load_graph_model(init).train() if init is not None else None
+    if start is not None:
+        max_atoms, properties = start.cfg.max_atoms, start.cfg.properties
     splits, report = load_graph_data(source, max_atoms, seed, properties)
     for line in report.lines():
         log(line)
     train = splits["train"]
     log(f"training on {len(train)} graphs ({source}, split seed {seed})")
-    model = GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, properties=tuple(properties),
-                                                spectral=spectral, net=net or TransformerConfig()))
-    cfg = TrainConfig(steps=steps, batch_size=min(batch_size, len(train)), lr=lr, lr_schedule="constant",
+    model = start or GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, properties=tuple(properties),
+                                                         spectral=spectral, net=net or TransformerConfig()))
+    cfg = TrainConfig(steps=steps, batch_size=min(batch_size, len(train)), lr=lr, lr_schedule=lr_schedule,
                       warmup_steps=min(300, steps // 10), ema_decay=0.998, checkpoint_every=checkpoint_every,
                       keep_last=3, log_every=20, seed=seed, out_dir=str(out_dir), device=device)
     return train_graph(model, train, cfg, progress=progress)
@@ -97,11 +111,12 @@ class GraphGeneration(SamplingRate):
     extra: dict = dc_field(default_factory=dict)
 
 
-def sample_graphs(model: GraphDiffusion, n: int, steps: int = 100, seed: int = 0, size: int | None = None,
+def sample_graphs(model: GraphDiffusion, n: int, steps: int = DEFAULT_STEPS, seed: int = 0, size: int | None = None,
                   targets: dict[str, float] | None = None, guidance: float = 0.0, batch_size: int = 512,
-                  progress: bool = False, final: str = "argmax") -> tuple[list, float]:
+                  progress: bool = False, final: str = "argmax",
+                  grid_power: float = GRID_POWER) -> tuple[list, float]:
     """n graphs in batches of mixed sizes (drawn from the training histogram, or all `size`);
-    returns ([(atom types, bonds)], seconds of sampling). `final`: see `GraphDiffusion.sample`."""
+    returns ([(atom types, bonds)], seconds of sampling). `final`, `grid_power`: see `GraphDiffusion.sample`."""
     if n < 1:
         raise MolInputError(f"--n must be a positive number of molecules, got {n}")
     if guidance and not model.cfg.properties:
@@ -115,7 +130,7 @@ def sample_graphs(model: GraphDiffusion, n: int, steps: int = 100, seed: int = 0
     for start in tqdm(range(0, n, batch_size), disable=not progress or n <= batch_size, desc="batches"):
         t0 = time.perf_counter()
         out = model.sample(sizes[start: start + batch_size], steps, gen, targets, guidance,
-                           progress=progress and n <= batch_size, final=final)
+                           progress=progress and n <= batch_size, final=final, grid_power=grid_power)
         seconds += time.perf_counter() - t0
         graphs.extend(dense_to_graphs(out.X, out.E, out.mask))
     return graphs, seconds
@@ -153,16 +168,17 @@ def property_mae(mols: Sequence, name: str, target: float) -> float | None:
     return float(sum(abs(v - target) for v in vals) / len(vals)) if vals else None
 
 
-def generate_graphs(model: GraphDiffusion, n: int = 100, steps: int = 100, seed: int = 0, size: int | None = None,
-                    targets: dict[str, float] | None = None, guidance: float = 0.0,
+def generate_graphs(model: GraphDiffusion, n: int = 100, steps: int = DEFAULT_STEPS, seed: int = 0,
+                    size: int | None = None, targets: dict[str, float] | None = None, guidance: float = 0.0,
                     train_smiles: Sequence[str] | None = None, progress: bool = False,
-                    final: str = "argmax") -> GraphGeneration:
+                    final: str = "argmax", grid_power: float = GRID_POWER) -> GraphGeneration:
     """Sample, convert (graph -> RDKit Mol -> SMILES) and score n molecules; with `targets`, also
     the MAE of each targeted property over the valid molecules."""
     from rdkit import RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    graphs, seconds = sample_graphs(model, n, steps, seed, size, targets, guidance, progress=progress, final=final)
+    graphs, seconds = sample_graphs(model, n, steps, seed, size, targets, guidance, progress=progress, final=final,
+                                    grid_power=grid_power)
     raw = [graph_to_mol(t, b, model.cfg.atom_types) for t, b in graphs]
     mols = [sanitized(m) for m in raw]
     metrics = molecule_metrics(mols, train_smiles)
@@ -291,19 +307,17 @@ def graph_training_smiles(path: str | Path) -> list[str] | None:
     return run.read_text().split() if run.exists() else None
 
 
-def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int = 100, steps: int = 100,
+def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int = 100, steps: int = DEFAULT_STEPS,
                     seed: int = 0, size: int | None = None, prop: str | None = None, target: float | None = None,
                     guidance: float = 0.0, device: str = "cpu", progress: bool = False,
                     config: dict | None = None, final: str = "argmax",
-                    reference: str = "none") -> tuple[GraphGeneration, str]:
+                    reference: str = "none", grid_power: float = GRID_POWER) -> tuple[GraphGeneration, str]:
     """Load a graph checkpoint (default: the shipped QM9 model), sample n molecules (optionally
     toward prop = target with guidance), write the output files and return (generation, table).
 
     `reference` ("qm9", a SMILES file, or "none") adds FCD and precision/recall/density/coverage of the
-    valid molecules to metrics.json (`distribution.reference_scores`; "qm9" is the test split of all of
-    QM9 with split seed 0, and its train-split floor)."""
-    from .graph_diffusion import load_graph_model
-
+    valid molecules to metrics.json (`distribution.reference_scores`; "qm9" is the test split of
+    `qm9_graph_split`, the molecules the shipped model did not train on, and its train-split floor)."""
     if n < 1:
         raise MolInputError(f"--n must be a positive number of molecules, got {n}")
     if (prop is None) != (target is None):
@@ -317,11 +331,12 @@ def generate_to_dir(checkpoint: str | Path | None, out_dir: str | Path, n: int =
         raise MolInputError(f"{ckpt} is an unconditional model: --guidance needs a model trained with properties")
     model.cond_tensors(targets, 1)  # an unknown property fails here, before sampling
     gen = generate_graphs(model, n, steps, seed, size, targets, guidance, graph_training_smiles(ckpt), progress,
-                          final)
+                          final, grid_power)
     if reference != "none":
         from .distribution import reference_scores
 
-        gen.extra["distribution"] = reference_scores([sm for sm in gen.smiles if sm], reference, None, device)
+        gen.extra["distribution"] = reference_scores([sm for sm in gen.smiles if sm], reference, None, device,
+                                                     split_smiles=qm9_graph_split_smiles)
     card = graph_card(ckpt)
     rows = {"sciffusion graph (this run)": gen.metrics, **card.get("reference_rows", {})}
     table = format_graph_table(rows)

@@ -185,6 +185,19 @@ def test_zero_and_negative_counts_are_one_clear_line(tmp_path, capsys, flag, val
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grid-power", "0"], "error: --grid-power must be a positive exponent, got 0.0\n"),
+    (["--grid-power", "-1"], "error: --grid-power must be a positive exponent, got -1.0\n"),
+    (["--model", "egnn", "--grid-power", "2"],
+     "error: --property/--target/--guidance/--grid-power need the graph model (--model graph)\n"),
+])
+def test_a_bad_sampling_grid_is_one_clear_line(tmp_path, capsys, args, message):
+    out = tmp_path / "o"
+    assert main([*args, "--n", "2", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == message
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("kind", ["truncated", "pickle", "trainer"])
 @pytest.mark.parametrize("model", ["graph", "egnn"])
 def test_corrupt_or_foreign_checkpoint_is_one_line_naming_the_file(tmp_path, capsys, kind, model):

@@ -44,6 +44,22 @@ def test_shipped_graph_checkpoint_samples_valid_molecules():
     assert gen.metrics["validity"] >= 0.9 and gen.metrics["connectivity"] >= 0.85
 
 
+def test_a_grid_dense_near_zero_gives_more_valid_molecules_at_few_steps():
+    # 200 molecules at 10 steps: 86-88 % valid on the equal-step grid (power 1), 97 % at power 3
+    from sciffusion.plugins.molecules.graph_data import dense_to_graphs, graph_to_mol, sanitized
+
+    model = load_graph_model(DEFAULT_GRAPH_CHECKPOINT)
+
+    def validity(power: float) -> float:
+        g = torch.Generator().manual_seed(0)
+        out = model.sample(model.sample_sizes(200, g), 10, g, grid_power=power)
+        graphs = dense_to_graphs(out.X, out.E, out.mask)
+        return sum(sanitized(graph_to_mol(a, b, model.cfg.atom_types)) is not None for a, b in graphs) / 200
+
+    equal, dense = validity(1.0), validity(3.0)
+    assert dense >= 0.94 and dense - equal >= 0.04
+
+
 def test_transformer_widths_rule_of_thumb():
     assert TransformerConfig.scaled(96, 24, 5) == TransformerConfig(
         layers=5, dx=96, de=24, dy=64, heads=6, ff_x=192, ff_e=48, ff_y=128
