@@ -1,10 +1,12 @@
 """Decreasing time grids from `t_max` down to `t_min` (`t_0 = t_max > t_1 > … > t_N = t_min`), for the samplers of both engines.
 
-Two spacings need no schedule, and serve any time axis (the Gaussian engine's `t` in [0, 1], the OU or heat
+Three spacings need no schedule, and serve any time axis (the Gaussian engine's `t` in [0, 1], the OU or heat
 time `t > 0` of the kernel engine):
 
 - `uniform`: equal steps in `t` (the DDPM / DDIM grid);
-- `geometric`: equal steps in `log t` (`t_min > 0`), fine near `t_min` where a kernel score sharpens.
+- `geometric`: equal steps in `log t` (`t_min > 0`), fine near `t_min` where a kernel score sharpens;
+- `power`: `t_i = t_min + (t_max - t_min) u_i^p`, `u` in equal steps from 1 to 0 (`p = POWER_GRID_EXPONENT`
+  unless `time_grid(power=p)`); `p > 1` crowds the steps toward `t_min` ever more finely, down to the last.
 
 Four spacings follow the noise levels of a VP schedule (`t` in [0, 1]):
 
@@ -35,10 +37,11 @@ from torch import Tensor
 
 from sciffusion.core.diffusion.schedules import Schedule
 
-__all__ = ["ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "SCHEDULE_FREE", "T_EPS", "available_grids", "time_grid"]
+__all__ = ["ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "POWER_GRID_EXPONENT", "SCHEDULE_FREE", "T_EPS", "available_grids", "time_grid"]
 
 T_EPS = 1e-3
 ANGLE_POWER = 1.2
+POWER_GRID_EXPONENT = 2.0
 SIGMA_TILDE_MIN, SIGMA_TILDE_MAX = 0.002, 80.0
 LOG_SNR_RANGE = (-2 * math.log(SIGMA_TILDE_MAX), -2 * math.log(SIGMA_TILDE_MIN))
 
@@ -50,6 +53,13 @@ def _uniform(schedule: Schedule | None, steps: int, t_max: float, t_min: float) 
 def _geometric(schedule: Schedule | None, steps: int, t_max: float, t_min: float) -> Tensor:
     """`t_i = t_max (t_min / t_max)^(i / N)`."""
     return torch.logspace(math.log10(t_max), math.log10(t_min), steps + 1, dtype=torch.float64)
+
+
+def _power(schedule: Schedule | None, steps: int, t_max: float, t_min: float,
+           power: float = POWER_GRID_EXPONENT) -> Tensor:
+    """`t_i = t_min + (t_max - t_min) u_i^power`, `u_i = 1 - i / N`."""
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return t_min + (t_max - t_min) * u**power
 
 
 def _angle(schedule: Schedule, steps: int, t_max: float, t_min: float, power: float = ANGLE_POWER) -> Tensor:
@@ -89,6 +99,7 @@ GRIDS: dict[str, Callable[[Schedule | None, int, float, float], Tensor]] = {
     "angle": _angle,
     "uniform": _uniform,
     "geometric": _geometric,
+    "power": _power,
     "log_snr": lambda sch, n, hi, lo: _in_log_snr(sch, n, hi, lo, rho=None),
     "karras": lambda sch, n, hi, lo: _in_log_snr(sch, n, hi, lo, rho=7.0),
 }
@@ -99,7 +110,8 @@ def available_grids() -> list[str]:
     return sorted(GRIDS)
 
 
-SCHEDULE_FREE = ("geometric", "uniform")
+SCHEDULE_FREE = ("geometric", "power", "uniform")
+POWERED = {"angle": _angle, "power": _power}  # grids whose exponent `time_grid(power=...)` sets
 
 
 def time_grid(
@@ -108,8 +120,8 @@ def time_grid(
 ) -> Tensor:
     """A strictly decreasing float64 grid of `steps + 1` times from `t_max` to `t_min`.
 
-    `power` is the exponent of the `angle` grid (default `ANGLE_POWER`; larger puts more steps at
-    small noise); other grids take none.
+    `power` is the exponent of the `angle` grid (default `ANGLE_POWER`) or of the `power` grid (default
+    `POWER_GRID_EXPONENT`); larger puts more steps at small noise. Other grids take none.
 
     With a VP `schedule`, times lie in [0, 1]; with `schedule=None` (the spacings in `SCHEDULE_FREE`), any
     `0 <= t_min < t_max` (`geometric` needs `t_min > 0`).
@@ -129,8 +141,9 @@ def time_grid(
         raise ValueError(f"need 0 <= t_min < t_max{bound}, got t_min={t_min}, t_max={t_max}")
     if kind == "geometric" and t_min <= 0.0:
         raise ValueError(f"the geometric grid needs t_min > 0, got t_min={t_min}")
-    if power is not None and (kind != "angle" or not power > 0):
-        raise ValueError(f"power must be a positive exponent of the angle grid, got power={power} with the {kind} grid")
+    if power is not None and (kind not in POWERED or not power > 0):
+        raise ValueError(f"power must be a positive exponent of the angle or power grid, got power={power} "
+                         f"with the {kind} grid")
     return _cached_grid(schedule, steps, kind, float(t_max), float(t_min), power).clone()
 
 
@@ -138,7 +151,7 @@ def time_grid(
 def _cached_grid(schedule: Schedule | None, steps: int, kind: str, t_max: float, t_min: float,
                  power: float | None = None) -> Tensor:
     """Grids are pure functions of their arguments: build each once (the log-SNR ones invert by bisection)."""
-    ts = GRIDS[kind](schedule, steps, t_max, t_min) if power is None else _angle(schedule, steps, t_max, t_min, power)
+    ts = GRIDS[kind](schedule, steps, t_max, t_min) if power is None else POWERED[kind](schedule, steps, t_max, t_min, power)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"the {kind} grid with {steps} steps on [{t_min}, {t_max}] is not strictly decreasing")
     return ts

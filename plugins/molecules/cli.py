@@ -49,8 +49,8 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
     p.add_argument("--checkpoint", default=None, help="model .pt (default: the shipped QM9 model)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: graph 40, egnn 200)")
     p.add_argument("--grid-power", type=float, default=None,
-                   help="graph model: exponent of the sampling grid, t spaced as u^power (default 5: most "
-                        "steps near t = 0; 1 is about equal steps)")
+                   help="graph model: the sampling times are t = u^power, u in equal steps from 1 to 0 "
+                        "(default 5: most steps near t = 0; 1 is equal steps)")
     p.add_argument("--property", default=None,
                    help="graph model: condition on this property (e.g. logp); with --train, the properties "
                         "to learn (comma-separated, 'none' for an unconditional model; default logp)")

@@ -15,8 +15,8 @@ a "given" flag each; in training each property is hidden independently with prob
     log p_w(x_0 | x_t, c) = (1 + w) log p_hat(x_0 | x_t, c) - w log p_hat(x_0 | x_t, {}) + const.
 
 Sampling draws the sizes n (from the training histogram or given), X_1, E_1 from the marginals,
-then takes any number of reverse steps x_s ~ sum_k q(x_s | x_t, x_0 = k) p_hat(k | x_t) (DiGress) on a
-grid that is denser near t = 0 (`GraphDiffusion.time_grid`).
+then takes any number of reverse steps x_s ~ sum_k q(x_s | x_t, x_0 = k) p_hat(k | x_t) (DiGress) on the
+grid t = u^5, u in equal steps from 1 to 0 (`GraphDiffusion.time_grid`).
 """
 
 from __future__ import annotations
@@ -205,15 +205,17 @@ class GraphDiffusion(nn.Module):
         return mix(lx), mix(le)
 
     def time_grid(self, steps: int, power: float = GRID_POWER) -> Tensor:
-        """The sampling grid t_0 = 1 > t_1 > ... > t_steps = 0: equal steps in u, with the VP angle
-        phi(t) = atan(sigma_t / alpha_t) = phi(1) u^power (core's `angle` grid). power = 1 is about
-        the uniform grid of the cosine schedule; power > 1 spends more steps near t = 0. Each reverse step
-        draws every atom and bond independently given x_t, so a long step can change two bonds of
-        one atom at once; near t = 0, where the last bonds settle, short steps keep valences
-        consistent (on QM9, 50 steps at power 1.5 are as valid as 100 equal ones or more)."""
+        """The sampling grid t_i = u_i^power, u_i = 1 - i / steps (core's `power` grid from 1 to 0).
+
+        power = 1 is the uniform grid; power > 1 crowds the steps toward t = 0, in ever finer steps
+        down to the last. Each reverse step draws every atom and bond independently given x_t, so
+        a long step can change two bonds of one atom at once and break its valence. Near t = 0,
+        where the last bonds settle and the denoiser reverts what it takes for leftover noise (the
+        posterior's division by Qbar_t[k, x_t] makes that likely even at tiny t), short steps make
+        those changes one after another."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        return core_time_grid(get_schedule(self.cfg.schedule), steps, "angle", power=power)
+        return core_time_grid(None, steps, "power", power=power)
 
     @torch.no_grad()
     def sample(self, sizes: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,

@@ -91,10 +91,18 @@ def test_angle_grid_spaces_the_vp_angle_by_its_power():
     default = time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05)
     assert torch.equal(default, time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05, power=ANGLE_POWER))
     assert not torch.equal(default, time_grid(sched, 8, "angle", t_max=0.9, t_min=0.05, power=2.0))
-    with pytest.raises(ValueError, match="power must be a positive exponent of the angle grid"):
+    with pytest.raises(ValueError, match="power must be a positive exponent of the angle or power grid"):
         time_grid(sched, 8, "uniform", power=2.0)
     with pytest.raises(ValueError, match="power must be a positive exponent"):
         time_grid(sched, 8, "angle", power=0.0)
+
+
+def test_power_grid_is_t_to_the_power_and_stays_strict_at_many_steps():
+    u = torch.linspace(1.0, 0.0, 11, dtype=F64)
+    assert torch.allclose(time_grid(None, 10, "power", power=5.0), u**5, rtol=0, atol=1e-15)
+    assert torch.allclose(time_grid(None, 10, "power", t_max=3.0, t_min=1.0), 1.0 + 2.0 * u**2, atol=1e-15)
+    fine = time_grid(None, 5000, "power", power=5.0)  # last gaps ~1e-19: still strictly decreasing
+    assert bool((fine[1:] < fine[:-1]).all()) and fine[-1] == 0.0 and fine[-2] > 0.0
 
 
 def test_run_chain_reports_the_first_bad_step_after_the_loop():
