@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 def _distribution(smiles: list, split: dict) -> dict:
     """FCD etc. of the valid generated SMILES against the test split, and of as many training
     molecules (a seeded draw) against it: the floor a sampler of the training data reaches."""
-    from sciffusion.plugins.molecules.distribution import canonical_set, distribution_metrics
+    from sciffusion.plugins.molecules.distribution import reference_scores
 
-    test = [d.smiles for d in split["test"]]
-    gen = canonical_set([s for s in smiles if s])
-    pick = torch.randperm(len(split["train"]), generator=torch.Generator().manual_seed(0))[: len(gen)]
-    floor = [split["train"][i].smiles for i in pick.tolist()]
-    return {"generated": distribution_metrics(gen, test), "train_floor": distribution_metrics(floor, test)}
+    scores = reference_scores([s for s in smiles if s], "qm9", None,
+                              split_smiles=lambda name: [d.smiles for d in split[name]])
+    floor = scores.pop("floor")
+    scores.pop("reference")
+    return {"generated": scores, "train_floor": floor}
 
 
 def _distribution_table(dist: dict) -> list[str]:

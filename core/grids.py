@@ -37,7 +37,10 @@ from torch import Tensor
 
 from sciffusion.core.diffusion.schedules import Schedule
 
-__all__ = ["ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "POWER_GRID_EXPONENT", "SCHEDULE_FREE", "T_EPS", "available_grids", "time_grid"]
+__all__ = [
+    "ANGLE_POWER", "GRIDS", "LOG_SNR_RANGE", "POWER_GRID_EXPONENT", "SCHEDULE_FREE", "T_EPS", "available_grids",
+    "time_grid",
+]
 
 T_EPS = 1e-3
 ANGLE_POWER = 1.2
@@ -151,7 +154,10 @@ def time_grid(
 def _cached_grid(schedule: Schedule | None, steps: int, kind: str, t_max: float, t_min: float,
                  power: float | None = None) -> Tensor:
     """Grids are pure functions of their arguments: build each once (the log-SNR ones invert by bisection)."""
-    ts = GRIDS[kind](schedule, steps, t_max, t_min) if power is None else POWERED[kind](schedule, steps, t_max, t_min, power)
+    if power is None:
+        ts = GRIDS[kind](schedule, steps, t_max, t_min)
+    else:
+        ts = POWERED[kind](schedule, steps, t_max, t_min, power)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"the {kind} grid with {steps} steps on [{t_min}, {t_max}] is not strictly decreasing")
     return ts

@@ -30,9 +30,10 @@ Writes molecules.sdf, smiles.txt, grid.png, metrics.json and config.json to --ou
 a table of metrics.
 """
 
-# per model: training batch size and learning rate, sampling steps, largest molecule (graph: heavy atoms)
+# per model: training batch size and learning rate, sampling steps (graph: `graph_diffusion.DEFAULT_STEPS`),
+# largest molecule (graph: heavy atoms)
 DEFAULTS = {
-    "graph": {"batch_size": 128, "lr": 5e-4, "steps": 40, "max_atoms": 9},
+    "graph": {"batch_size": 128, "lr": 5e-4, "max_atoms": 9},
     "egnn": {"batch_size": 64, "lr": 5e-4, "steps": 200, "max_atoms": 29},
 }
 # options that count something, and their smallest allowed value (None: not given, default applies)
@@ -196,10 +197,10 @@ def _train_egnn(args) -> int:
 
 
 def _generate_graph(args) -> int:
-    from sciffusion.plugins.molecules.graph_diffusion import GRID_POWER
+    from sciffusion.plugins.molecules.graph_diffusion import DEFAULT_STEPS, GRID_POWER
     from sciffusion.plugins.molecules.graph_pipeline import generate_to_dir
 
-    steps = args.steps or DEFAULTS["graph"]["steps"]
+    steps = args.steps or DEFAULT_STEPS
     power = GRID_POWER if args.grid_power is None else args.grid_power
     if not power > 0:
         raise ValueError(f"--grid-power must be a positive exponent, got {args.grid_power}")

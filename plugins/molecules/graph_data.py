@@ -16,6 +16,7 @@ edge types (B, N, N), node mask (B, N), with N = max_atoms (9 for QM9).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -233,10 +234,16 @@ def qm9_graph_split(seed: int = 0) -> dict[str, list[Data]]:
 def qm9_graph_split_smiles(name: str, seed: int = 0) -> list[str]:
     """SMILES of one part ("train", "val", "test") of `qm9_graph_split(seed)`: the molecules a graph
     model trained on QM9 did or did not see."""
-    split = qm9_graph_split(seed)
-    if name not in split:
-        raise ValueError(f"split must be one of {sorted(split)}, got {name!r}")
-    return [d.smiles for d in split[name]]
+    parts = _qm9_graph_split_smiles(seed)
+    if name not in parts:
+        raise ValueError(f"split must be one of {sorted(parts)}, got {name!r}")
+    return list(parts[name])
+
+
+@functools.cache
+def _qm9_graph_split_smiles(seed: int) -> dict[str, tuple[str, ...]]:
+    """All parts' SMILES, read once per seed (the graph split loads every QM9 graph)."""
+    return {k: tuple(d.smiles for d in v) for k, v in qm9_graph_split(seed).items()}
 
 
 # ----------------------------------------------------------------------------- dense batches

@@ -213,8 +213,6 @@ class GraphDiffusion(nn.Module):
         where the last bonds settle and the denoiser reverts what it takes for leftover noise (the
         posterior's division by Qbar_t[k, x_t] makes that likely even at tiny t), short steps make
         those changes one after another."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         return core_time_grid(None, steps, "power", power=power)
 
     @torch.no_grad()

@@ -166,13 +166,14 @@ def _pool(h: Tensor, mask: Tensor, dims: tuple[int, ...]) -> Tensor:
     B, C = h.shape[0], h.shape[-1]
     flat = h.reshape(B, -1, C)
     m = mask.to(h.dtype).reshape(B, -1, 1)
-    count = m.sum(1).clamp_min(1)
+    real = m.sum(1)
+    count = real.clamp_min(1)
     mean = (flat * m).sum(1) / count
     big = torch.finfo(h.dtype).max / 4
     pad = m == 0
     mx = _fold_max(flat.masked_fill(pad, -big))
     mn = -_fold_max((-flat).masked_fill(pad, -big))
-    empty = (m.sum(1) == 0)
+    empty = real == 0
     mn, mx = mn.masked_fill(empty, 0.0), mx.masked_fill(empty, 0.0)
     var = (((flat - mean[:, None, :]) ** 2) * m).sum(1) / count
     return torch.cat([mean, mn, mx, (var.clamp_min(0) + 1e-6).sqrt()], -1)
