@@ -33,11 +33,11 @@ a table of metrics.
 # per model: training batch size and learning rate, sampling steps (graph: `graph_diffusion.DEFAULT_STEPS`),
 # largest molecule (graph: heavy atoms)
 DEFAULTS = {
-    "graph": {"batch_size": 128, "lr": 5e-4, "max_atoms": 9},
+    "graph": {"batch_size": 128, "lr": 5e-4},
     "egnn": {"batch_size": 64, "lr": 5e-4, "steps": 200, "max_atoms": 29},
 }
 # options that count something, and their smallest allowed value (None: not given, default applies)
-COUNTS = {"n": 1, "steps": 1, "size": 1, "train_steps": 1, "batch_size": 1, "max_atoms": 1,
+COUNTS = {"n": 1, "steps": 1, "size": 1, "train_steps": 1, "batch_size": 1, "max_atoms": 1, "train_limit": 1,
           "hidden": 1, "layers": 1, "edge_hidden": 1, "threads": 1}
 
 
@@ -73,7 +73,10 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
                         "machine shared with other jobs)")
     p.add_argument("--score", metavar="SDF", help="score the molecules of an SDF file and exit")
     p.add_argument("--train", action="store_true", help="train a new model on --data")
-    p.add_argument("--data", default="qm9", help="'qm9' or a SMILES/SDF/XYZ file (with --train)")
+    p.add_argument("--data", default="qm9", help="'qm9', 'moses' (graph model; needs the molsets package's data) "
+                   "or a SMILES/SDF/XYZ file (with --train)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="with --data moses: train on a seeded subset of this many molecules (default 200,000)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input record")
     _add_scoring_and_training_arguments(p)
     return p
@@ -90,7 +93,8 @@ def _add_scoring_and_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="default 5e-4")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"],
                    help="graph model: the rate after the warm-up (default constant; cosine and linear decay to 0)")
-    p.add_argument("--max-atoms", type=int, default=None, help="default: graph 9 (heavy atoms), egnn 29")
+    p.add_argument("--max-atoms", type=int, default=None,
+                   help="default: graph 9 heavy atoms (27 with --data moses), egnn 29 atoms")
     p.add_argument("--type-mode", default="continuous", choices=["continuous", "categorical"])
     p.add_argument("--prediction", default="x0", choices=["x0", "eps"])
     p.add_argument("--init", metavar="MODEL_PT", default=None,
@@ -143,7 +147,7 @@ def _train_graph(args) -> int:
     net = TransformerConfig.scaled(args.hidden, args.edge_hidden, args.layers)
     train_graph_model(args.data, args.out, steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                       net=net, seed=args.seed, device=args.device, progress=not args.quiet,
-                      max_atoms=args.max_atoms or DEFAULTS["graph"]["max_atoms"], properties=props,
+                      max_atoms=args.max_atoms, properties=props, train_limit=args.train_limit,
                       log=lambda m: print(m, file=sys.stderr), init=args.init, lr_schedule=args.lr_schedule)
     _say(args, f"model written to {Path(args.out) / 'model.pt'}")
     return 0

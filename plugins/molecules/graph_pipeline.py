@@ -24,6 +24,7 @@ from .build import canonical_smiles
 from .data import MolInputError, check_molecule_file, split_indices
 from .generate import SamplingRate, write_run_files
 from .graph_data import (
+    ATOM_TYPES,
     PROPERTIES,
     SkipReport,
     dense_to_graphs,
@@ -44,10 +45,29 @@ from .graph_diffusion import (
 from .graph_model import TransformerConfig
 
 
-def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0,
-                    properties: Sequence[str] = ("logp",)) -> tuple[dict[str, list], SkipReport]:
-    """'qm9' (the standard seeded 80/10/10 random split) or a SMILES file (same split; a file of
-    fewer than 10 molecules trains and tests on all of them). Skipped records are counted by reason."""
+def source_vocabulary(source: str) -> tuple[tuple[str, ...], int]:
+    """Atom types and largest size (heavy atoms) of a graph model for `source`: MOSES' seven
+    elements and 27 atoms for 'moses'; QM9's vocabulary and 9 atoms otherwise."""
+    if source.lower() == "moses":
+        from .moses_data import MOSES_ATOM_TYPES, MOSES_MAX_ATOMS
+
+        return MOSES_ATOM_TYPES, MOSES_MAX_ATOMS
+    return ATOM_TYPES, 9
+
+
+def load_graph_data(source: str, max_atoms: int | None = None, seed: int = 0,
+                    properties: Sequence[str] = ("logp",),
+                    train_limit: int | None = None) -> tuple[dict[str, list], SkipReport]:
+    """'qm9' (the standard seeded 80/10/10 random split), 'moses' (a seeded subset of
+    `train_limit` training molecules, 200,000 by default, and 2,000 of its test split), or a SMILES
+    file (80/10/10; a file of fewer than 10 molecules trains and tests on all of them). Skipped
+    records are counted by reason. `max_atoms` defaults to `source_vocabulary(source)`'s size."""
+    atom_types, default_size = source_vocabulary(source)
+    max_atoms = max_atoms or default_size
+    if source.lower() == "moses":
+        from .moses_data import load_moses_graphs
+
+        return load_moses_graphs(train_limit or 200_000, 2_000, seed, tuple(properties))
     if source.lower() == "qm9":
         from .graph_data import QM9_PROPERTIES, load_qm9_graphs
 
@@ -55,7 +75,7 @@ def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0,
             raise MolInputError(f"QM9 graphs carry the properties {list(QM9_PROPERTIES)}, not {list(properties)}")
         _, report = load_qm9_graphs()
         return qm9_graph_split(seed), report
-    data, report = read_smiles_file(source, max_atoms=max_atoms, properties=tuple(properties))
+    data, report = read_smiles_file(source, atom_types=atom_types, max_atoms=max_atoms, properties=tuple(properties))
     if not data:
         raise MolInputError(f"{source}: no usable molecules ({report.total} skipped)")
     if len(data) < 10:
@@ -67,13 +87,14 @@ def load_graph_data(source: str, max_atoms: int = 9, seed: int = 0,
 def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batch_size: int = 128,
                       lr: float = 3e-4, net: TransformerConfig | None = None, seed: int = 0,
                       checkpoint_every: int = 200, device: str | None = None, progress: bool = True,
-                      max_atoms: int = 9, properties: Sequence[str] = ("logp",), log=print,
+                      max_atoms: int | None = None, properties: Sequence[str] = ("logp",), log=print,
                       spectral: bool = False, init: str | Path | None = None,
-                      lr_schedule: str = "constant") -> GraphDiffusion:
-    """Train a graph model on `source` with core's Trainer (`lr_schedule` after a warm-up, EMA
-    0.998), conditioned on `properties` (() for an unconditional model); resumes from the newest
-    checkpoint in `out_dir`. `spectral` adds the connectivity and Laplacian features of the noisy
-    graph (`graph_model.spectral_features`). `init`: start from this saved graph model (its
+                      lr_schedule: str = "constant", train_limit: int | None = None) -> GraphDiffusion:
+    """Train a graph model on `source` (see `load_graph_data`) with core's Trainer (`lr_schedule`
+    after a warm-up, EMA 0.998), conditioned on `properties` (() for an unconditional model);
+    resumes from the newest checkpoint in `out_dir`. The vocabulary and default size come from
+    `source_vocabulary(source)`. `spectral` adds the connectivity and Laplacian features of the
+    noisy graph (`graph_model.spectral_features`). `init`: start from this saved graph model (its
     configuration wins over `net`, `properties`, `spectral` and `max_atoms`), e.g. to continue a
     finished run with a decaying rate. Returns the EMA model."""
     from sciffusion.core.train.trainer import TrainConfig
@@ -82,15 +103,18 @@ def train_graph_model(source: str, out_dir: str | Path, steps: int = 20000, batc
     if unknown:
         raise MolInputError(f"unknown property {unknown[0]!r}; known: {', '.join(sorted(PROPERTIES))}")
     start = load_graph_model(init).train() if init is not None else None
+    atom_types, default_size = source_vocabulary(source)
+    max_atoms = max_atoms or default_size
     if start is not None:
-        max_atoms, properties = start.cfg.max_atoms, start.cfg.properties
-    splits, report = load_graph_data(source, max_atoms, seed, properties)
+        atom_types, max_atoms, properties = start.cfg.atom_types, start.cfg.max_atoms, start.cfg.properties
+    splits, report = load_graph_data(source, max_atoms, seed, properties, train_limit)
     for line in report.lines():
         log(line)
     train = splits["train"]
     log(f"training on {len(train)} graphs ({source}, split seed {seed})")
-    model = start or GraphDiffusion(GraphDiffusionConfig(max_atoms=max_atoms, properties=tuple(properties),
-                                                         spectral=spectral, net=net or TransformerConfig()))
+    model = start or GraphDiffusion(GraphDiffusionConfig(atom_types=atom_types, max_atoms=max_atoms,
+                                                         properties=tuple(properties), spectral=spectral,
+                                                         net=net or TransformerConfig()))
     cfg = TrainConfig(steps=steps, batch_size=min(batch_size, len(train)), lr=lr, lr_schedule=lr_schedule,
                       warmup_steps=min(300, steps // 10), ema_decay=0.998, checkpoint_every=checkpoint_every,
                       keep_last=3, log_every=20, seed=seed, out_dir=str(out_dir), device=device)

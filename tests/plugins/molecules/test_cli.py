@@ -21,7 +21,7 @@ def test_train_config_rules_of_thumb(tmp_path, steps, warmup, half_life):
 
 
 def test_defaults_per_model_and_count_checks():
-    assert DEFAULTS["graph"]["max_atoms"] == 9 and DEFAULTS["egnn"]["max_atoms"] == 29
+    assert DEFAULTS["egnn"]["max_atoms"] == 29
     assert DEFAULTS["graph"]["batch_size"] == 128 and DEFAULTS["egnn"]["batch_size"] == 64
     check_counts(build_parser().parse_args([]))  # the defaults pass
     with pytest.raises(MolInputError, match=r"^--edge-hidden must be a positive count \(at least 1\), got 0$"):
