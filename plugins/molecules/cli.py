@@ -23,6 +23,8 @@ USAGE = """Generate molecules with the shipped graph diffusion model (or the 3-D
     sciffusion-mol-generate --score my.sdf       # score any SDF (or .smi) with the same metrics
     sciffusion-mol-generate --train --data qm9 --train-steps 20000 --out runs/graph
     sciffusion-mol-generate --train --data my.smi --out runs/mine   # SMILES file
+    sciffusion-mol-generate --train --data moses --property none --out runs/moses   # pip install --no-deps molsets
+    sciffusion-mol-generate --checkpoint moses_graph --n 1000   # the shipped MOSES model
     sciffusion-mol-generate --model egnn --train --data qm9 --train-steps 2000 --out runs/egnn
 
 (`python -m recipes.mol_generate ...` from a checkout is the same command.)
@@ -47,7 +49,8 @@ def build_parser(prog: str = "sciffusion-mol-generate") -> argparse.ArgumentPars
     p.add_argument("--model", default="graph", choices=["graph", "egnn"],
                    help="graph: discrete diffusion of molecular graphs (default); egnn: 3-D E(3) diffusion")
     p.add_argument("--n", type=int, default=100, help="number of molecules to sample (default 100)")
-    p.add_argument("--checkpoint", default=None, help="model .pt (default: the shipped QM9 model)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model .pt, or the name of a shipped one: qm9_graph (the default), moses_graph, qm9_small")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: graph 40, egnn 200)")
     p.add_argument("--grid-power", type=float, default=None,
                    help="graph model: the sampling times are t = u^power, u in equal steps from 1 to 0 "
@@ -289,6 +292,10 @@ def main(argv: list[str] | None = None, prog: str = "sciffusion-mol-generate") -
     args = build_parser(prog).parse_args(argv)
     try:
         check_counts(args)
+        if args.checkpoint:
+            from sciffusion.plugins.molecules.graph_pipeline import resolve_checkpoint
+
+            args.checkpoint = str(resolve_checkpoint(args.checkpoint))
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         args.device = str(resolve_device(args.device))

@@ -311,6 +311,19 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DEFAULT_GRAPH_CHECKPOINT = CHECKPOINTS / "qm9_graph.pt"
 
 
+def resolve_checkpoint(name: str | Path) -> Path:
+    """`name` as a path when that file exists, else the shipped checkpoint of that name (with or
+    without `.pt`, e.g. "moses_graph"); a name that is neither is returned unchanged, so loading
+    it reports the missing file."""
+    path = Path(name)
+    if path.exists() or path.parent != Path("."):
+        return path
+    for candidate in (CHECKPOINTS / path.name, CHECKPOINTS / f"{path.name}.pt"):
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def graph_card(path: str | Path) -> dict:
     """The JSON model card beside a checkpoint, or {}."""
     card = Path(path).with_suffix(".json")

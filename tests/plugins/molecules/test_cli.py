@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sciffusion.plugins.molecules.cli import DEFAULTS, build_parser, check_counts
@@ -26,3 +28,18 @@ def test_defaults_per_model_and_count_checks():
     check_counts(build_parser().parse_args([]))  # the defaults pass
     with pytest.raises(MolInputError, match=r"^--edge-hidden must be a positive count \(at least 1\), got 0$"):
         check_counts(build_parser().parse_args(["--edge-hidden", "0"]))
+
+
+def test_checkpoint_names_resolve_to_shipped_files_unless_a_file_of_that_name_exists(tmp_path, monkeypatch):
+    from sciffusion.plugins.molecules.graph_pipeline import (
+        DEFAULT_GRAPH_CHECKPOINT,
+        resolve_checkpoint,
+    )
+
+    assert resolve_checkpoint("qm9_graph") == DEFAULT_GRAPH_CHECKPOINT
+    assert resolve_checkpoint("qm9_graph.pt") == DEFAULT_GRAPH_CHECKPOINT
+    assert resolve_checkpoint("no_such_model") == Path("no_such_model")  # loading it names the missing file
+    assert resolve_checkpoint(tmp_path / "qm9_graph") == tmp_path / "qm9_graph"  # a folder is never searched
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qm9_graph.pt").write_bytes(b"mine")
+    assert resolve_checkpoint("qm9_graph.pt") == Path("qm9_graph.pt")  # the user's own file wins
