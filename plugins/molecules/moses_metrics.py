@@ -6,7 +6,7 @@ For a set G of valid generated molecules and a reference set R (MOSES' test or s
   F, S, Cl, Br (and H), no formal charges, no ring of 8 or more atoms, and no match of the
   medicinal-chemistry (MCF) or PAINS SMARTS patterns shipped in the `molsets` package (matched
   on the molecule with explicit hydrogens, as the PAINS patterns name them).
-- **SNN**: (1/|G|) sum_{m in G} max_{r in R} T(m, r), where T is the Tanimoto similarity of
+- **SNN**: the mean over m in G of max_{r in R} T(m, r), where T is the Tanimoto similarity of
   Morgan fingerprints (radius 2, 1024 bits).
 - **Frag**: the cosine similarity of the count vectors of BRICS fragments of G and R.
 - **Scaf**: the cosine similarity of the count vectors of Bemis-Murcko scaffolds with at least two
@@ -95,7 +95,7 @@ def scaffold(mol) -> str | None:
 
 
 def cosine_similarity(a: Counter, b: Counter) -> float:
-    """sum_k a_k b_k / (|a| |b|) of two count vectors over the union of their keys (0 if either is empty)."""
+    """sum_k a_k b_k / (norm(a) norm(b)) of two count vectors over the union of their keys (0 if either is empty)."""
     norm = math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
     if norm == 0:
         return 0.0
